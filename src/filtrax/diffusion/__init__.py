@@ -1,0 +1,1 @@
+"""Diffusion building blocks: noise levels, denoisers and samplers (EDM/VE convention)."""

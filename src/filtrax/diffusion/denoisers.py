@@ -1,0 +1,126 @@
+r"""Denoisers: the protocol, EDM preconditioning and the analytic Gaussian denoiser.
+
+Variance-exploding (EDM) convention: :math:`x_\sigma = x + \sigma\varepsilon`,
+:math:`\varepsilon \sim \mathcal N(0, I)`. A denoiser returns the posterior mean
+
+.. math:: D(x_\sigma, \sigma, c) \approx \mathbb E[x \mid x_\sigma, c].
+
+Tweedie's formulas link it to the score and the posterior covariance:
+
+.. math::
+    \nabla_{x_\sigma}\log p(x_\sigma \mid c) = \frac{D - x_\sigma}{\sigma^2}, \qquad
+    \mathbb V[x \mid x_\sigma, c] = \sigma^2 \frac{\partial D}{\partial x_\sigma}.
+
+All denoisers are written for **one unbatched state**; callers ``vmap``.
+
+References:
+    Karras et al. (2022), arXiv:2206.00364, Table 1 (preconditioning).
+    Efron (2011), "Tweedie's formula and selection bias", JASA.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+from .._typing import State
+
+
+class AbstractDenoiser(eqx.Module):
+    """``D(x_t, σ, cond) → E[x | x_t, cond]`` for one unbatched state.
+
+    ``cond`` is an explicit pytree (previous states, forcings, a prior mean, …); there is
+    no ``**kwargs``. ``sigma`` is a scalar array.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
+        """Return the denoised state ``E[x | x_t, cond]``, with the shape of ``x_t``."""
+
+
+class EDMPreconditionedDenoiser(AbstractDenoiser):
+    r"""EDM preconditioning around a raw network :math:`F_\theta`.
+
+    .. math::
+        D(x, \sigma, c) = c_\text{skip}(\sigma)\,x
+            + c_\text{out}(\sigma)\, F_\theta\big(c_\text{in}(\sigma)\,x,\; c_\text{noise}(\sigma),
+            \; c\big),
+
+    with :math:`c_\text{skip} = \sigma_d^2/(\sigma^2+\sigma_d^2)`,
+    :math:`c_\text{out} = \sigma\sigma_d/\sqrt{\sigma^2+\sigma_d^2}`,
+    :math:`c_\text{in} = 1/\sqrt{\sigma^2+\sigma_d^2}` and
+    :math:`c_\text{noise} = \tfrac14 \log\sigma`.
+
+    Attributes:
+        network: ``network(x_scaled, c_noise, cond) -> raw output`` with the shape of ``x``.
+        sigma_data: the standard deviation of the (normalised) data, 1 in GenCast.
+
+    References:
+        Karras et al. (2022), arXiv:2206.00364, Table 1 and Appendix B.6.
+    """
+
+    network: Callable[[State, Float[Array, ""], PyTree], State]
+    sigma_data: float = eqx.field(static=True, default=1.0)
+
+    def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
+        sigma = jnp.asarray(sigma, dtype=x_t.dtype)
+        sigma_data_sq = jnp.asarray(self.sigma_data**2, dtype=x_t.dtype)
+        total_var = sigma**2 + sigma_data_sq
+        c_skip = sigma_data_sq / total_var
+        c_out = sigma * self.sigma_data / jnp.sqrt(total_var)
+        c_in = 1.0 / jnp.sqrt(total_var)
+        c_noise = jnp.log(sigma) / 4.0
+        return c_skip * x_t + c_out * self.network(c_in * x_t, c_noise, cond)
+
+
+class GaussianDenoiser(AbstractDenoiser):
+    r"""Exact denoiser of a Gaussian prior :math:`x \sim \mathcal N(\mu, Q)`, with ``cond = μ``.
+
+    .. math::
+        D(x_\sigma) = \mu + Q (Q + \sigma^2 I)^{-1} (x_\sigma - \mu), \qquad
+        \mathbb V[x\mid x_\sigma] = \sigma^2 \partial D/\partial x_\sigma
+            = \sigma^2 Q (Q + \sigma^2 I)^{-1} = (Q^{-1} + \sigma^{-2} I)^{-1}.
+
+    The prior mean is passed as the conditioning so that one denoiser serves every
+    particle of a linear-Gaussian transition ``x' ~ N(A x, Q)`` (``cond = A x``).
+
+    Attributes:
+        covariance: the prior covariance ``Q``, shape ``(d, d)``, symmetric positive definite.
+
+    References:
+        Savary, Rozet & Louppe (2025), the exactness test bed (method spec §1.8).
+    """
+
+    covariance: Float[Array, "d d"]
+
+    def __check_init__(self) -> None:
+        shape = jnp.shape(self.covariance)
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"GaussianDenoiser.covariance must be square (d, d), got {shape}")
+
+    def _gain(self, sigma: Float[Array, ""]) -> Float[Array, "d d"]:
+        eye = jnp.eye(self.covariance.shape[0], dtype=self.covariance.dtype)
+        sigma_sq = jnp.asarray(sigma, dtype=self.covariance.dtype) ** 2
+        # Q (Q + σ²I)^{-1} = ((Q + σ²I)^{-1} Q)ᵀ, and Q is symmetric.
+        return jnp.linalg.solve(self.covariance + sigma_sq * eye, self.covariance).T
+
+    def __call__(
+        self, x_t: Float[Array, " d"], sigma: Float[Array, ""], cond: Float[Array, " d"]
+    ) -> Float[Array, " d"]:
+        prior_mean = jnp.asarray(cond, dtype=x_t.dtype)
+        if prior_mean.shape != x_t.shape:
+            raise ValueError(
+                f"GaussianDenoiser: cond (the prior mean) has shape {prior_mean.shape}, "
+                f"expected the state shape {x_t.shape}"
+            )
+        return prior_mean + self._gain(sigma).astype(x_t.dtype) @ (x_t - prior_mean)
+
+    def tweedie_covariance(self, sigma: Float[Array, ""]) -> Float[Array, "d d"]:
+        """``V[x | x_σ] = σ² Q (Q + σ² I)^{-1}`` in closed form."""
+        sigma_sq = jnp.asarray(sigma, dtype=self.covariance.dtype) ** 2
+        gain = self._gain(sigma)
+        return 0.5 * sigma_sq * (gain + gain.T)

@@ -1,0 +1,1 @@
+"""Known-equation models: truth generation for twin experiments and exact oracles."""

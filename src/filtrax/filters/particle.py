@@ -1,0 +1,347 @@
+r"""Particle filters on one cycle interface: FA-APF, bootstrap PF and the free ensemble.
+
+Every filter is an ``eqx.Module`` with ``step(state, y, observation, key)``; the cycle loop
+lives once, in :func:`filtrax.assimilate`. Weights are kept as logs throughout.
+
+**Keys.** The key of cycle ``k`` is ``fold_in(root, k)`` and the key of particle ``i`` in
+that cycle is ``fold_in(fold_in(root, k), i)``; particle ``i`` then derives its weight
+noise (stream 0) and proposal noise (stream 1) from it. Member ``i``'s randomness therefore
+does not depend on the number of particles. Resampling uses the cycle key folded with
+:data:`RESAMPLING_STREAM`, an index no particle reaches.
+
+**FA-APF** (Pitt & Shephard 1999; Savary, Rozet & Louppe 2025). With the optimal
+proposal, the incremental weight :math:`p(y^{k+1}\mid s^k)` does not depend on the new
+sample, so ancestors are selected *before* propagation and the children are equally
+weighted:
+
+1. :math:`\ell_i \approx \log p(y^{k+1}\mid s^k_i)` (Dirac or moment-matched, see
+   :mod:`.weights`);
+2. α from the tempering strategy; :math:`\log w_i = \log w^k_i + \alpha\ell_i`;
+3. ancestors :math:`a_i` by resampling :math:`w`;
+4. :math:`x^{k+1}_i \sim q(\cdot\mid s^k_{a_i}, y^{k+1})` by guided reverse diffusion.
+
+**Bootstrap PF** (Gordon, Salmond & Smith 1993): propagate with the unguided emulator,
+weight by :math:`p(y\mid x^{k+1})` (optionally tempered), resample.
+
+The log-evidence increment is :math:`\log\sum_i w^k_i\,\hat p_i` with the *untempered*
+:math:`\hat p_i` (:math:`\exp\ell_i`); it is unbiased for the bootstrap PF and for the
+FA-APF with exact predictive weights.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PyTree
+
+from .._typing import Key, LogWeights, Observation, Scalar
+from ..emulators._base import AbstractEmulator
+from ..observations.model import ObservationModel
+from ..resampling import RESAMPLERS, effective_sample_size, get_resampler, normalize_log_weights
+from .proposals import EmulatorProposal
+from .tempering import AbstractTempering, ESSBandTempering, FixedTempering
+from .weights import AbstractPredictiveWeight, DiracPredictiveWeight
+
+RESAMPLING_STREAM = 2**32 - 1
+WEIGHT_STREAM = 0
+PROPOSAL_STREAM = 1
+
+
+class FilterState(eqx.Module):
+    """The filter's state between cycles.
+
+    Attributes:
+        particles: the particle states, with a leading particle axis.
+        log_weights: normalised log-weights, shape ``(N,)``.
+        cycle: the index of the next cycle.
+    """
+
+    particles: PyTree
+    log_weights: LogWeights
+    cycle: Int[Array, ""]
+
+
+class CycleDiagnostics(eqx.Module):
+    """What each cycle records (stacked over cycles by the driver).
+
+    Attributes:
+        ess: effective sample size of the selection weights, before resampling.
+        alpha: the tempering exponent used (0 for the free ensemble).
+        log_evidence_increment: ``log p̂(y^{k+1} | y^{1:k})`` (NaN where not estimated).
+        forward_calls, backward_calls: denoiser evaluations and VJPs in this cycle.
+        num_nonfinite: particles whose log-likelihood or new state was not finite.
+    """
+
+    ess: Scalar
+    alpha: Scalar
+    log_evidence_increment: Scalar
+    forward_calls: Int[Array, ""]
+    backward_calls: Int[Array, ""]
+    num_nonfinite: Int[Array, ""]
+
+
+def particle_keys(cycle_key: Key, num_particles: int) -> Key:
+    """``fold_in(cycle_key, i)`` for ``i = 0..N-1``."""
+    return jax.vmap(lambda i: jax.random.fold_in(cycle_key, i))(jnp.arange(num_particles))
+
+
+def num_particles_of(particles: PyTree) -> int:
+    leaves = jax.tree_util.tree_leaves(particles)
+    if not leaves:
+        raise ValueError("particles is an empty pytree")
+    return int(leaves[0].shape[0])
+
+
+def _nonfinite_particles(particles: PyTree) -> Int[Array, " particle"]:
+    flags = [
+        ~jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+        for leaf in jax.tree_util.tree_leaves(particles)
+    ]
+    return jnp.any(jnp.stack(flags), axis=0)
+
+
+def _sanitize(log_likelihoods: Float[Array, " particle"]) -> tuple[Array, Array]:
+    """NaN log-likelihoods become −inf (zero weight); returns them and the NaN flags."""
+    bad = jnp.isnan(log_likelihoods)
+    return jnp.where(bad, -jnp.inf, log_likelihoods), bad
+
+
+def _temper(log_likelihoods: Array, alpha: Scalar) -> Array:
+    # α = 0 must give exactly uniform weights, even for −inf log-likelihoods (0·∞ is NaN).
+    return jnp.where(alpha > 0, alpha * log_likelihoods, 0.0)
+
+
+class AbstractFilter(eqx.Module):
+    """One assimilation cycle as a pure function of explicit state and key."""
+
+    @property
+    @abc.abstractmethod
+    def emulator(self) -> AbstractEmulator:
+        """The emulator whose frames the filter tracks."""
+
+    @property
+    @abc.abstractmethod
+    def requires_observations(self) -> bool:
+        """Whether every cycle needs at least one observed value."""
+
+    @abc.abstractmethod
+    def call_counts(self, num_particles: int, num_observations: int) -> tuple[int, int]:
+        """Denoiser ``(forward evaluations, VJPs)`` per cycle."""
+
+    def init(self, particles: PyTree) -> FilterState:
+        """Equally weighted particles at cycle 0."""
+        n = num_particles_of(particles)
+        dtype = jax.tree_util.tree_leaves(particles)[0].dtype
+        log_weights = jnp.full((n,), -jnp.log(jnp.asarray(n, dtype)), dtype)
+        return FilterState(particles, log_weights, jnp.zeros((), jnp.int32))
+
+    @abc.abstractmethod
+    def step(
+        self, state: FilterState, y: Observation, observation: ObservationModel, key: Key
+    ) -> tuple[FilterState, CycleDiagnostics]:
+        """Assimilate ``y`` (the observation at the end of this cycle)."""
+
+    def _diagnostics(self, ess, alpha, evidence, num_nonfinite, num_particles, num_obs):
+        forward, backward = self.call_counts(num_particles, num_obs)
+        dtype = jnp.asarray(ess).dtype
+        return CycleDiagnostics(
+            ess=jnp.asarray(ess, dtype),
+            alpha=jnp.asarray(alpha, dtype),
+            log_evidence_increment=jnp.asarray(evidence, dtype),
+            forward_calls=jnp.asarray(forward, jnp.int32),
+            backward_calls=jnp.asarray(backward, jnp.int32),
+            num_nonfinite=jnp.asarray(num_nonfinite, jnp.int32),
+        )
+
+
+def _check_resampling(name: str, owner: str) -> None:
+    if name not in RESAMPLERS:
+        raise ValueError(f"{owner}.resampling is {name!r}; expected one of {sorted(RESAMPLERS)}")
+
+
+class AuxiliaryParticleFilter(AbstractFilter):
+    """The fully adapted auxiliary particle filter (FA-APF) with a guided-diffusion proposal.
+
+    Attributes:
+        proposal: an :class:`EmulatorProposal` with guidance (MMPS for the method).
+        predictive_weight: Dirac (paper) or moment-matched (tuning-free) weights.
+        tempering: α strategy; the paper uses :class:`ESSBandTempering`, moment-matched
+            weights use ``FixedTempering(1.0)``.
+        resampling: ``"systematic"`` (default), ``"stratified"``, ``"residual"`` or
+            ``"multinomial"``.
+        skip_first_selection: use α = 0 in cycle 0, as the authors do when all particles
+            start as copies of one state (their weights differ only by noise).
+    """
+
+    proposal: EmulatorProposal
+    predictive_weight: AbstractPredictiveWeight = DiracPredictiveWeight()
+    tempering: AbstractTempering = ESSBandTempering()
+    resampling: str = eqx.field(static=True, default="systematic")
+    skip_first_selection: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self) -> None:
+        _check_resampling(self.resampling, "AuxiliaryParticleFilter")
+        if not self.proposal.is_guided:
+            raise ValueError(
+                "AuxiliaryParticleFilter.proposal must be guided (the FA-APF samples the "
+                "optimal proposal); use BootstrapParticleFilter for an unguided proposal"
+            )
+
+    @property
+    def emulator(self) -> AbstractEmulator:
+        return self.proposal.emulator
+
+    @property
+    def requires_observations(self) -> bool:
+        return True
+
+    def call_counts(self, num_particles, num_observations):
+        wf, wb = self.predictive_weight.call_counts(num_observations)
+        pf, pb = self.proposal.call_counts()
+        return num_particles * (wf + pf), num_particles * (wb + pb)
+
+    def step(self, state, y, observation, key):
+        particles = state.particles
+        n = num_particles_of(particles)
+        keys = particle_keys(key, n)
+        emulator = self.emulator
+
+        def weight(k, s):
+            k = jax.random.fold_in(k, WEIGHT_STREAM)
+            return self.predictive_weight.log_likelihood(k, emulator, observation, s, y)
+
+        log_likelihoods, bad = _sanitize(jax.vmap(weight)(keys, particles))
+        previous = normalize_log_weights(state.log_weights)
+        alpha = self.tempering.exponent(log_likelihoods, previous)
+        if self.skip_first_selection:
+            alpha = jnp.where(state.cycle == 0, jnp.zeros_like(alpha), alpha)
+        log_weights = previous + _temper(log_likelihoods, alpha)
+        ess = effective_sample_size(log_weights)
+        evidence = jax.scipy.special.logsumexp(previous + log_likelihoods)
+        resample = get_resampler(self.resampling)
+        ancestors = resample(jax.random.fold_in(key, RESAMPLING_STREAM), log_weights, n)
+        parents = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
+
+        def propagate(k, s):
+            return self.proposal(jax.random.fold_in(k, PROPOSAL_STREAM), s, y, observation)
+
+        children = jax.vmap(propagate)(keys, parents)
+        nonfinite = jnp.sum(bad | _nonfinite_particles(children))
+        uniform = jnp.full_like(log_weights, -jnp.log(jnp.asarray(n, log_weights.dtype)))
+        new_state = FilterState(children, uniform, state.cycle + 1)
+        diagnostics = self._diagnostics(
+            ess, alpha, evidence, nonfinite, n, observation.num_observations
+        )
+        return new_state, diagnostics
+
+
+class BootstrapParticleFilter(AbstractFilter):
+    """Propagate with the unguided emulator, weight by ``p(y | x)``, resample.
+
+    Attributes:
+        proposal: an unguided :class:`EmulatorProposal`.
+        tempering: α on ``log p(y | x)``; ``FixedTempering(1.0)`` (default) is the textbook
+            filter.
+        resampling: the resampling scheme's name.
+    """
+
+    proposal: EmulatorProposal
+    tempering: AbstractTempering = FixedTempering(1.0)
+    resampling: str = eqx.field(static=True, default="systematic")
+
+    def __check_init__(self) -> None:
+        _check_resampling(self.resampling, "BootstrapParticleFilter")
+        if self.proposal.is_guided:
+            raise ValueError(
+                "BootstrapParticleFilter.proposal must be unguided: its weight p(y|x) is only "
+                "correct for the emulator's own transition"
+            )
+
+    @property
+    def emulator(self) -> AbstractEmulator:
+        return self.proposal.emulator
+
+    @property
+    def requires_observations(self) -> bool:
+        return False
+
+    def call_counts(self, num_particles, num_observations):
+        pf, pb = self.proposal.call_counts()
+        return num_particles * pf, num_particles * pb
+
+    def step(self, state, y, observation, key):
+        particles = state.particles
+        n = num_particles_of(particles)
+        keys = particle_keys(key, n)
+        emulator = self.emulator
+
+        def propagate(k, s):
+            return self.proposal(jax.random.fold_in(k, PROPOSAL_STREAM), s, y, observation)
+
+        children = jax.vmap(propagate)(keys, particles)
+
+        def likelihood(s):
+            return observation.log_likelihood(y, emulator.current_frame(s))
+
+        log_likelihoods, bad = _sanitize(jax.vmap(likelihood)(children))
+        previous = normalize_log_weights(state.log_weights)
+        alpha = self.tempering.exponent(log_likelihoods, previous)
+        log_weights = previous + _temper(log_likelihoods, alpha)
+        ess = effective_sample_size(log_weights)
+        evidence = jax.scipy.special.logsumexp(previous + log_likelihoods)
+        resample = get_resampler(self.resampling)
+        ancestors = resample(jax.random.fold_in(key, RESAMPLING_STREAM), log_weights, n)
+        selected = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], children)
+        nonfinite = jnp.sum(bad | _nonfinite_particles(children))
+        uniform = jnp.full_like(log_weights, -jnp.log(jnp.asarray(n, log_weights.dtype)))
+        new_state = FilterState(selected, uniform, state.cycle + 1)
+        diagnostics = self._diagnostics(
+            ess, alpha, evidence, nonfinite, n, observation.num_observations
+        )
+        return new_state, diagnostics
+
+
+class FreeEnsemble(AbstractFilter):
+    """No assimilation: every member follows the emulator (the reference forecast)."""
+
+    proposal: EmulatorProposal
+
+    def __check_init__(self) -> None:
+        if self.proposal.is_guided:
+            raise ValueError("FreeEnsemble.proposal must be unguided")
+
+    @property
+    def emulator(self) -> AbstractEmulator:
+        return self.proposal.emulator
+
+    @property
+    def requires_observations(self) -> bool:
+        return False
+
+    def call_counts(self, num_particles, num_observations):
+        pf, pb = self.proposal.call_counts()
+        return num_particles * pf, num_particles * pb
+
+    def step(self, state, y, observation, key):
+        particles = state.particles
+        n = num_particles_of(particles)
+        keys = particle_keys(key, n)
+
+        def propagate(k, s):
+            return self.proposal(jax.random.fold_in(k, PROPOSAL_STREAM), s, y, observation)
+
+        children = jax.vmap(propagate)(keys, particles)
+        dtype = state.log_weights.dtype
+        new_state = FilterState(children, state.log_weights, state.cycle + 1)
+        diagnostics = self._diagnostics(
+            jnp.asarray(n, dtype),
+            jnp.zeros((), dtype),
+            jnp.asarray(jnp.nan, dtype),
+            jnp.sum(_nonfinite_particles(children)),
+            n,
+            observation.num_observations,
+        )
+        return new_state, diagnostics

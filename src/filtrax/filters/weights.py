@@ -1,0 +1,166 @@
+r"""Approximations of the FA-APF's predictive weight :math:`p(y^{k+1}\mid s^k)`.
+
+The optimal proposal makes the incremental weight the predictive likelihood
+
+.. math:: p(y \mid s^k) = \int p(y\mid x)\,p(x\mid s^k)\,\mathrm dx,
+
+which a diffusion emulator does not give in closed form. Both approximations below use
+one denoiser evaluation at the highest noise level :math:`\sigma_1`, where
+:math:`D(\sigma_1\varepsilon; \sigma_1, c) \approx \mathbb E[z\mid c]` and
+:math:`\sigma_1^2 J(\sigma_1) \approx \operatorname{Cov}[z\mid c]` (method spec §1.8):
+
+* :class:`DiracPredictiveWeight` (the paper): :math:`\mathcal N(y;\, h(\Phi(\hat z)),\, R)`.
+  It ignores the forecast spread, so its weights are too sharp; tempering compensates.
+* :class:`MomentMatchedPredictiveWeight` (ours): :math:`\mathcal N(y;\, h(\Phi(\hat z)),\,
+  R + \sigma_1^2 G J G^\top)` with the Tweedie covariance, the quadratic form solved by CG.
+  In the linear-Gaussian model it is exact as :math:`\sigma_1 \to \infty`, so α = 1 is right.
+
+References:
+    Savary, Rozet & Louppe (2025), arXiv:2509.18811 (Dirac approximation, method spec §3.1).
+    Method spec §3.4 (moment matching; cf. the ICML 2026 follow-up, arXiv:2605.20028).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import PyTree
+
+from .._typing import Key, Observation, Scalar
+from ..emulators._base import AbstractEmulator
+from ..guidance.linear_solvers import conjugate_gradient
+from ..observations.model import ObservationModel, observation_mask
+
+
+class AbstractPredictiveWeight(eqx.Module):
+    """``log p̂(y | s)`` for one particle state ``s``."""
+
+    @abc.abstractmethod
+    def call_counts(self, num_observations: int) -> tuple[int, int]:
+        """Denoiser ``(forward evaluations, VJPs)`` per particle."""
+
+    @abc.abstractmethod
+    def log_likelihood(
+        self,
+        key: Key,
+        emulator: AbstractEmulator,
+        observation: ObservationModel,
+        state: PyTree,
+        y: Observation,
+    ) -> Scalar:
+        """The approximate predictive log-likelihood of ``y`` for this particle."""
+
+
+def _check_sigma_max(sigma_max: float, owner: str) -> None:
+    if not (math.isfinite(sigma_max) and sigma_max > 0):
+        raise ValueError(f"{owner}.sigma_max must be finite and > 0, got {sigma_max}")
+
+
+class DiracPredictiveWeight(AbstractPredictiveWeight):
+    """``N(y; h(Φ(ẑ)), R)`` with ``ẑ`` the mean of ``D(σ_max ε_m)`` over ``num_noise_draws``.
+
+    Attributes:
+        sigma_max: the noise level of the expectation (88: GenCast's training maximum).
+        num_noise_draws: ``M``, the number of noise draws averaged (1 in the paper).
+    """
+
+    sigma_max: float = eqx.field(static=True, default=88.0)
+    num_noise_draws: int = eqx.field(static=True, default=1)
+
+    def __check_init__(self) -> None:
+        _check_sigma_max(self.sigma_max, "DiracPredictiveWeight")
+        if int(self.num_noise_draws) != self.num_noise_draws or self.num_noise_draws < 1:
+            raise ValueError(
+                f"DiracPredictiveWeight.num_noise_draws must be an integer >= 1, "
+                f"got {self.num_noise_draws}"
+            )
+
+    def call_counts(self, num_observations: int) -> tuple[int, int]:
+        return self.num_noise_draws, 0
+
+    def log_likelihood(self, key, emulator, observation, state, y):
+        cond = emulator.condition(state)
+        template = emulator.latent_template(state)
+        sigma = jnp.asarray(self.sigma_max, template.dtype)
+
+        def denoised(m):
+            eps = emulator.noise(jax.random.fold_in(key, m), template)
+            return emulator.denoiser(sigma * eps, sigma, cond)
+
+        z_mean = jnp.mean(jax.vmap(denoised)(jnp.arange(self.num_noise_draws)), axis=0)
+        frame = emulator.latent_to_frame(z_mean, state)
+        return observation.log_likelihood(y, frame)
+
+
+class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):
+    """``N(y; h(Φ(ẑ)), R + σ² G J Gᵀ)`` at ``σ = sigma_max``: tuning-free, use it with α = 1.
+
+    The quadratic form ``rᵀ C⁻¹ r`` uses ``cg_iterations`` CG steps (matvecs are VJPs of the
+    one stored linearisation). The log-determinant of ``C`` is dropped by default: it is the
+    same for every particle when the Tweedie covariance does not depend on the particle
+    (exactly so in the linear-Gaussian model), and then cancels in the normalised weights.
+    With ``dense_log_determinant`` it is computed exactly from the ``obs × obs`` matrix,
+    built with one VJP per observation: affordable only for small observation sets, and
+    needed for an exact log-evidence.
+
+    Attributes:
+        sigma_max: the noise level of the Tweedie moments.
+        cg_iterations: ``K``, the CG iterations for the quadratic form.
+        dense_log_determinant: include ``log det C`` (``obs`` extra VJPs).
+    """
+
+    sigma_max: float = eqx.field(static=True, default=88.0)
+    cg_iterations: int = eqx.field(static=True, default=4)
+    dense_log_determinant: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self) -> None:
+        _check_sigma_max(self.sigma_max, "MomentMatchedPredictiveWeight")
+        if int(self.cg_iterations) != self.cg_iterations or self.cg_iterations < 1:
+            raise ValueError(
+                f"MomentMatchedPredictiveWeight.cg_iterations must be an integer >= 1, "
+                f"got {self.cg_iterations}"
+            )
+
+    def call_counts(self, num_observations: int) -> tuple[int, int]:
+        extra = num_observations if self.dense_log_determinant else 0
+        return 1, self.cg_iterations + extra
+
+    def log_likelihood(self, key, emulator, observation, state, y):
+        cond = emulator.condition(state)
+        template = emulator.latent_template(state)
+        sigma = jnp.asarray(self.sigma_max, template.dtype)
+        eps = emulator.noise(key, template)
+        z_hat, denoiser_vjp = jax.vjp(lambda z: emulator.denoiser(z, sigma, cond), sigma * eps)
+
+        def predict(z):
+            return observation.predict(emulator.latent_to_frame(z, state))
+
+        y_pred, observe_linear = jax.linearize(predict, z_hat)
+        observe_transpose = jax.linear_transpose(observe_linear, z_hat)
+        y = y.astype(y_pred.dtype)
+        mask = observation_mask(y)
+        variance = observation.noise_variance.astype(y_pred.dtype)
+        residual = jnp.where(mask, y - y_pred, 0.0)
+
+        def matvec(v):
+            v = jnp.where(mask, v, 0.0)
+            (v_latent,) = observe_transpose(v)
+            (v_noisy,) = denoiser_vjp(v_latent)
+            covariance_term = sigma**2 * observe_linear(v_noisy)
+            return jnp.where(mask, variance * v + covariance_term, v)
+
+        solution = conjugate_gradient(matvec, residual, self.cg_iterations)
+        quadratic = jnp.vdot(residual, solution)
+        if self.dense_log_determinant:
+            n = residual.shape[0]
+            columns = jax.vmap(matvec)(jnp.eye(n, dtype=residual.dtype))
+            matrix = 0.5 * (columns + columns.T)
+            _, log_det = jnp.linalg.slogdet(matrix)  # masked rows are identity: log 1 = 0
+        else:
+            log_det = jnp.sum(jnp.where(mask, jnp.log(variance), 0.0))
+        num_observed = jnp.sum(mask).astype(residual.dtype)
+        return -0.5 * (quadratic + log_det + num_observed * math.log(2.0 * math.pi))

@@ -1,0 +1,1 @@
+"""Guidance: wrappers that turn a prior denoiser into a posterior denoiser."""

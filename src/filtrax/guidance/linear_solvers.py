@@ -1,0 +1,116 @@
+"""Matrix-free Krylov solvers with a fixed number of iterations, started from ``u₀ = 0``.
+
+A fixed count keeps the cost predictable (one matvec is one VJP through the denoiser)
+and makes the solvers ``vmap``/``jit`` friendly: there is no convergence test. Starting
+from zero saves the matvec that ``jax.scipy.sparse.linalg`` spends on ``A u₀``.
+
+Matvecs per solve: CG ``K``, BiCGSTAB ``2K``, GMRES ``K``.
+
+References:
+    Hestenes & Stiefel (1952), CG. van der Vorst (1992), BiCGSTAB.
+    Saad & Schultz (1986), GMRES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+Vector = Float[Array, " n"]
+MatVec = Callable[[Vector], Vector]
+
+
+def _tiny(dtype: jnp.dtype) -> Array:
+    return jnp.asarray(jnp.finfo(dtype).tiny, dtype) * 1e6
+
+
+def _safe(denominator: Array) -> Array:
+    """Keep a denominator away from zero, preserving its sign (converged or broken-down solves)."""
+    tiny = _tiny(denominator.dtype)
+    return jnp.where(
+        jnp.abs(denominator) < tiny, jnp.where(denominator < 0, -tiny, tiny), denominator
+    )
+
+
+def conjugate_gradient(matvec: MatVec, b: Vector, iterations: int) -> Vector:
+    """``K`` iterations of CG on ``A u = b`` (``A`` symmetric positive definite)."""
+
+    def body(_, carry):
+        u, r, p, rr = carry
+        Ap = matvec(p)
+        step = rr / _safe(jnp.vdot(p, Ap))
+        u = u + step * p
+        r = r - step * Ap
+        rr_new = jnp.vdot(r, r)
+        p = r + (rr_new / _safe(rr)) * p
+        return u, r, p, rr_new
+
+    init = (jnp.zeros_like(b), b, b, jnp.vdot(b, b))
+    return jax.lax.fori_loop(0, iterations, body, init)[0]
+
+
+def bicgstab(matvec: MatVec, b: Vector, iterations: int) -> Vector:
+    """``K`` iterations of BiCGSTAB on ``A u = b`` (two matvecs per iteration)."""
+
+    def body(_, carry):
+        u, r, p, r_hat, rho = carry
+        v = matvec(p)
+        step = rho / _safe(jnp.vdot(r_hat, v))
+        s = r - step * v
+        t = matvec(s)
+        omega = jnp.vdot(t, s) / _safe(jnp.vdot(t, t))
+        u = u + step * p + omega * s
+        r = s - omega * t
+        rho_new = jnp.vdot(r_hat, r)
+        beta = (rho_new / _safe(rho)) * (step / _safe(omega))
+        p = r + beta * (p - omega * v)
+        return u, r, p, r_hat, rho_new
+
+    init = (jnp.zeros_like(b), b, b, b, jnp.vdot(b, b))
+    return jax.lax.fori_loop(0, iterations, body, init)[0]
+
+
+def gmres(matvec: MatVec, b: Vector, iterations: int) -> Vector:
+    """GMRES with a Krylov space of dimension ``K`` (``K`` matvecs, no restart).
+
+    Arnoldi with modified Gram–Schmidt, then the small least-squares problem
+    ``min ‖β e₁ − H y‖`` is solved by SVD.
+    """
+    k = iterations
+    beta = jnp.linalg.norm(b)
+    basis = jnp.zeros((k + 1, b.shape[0]), b.dtype).at[0].set(b / _safe(beta))
+    hessenberg = jnp.zeros((k + 1, k), b.dtype)
+
+    def arnoldi(j, carry):
+        basis, hessenberg = carry
+        w = matvec(basis[j])
+
+        def orthogonalise(i, carry):
+            w, column = carry
+            coefficient = jnp.where(i <= j, jnp.vdot(basis[i], w), 0.0)
+            return w - coefficient * basis[i], column.at[i].set(coefficient)
+
+        w, column = jax.lax.fori_loop(0, k, orthogonalise, (w, jnp.zeros((k + 1,), b.dtype)))
+        norm = jnp.linalg.norm(w)
+        column = column.at[j + 1].set(norm)
+        basis = basis.at[j + 1].set(w / _safe(norm))
+        return basis, hessenberg.at[:, j].set(column)
+
+    basis, hessenberg = jax.lax.fori_loop(0, k, arnoldi, (basis, hessenberg))
+    rhs = jnp.zeros((k + 1,), b.dtype).at[0].set(beta)
+    # A least-squares solve by SVD also copes with breakdown (a Krylov space that became
+    # invariant before k steps): tiny singular values are cut instead of producing NaNs.
+    coefficients = jnp.linalg.lstsq(hessenberg, rhs)[0]
+    return basis[:k].T @ coefficients
+
+
+SOLVERS: dict[str, Callable[[MatVec, Vector, int], Vector]] = {
+    "cg": conjugate_gradient,
+    "bicgstab": bicgstab,
+    "gmres": gmres,
+}
+
+MATVECS_PER_ITERATION: dict[str, int] = {"cg": 1, "bicgstab": 2, "gmres": 1}

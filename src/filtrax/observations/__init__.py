@@ -1,0 +1,1 @@
+"""Observation operators and the diagonal Gaussian observation model."""

@@ -1,0 +1,119 @@
+r"""The Gaussian observation model :math:`y = h(x) + v`,
+:math:`v \sim \mathcal N(0, \operatorname{diag} r)`.
+
+**Missing values.** A NaN in ``y`` means "not observed". Masked entries contribute
+nothing: the log-likelihood sums over observed entries only, and guidance solves its
+linear systems on the observed block (masked rows are replaced by the identity with a
+zero right-hand side, which is the same as deleting them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .._typing import Key, Observation, ObservationMask, Scalar, State
+from .operators import AbstractObservationOperator
+
+
+def observation_mask(y: Observation) -> ObservationMask:
+    """True where ``y`` is observed (finite)."""
+    return jnp.isfinite(y)
+
+
+class ObservationModel(eqx.Module):
+    """An observation operator plus diagonal Gaussian noise.
+
+    Attributes:
+        operator: ``h``, mapping one state to ``num_observations`` predictions.
+        noise_variance: the noise variances ``r``, shape ``(num_observations,)`` (a scalar is
+            broadcast). They must be finite and positive.
+    """
+
+    operator: AbstractObservationOperator
+    noise_variance: Float[Array, " obs"]
+
+    def __init__(self, operator: AbstractObservationOperator, noise_variance: Array | float):
+        if not isinstance(operator, AbstractObservationOperator):
+            raise ValueError(
+                "ObservationModel.operator must be an AbstractObservationOperator, got "
+                f"{type(operator).__name__}"
+            )
+        self.operator = operator
+        n = operator.num_observations
+        variance = jnp.asarray(noise_variance)
+        if variance.ndim == 0:
+            variance = jnp.full((n,), variance)
+        if variance.shape != (n,):
+            raise ValueError(
+                f"ObservationModel.noise_variance has shape {variance.shape}, expected ({n},) "
+                f"(one variance per observation) or a scalar"
+            )
+        if not isinstance(variance, jax.core.Tracer):
+            host = np.asarray(variance)
+            bad = np.flatnonzero(~(np.isfinite(host) & (host > 0)))
+            if bad.size:
+                raise ValueError(
+                    f"ObservationModel.noise_variance must be finite and > 0; entries "
+                    f"{bad[:5].tolist()} are {host[bad[:5]].tolist()}"
+                )
+        self.noise_variance = variance
+
+    @property
+    def num_observations(self) -> int:
+        return self.operator.num_observations
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return tuple(self.operator.state_shape)
+
+    def predict(self, x: State) -> Observation:
+        return self.operator(x)
+
+    def log_likelihood_of_prediction(self, y: Observation, y_pred: Observation) -> Scalar:
+        """``log N(y; y_pred, diag r)`` over the observed (finite) entries of ``y``."""
+        mask = observation_mask(y)
+        variance = self.noise_variance.astype(y_pred.dtype)
+        residual = jnp.where(mask, y - y_pred, 0.0)
+        terms = residual**2 / variance + jnp.log(2.0 * math.pi * variance)
+        return -0.5 * jnp.sum(jnp.where(mask, terms, 0.0))
+
+    def log_likelihood(self, y: Observation, x: State) -> Scalar:
+        """``log p(y | x)`` over the observed entries of ``y``."""
+        return self.log_likelihood_of_prediction(y, self.predict(x))
+
+    def sample(self, key: Key, x: State) -> Observation:
+        """Draw ``y ~ N(h(x), diag r)``."""
+        y_pred = self.predict(x)
+        std = jnp.sqrt(self.noise_variance.astype(y_pred.dtype))
+        return y_pred + std * jax.random.normal(key, y_pred.shape, y_pred.dtype)
+
+    def check_observations(
+        self, y: Array, *, name: str = "y", require_observed: bool = True
+    ) -> None:
+        """Raise ``ValueError`` unless ``y`` has shape ``(..., num_observations)``.
+
+        With ``require_observed``, each observation vector (the last axis) must have at
+        least one finite entry: guidance on an empty observation set is meaningless.
+        Infinite values are rejected (only NaN marks a missing value).
+        """
+        y = np.asarray(y)
+        n = self.num_observations
+        if y.ndim < 1 or y.shape[-1] != n:
+            raise ValueError(f"{name} has shape {y.shape}, expected (..., {n}) observations")
+        if np.isinf(y).any():
+            where = np.argwhere(np.isinf(y))[0].tolist()
+            raise ValueError(f"{name} has an infinite value at index {where}; use NaN for missing")
+        if require_observed:
+            empty = ~np.isfinite(y).any(axis=-1)
+            if empty.any():
+                where = np.argwhere(empty)[0].tolist() if y.ndim > 1 else []
+                raise ValueError(
+                    f"{name}{where if where else ''} has no observed (finite) entry: an empty "
+                    f"observation set cannot guide the sampler"
+                )
