@@ -167,11 +167,12 @@ def random_linear_gaussian_model(
     *,
     spectral_radius: float = 0.9,
     observation_variance: float = 0.25,
-    dtype: np.dtype = np.float64,
+    dtype: np.dtype | None = None,
 ) -> LinearGaussianModel:
     """A reproducible test model: a stable rotation-like ``A``, correlated ``Q``, partial ``H``.
 
     ``H`` observes ``observed`` components, even indices first (every other one by default).
+    ``dtype`` defaults to JAX's default float (float64 only under ``jax_enable_x64``).
     """
     rng = np.random.default_rng(seed)
     d = state_dim
@@ -186,4 +187,5 @@ def random_linear_gaussian_model(
     columns = [*range(0, d, 2), *range(1, d, 2)][:observed]
     H[np.arange(observed), columns] = 1.0
     r = np.full(observed, observation_variance)
-    return LinearGaussianModel(*(jnp.asarray(m, dtype) for m in (A, Q, H, r)))
+    dtype = jnp.zeros(()).dtype if dtype is None else dtype
+    return LinearGaussianModel(*(jnp.asarray(m.astype(dtype)) for m in (A, Q, H, r)))
