@@ -85,42 +85,61 @@ class GaussianDenoiser(AbstractDenoiser):
         \mathbb V[x\mid x_\sigma] = \sigma^2 \partial D/\partial x_\sigma
             = \sigma^2 Q (Q + \sigma^2 I)^{-1} = (Q^{-1} + \sigma^{-2} I)^{-1}.
 
+    ``Q = U \operatorname{diag}(\lambda) U^\top`` is diagonalised once, so a call costs two
+    matrix-vector products: :math:`D = \mu + U \operatorname{diag}(\lambda/(\lambda+\sigma^2))
+    U^\top (x_\sigma - \mu)`. States of any shape are flattened (C order) against ``Q``.
+
     The prior mean is passed as the conditioning so that one denoiser serves every
     particle of a linear-Gaussian transition ``x' ~ N(A x, Q)`` (``cond = A x``).
 
     Attributes:
-        covariance: the prior covariance ``Q``, shape ``(d, d)``, symmetric positive definite.
+        eigenvalues: the eigenvalues ``λ`` of ``Q`` (clipped at 0).
+        eigenvectors: the orthonormal eigenvectors ``U`` of ``Q``, as columns.
 
     References:
         Savary, Rozet & Louppe (2025), the exactness test bed (method spec §1.8).
     """
 
-    covariance: Float[Array, "d d"]
+    eigenvalues: Float[Array, " d"]
+    eigenvectors: Float[Array, "d d"]
 
-    def __check_init__(self) -> None:
-        shape = jnp.shape(self.covariance)
-        if len(shape) != 2 or shape[0] != shape[1]:
+    def __init__(self, covariance: Float[Array, "d d"]):
+        covariance = jnp.asarray(covariance)
+        shape = covariance.shape
+        if covariance.ndim != 2 or shape[0] != shape[1]:
             raise ValueError(f"GaussianDenoiser.covariance must be square (d, d), got {shape}")
+        eigenvalues, eigenvectors = jnp.linalg.eigh(0.5 * (covariance + covariance.T))
+        self.eigenvalues = jnp.maximum(eigenvalues, 0.0)
+        self.eigenvectors = eigenvectors
 
-    def _gain(self, sigma: Float[Array, ""]) -> Float[Array, "d d"]:
-        eye = jnp.eye(self.covariance.shape[0], dtype=self.covariance.dtype)
-        sigma_sq = jnp.asarray(sigma, dtype=self.covariance.dtype) ** 2
-        # Q (Q + σ²I)^{-1} = ((Q + σ²I)^{-1} Q)ᵀ, and Q is symmetric.
-        return jnp.linalg.solve(self.covariance + sigma_sq * eye, self.covariance).T
+    @property
+    def covariance(self) -> Float[Array, "d d"]:
+        """``Q`` reassembled from its eigendecomposition."""
+        return (self.eigenvectors * self.eigenvalues) @ self.eigenvectors.T
 
-    def __call__(
-        self, x_t: Float[Array, " d"], sigma: Float[Array, ""], cond: Float[Array, " d"]
-    ) -> Float[Array, " d"]:
+    def _shrinkage(self, sigma: Float[Array, ""], dtype: jnp.dtype) -> Float[Array, " d"]:
+        eigenvalues = self.eigenvalues.astype(dtype)
+        return eigenvalues / (eigenvalues + jnp.asarray(sigma, dtype) ** 2)
+
+    def __call__(self, x_t: State, sigma: Float[Array, ""], cond: State) -> State:
         prior_mean = jnp.asarray(cond, dtype=x_t.dtype)
         if prior_mean.shape != x_t.shape:
             raise ValueError(
                 f"GaussianDenoiser: cond (the prior mean) has shape {prior_mean.shape}, "
                 f"expected the state shape {x_t.shape}"
             )
-        return prior_mean + self._gain(sigma).astype(x_t.dtype) @ (x_t - prior_mean)
+        if x_t.size != self.eigenvalues.shape[0]:
+            raise ValueError(
+                f"GaussianDenoiser: state has {x_t.size} entries, covariance is "
+                f"{self.eigenvalues.shape[0]} x {self.eigenvalues.shape[0]}"
+            )
+        U = self.eigenvectors.astype(x_t.dtype)
+        deviation = (x_t - prior_mean).reshape(-1)
+        update = U @ (self._shrinkage(sigma, x_t.dtype) * (U.T @ deviation))
+        return prior_mean + update.reshape(x_t.shape)
 
     def tweedie_covariance(self, sigma: Float[Array, ""]) -> Float[Array, "d d"]:
-        """``V[x | x_σ] = σ² Q (Q + σ² I)^{-1}`` in closed form."""
-        sigma_sq = jnp.asarray(sigma, dtype=self.covariance.dtype) ** 2
-        gain = self._gain(sigma)
-        return 0.5 * sigma_sq * (gain + gain.T)
+        """``V[x | x_σ] = σ² Q (Q + σ² I)^{-1}`` in closed form (flattened state)."""
+        dtype = self.eigenvectors.dtype
+        variances = jnp.asarray(sigma, dtype) ** 2 * self._shrinkage(sigma, dtype)
+        return (self.eigenvectors * variances) @ self.eigenvectors.T

@@ -1,0 +1,1 @@
+"""Edges of the library: grids, files and xarray conversion (the core never imports these)."""

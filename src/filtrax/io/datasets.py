@@ -1,0 +1,106 @@
+"""Frames ↔ xarray Datasets with CF attributes and ERA5/WeatherBench-2 names.
+
+Gridded frames ``(channel, lat, lon)`` become one data variable per physical variable,
+with dims ``(cycle, particle, level, lat, lon)`` for variables on levels and
+``(cycle, particle, lat, lon)`` for surface ones. Site-indexed states become a single
+variable ``x`` with dims ``(cycle, particle, site)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from .grid import GridSpec
+
+# CF standard names of the ERA5 / WeatherBench-2 variables we may carry.
+STANDARD_NAMES = {
+    "temperature": "air_temperature",
+    "2m_temperature": "air_temperature",
+    "u_component_of_wind": "eastward_wind",
+    "v_component_of_wind": "northward_wind",
+    "geopotential": "geopotential",
+    "surface_pressure": "surface_air_pressure",
+    "mean_sea_level_pressure": "air_pressure_at_mean_sea_level",
+}
+
+
+def _variable_attrs(variable: str, unit: str) -> dict[str, str]:
+    attrs = {"units": unit, "long_name": variable.replace("_", " ")}
+    if variable in STANDARD_NAMES and unit != "1":
+        attrs["standard_name"] = STANDARD_NAMES[variable]
+    return attrs
+
+
+def frames_to_dataset(
+    frames: np.ndarray,
+    *,
+    grid: GridSpec | None,
+    units: Sequence[str],
+    leading_dims: tuple[str, ...] = ("cycle", "particle"),
+    coords: dict | None = None,
+) -> xr.Dataset:
+    """Wrap frames with leading dims (e.g. ``(cycle, particle, *frame)``) as a Dataset."""
+    frames = np.asarray(frames)
+    lead = frames.shape[: len(leading_dims)]
+    coords = dict(coords or {})
+    if grid is None:
+        data = {"x": ((*leading_dims, "site"), frames, _variable_attrs("x", units[0]))}
+        coords["site"] = ("site", np.arange(frames.shape[-1]))
+        return xr.Dataset(data, coords=coords)
+    if frames.shape[len(leading_dims) :] != grid.shape:
+        raise ValueError(
+            f"frames have shape {frames.shape[len(leading_dims) :]}, grid is {grid.shape}"
+        )
+    data = {}
+    levels = sorted({c.level for c in grid.channels if c.level is not None})
+    for variable in grid.variables:
+        own = grid.levels_of(variable)
+        if own != (None,) and sorted(own) != levels:
+            raise ValueError(
+                f"variable {variable!r} has levels {own}; every variable on levels must have "
+                f"all of {levels}"
+            )
+        indices = [
+            grid.channel_index(variable, level) for level in (own if own == (None,) else levels)
+        ]
+        unit = units[indices[0]]
+        if own == (None,):
+            values = frames[..., indices[0], :, :]
+            data[variable] = (
+                (*leading_dims, "lat", "lon"),
+                values,
+                _variable_attrs(variable, unit),
+            )
+        else:
+            values = np.stack([frames[..., i, :, :] for i in indices], axis=len(lead))
+            dims = (*leading_dims, "level", "lat", "lon")
+            data[variable] = (dims, values, _variable_attrs(variable, unit))
+    coords["lat"] = (
+        "lat",
+        np.asarray(grid.latitudes),
+        {"units": "degrees_north", "standard_name": "latitude"},
+    )
+    coords["lon"] = (
+        "lon",
+        np.asarray(grid.longitudes),
+        {"units": "degrees_east", "standard_name": "longitude"},
+    )
+    if levels:
+        coords["level"] = ("level", np.asarray(levels), {"long_name": grid.level_name})
+    return xr.Dataset(data, coords=coords)
+
+
+def dataset_to_frames(dataset: xr.Dataset, grid: GridSpec | None) -> np.ndarray:
+    """Inverse of :func:`frames_to_dataset`: stack variables back into ``(..., *frame)``."""
+    if grid is None:
+        return np.asarray(dataset["x"].values)
+    channels = []
+    for channel in grid.channels:
+        values = dataset[channel.variable]
+        if channel.level is not None:
+            values = values.sel(level=channel.level)
+        channels.append(np.asarray(values.values))
+    return np.stack(channels, axis=-3)
