@@ -1,0 +1,131 @@
+"""The ``filtrax`` command line: a thin shell over the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+EPILOG_RUN = """\b
+Examples:
+  filtrax run configs/gaussian_field/demo.toml
+  filtrax run configs/gaussian_field/demo.toml --out runs/n128 --set filter.particles=128
+  filtrax run configs/linear_gaussian/kalman_check.toml --set filter.weights=moment_matched \\
+      --set filter.tempering=fixed
+  filtrax run configs/gaussian_field/demo.toml --out runs/demo --resume   # after a kill
+"""
+
+
+@click.group(
+    epilog="""\b
+Examples:
+  filtrax models                                   list the bundled emulators
+  filtrax demo                                     the linear-Gaussian demo table
+  filtrax run configs/gaussian_field/demo.toml     a full run with report
+  filtrax report runs/demo                         rebuild the report of a run
+""",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """filtrax: training-free data assimilation with diffusion emulators."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fail(error: Exception) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(2)
+
+
+@main.command(epilog=EPILOG_RUN)
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory (default: runs/<config name>).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config entry, e.g. --set filter.particles=128 (repeatable).",
+)
+@click.option("--resume", is_flag=True, help="Continue a killed run from its last finished cycle.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run(
+    config: Path, out: Path | None, overrides: tuple[str, ...], resume: bool, quiet: bool
+) -> None:
+    """Run the experiment described by CONFIG (TOML) into a run directory."""
+    from .experiments.config import ConfigError, load_config
+    from .experiments.runner import RunDirectoryError, run_experiment
+
+    try:
+        cfg = load_config(config, overrides)
+        run_dir = out if out is not None else Path("runs") / cfg.name
+        run_experiment(cfg, run_dir, resume=resume, quiet=quiet)
+    except (ConfigError, RunDirectoryError) as error:
+        _fail(error)
+    click.echo(f"run directory: {run_dir}")
+    click.echo(f"report: {run_dir / 'report.md'}")
+
+
+@main.command()
+@click.option("--particles", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--cycles", type=click.IntRange(min=2), default=40, show_default=True)
+def demo(particles: int, cycles: int) -> None:
+    """The linear-Gaussian twin experiment: every method against the Kalman filter."""
+    from .demo import main as demo_main
+
+    demo_main(["--particles", str(particles), "--cycles", str(cycles)])
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def train(config: Path, overrides: tuple[str, ...]) -> None:
+    """Train the emulator named in CONFIG (learned emulators only)."""
+    from .emulators.cards import load_card
+    from .experiments.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, overrides)
+        card = load_card(cfg.model.name)
+    except (ConfigError, ValueError) as error:
+        _fail(error)
+    if card["kind"] == "analytic":
+        _fail(ValueError(f"model {cfg.model.name!r} is analytic: it has no weights to train"))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report(run_dir: Path) -> None:
+    """(Re)build report.md and the figures of a finished run."""
+    from .report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except FileNotFoundError as error:
+        _fail(error)
+    click.echo(f"report: {path}")
+
+
+@main.command()
+def models() -> None:
+    """List the bundled emulators with their cards."""
+    from .emulators.cards import list_cards
+
+    for card in list_cards():
+        click.echo(f"{card['name']}  ({card['kind']}, licence {card['license']})")
+        click.echo(f"    {card['description']}")
+        for key in ("state", "time_step", "weights", "sha256", "reference"):
+            if card.get(key):
+                click.echo(f"    {key}: {card[key]}")
+
+
+if __name__ == "__main__":
+    main()

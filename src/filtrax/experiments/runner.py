@@ -1,0 +1,409 @@
+"""Run an experiment into a run directory, cycle by cycle, resumably.
+
+Run directory layout::
+
+    config.toml          the resolved config (what ``--resume`` checks against)
+    observations.nc      the observations used, (cycle, obs), NaN = not observed
+    truth.nc             the true frames, when known
+    analysis.zarr        the analysis ensemble per cycle (filter)
+    baseline.zarr        the free ensemble per cycle (when ``run.baseline``)
+    checkpoints/*.npz    the filter state after the last finished cycle (npz, no pickle)
+    metrics.nc           rmse, spread, crps, ess, alpha, seconds per cycle (and channel)
+
+Each cycle runs :func:`filtrax.assimilate` on one observation, writes its analysis into a
+preallocated zarr region, then atomically replaces the checkpoint (write + fsync +
+``os.replace``). A run killed at any point resumes from its last finished cycle with the
+same keys (cycle ``k`` always uses ``fold_in(root, k)``), so the outputs equal those of an
+uninterrupted run bit for bit on the same machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import dask.array
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from .. import metrics as scores
+from ..driver import assimilate
+from ..filters.particle import AbstractFilter, FilterState, FreeEnsemble
+from ..filters.proposals import EmulatorProposal
+from ..io.datasets import dataset_to_frames, frames_to_dataset
+from .config import ExperimentConfig, config_from_dict
+from .factory import Experiment, build_experiment, build_sampler
+
+logger = logging.getLogger(__name__)
+
+HISTORY_FIELDS = (
+    "ess",
+    "alpha",
+    "log_evidence_increment",
+    "forward_calls",
+    "backward_calls",
+    "seconds",
+)
+RUN_STREAMS = {"analysis": 1, "baseline": 2}
+
+
+class RunDirectoryError(ValueError):
+    """The run directory cannot be used as asked (exists, or belongs to another config)."""
+
+
+def config_digest(config: ExperimentConfig) -> str:
+    return hashlib.sha256(config.to_toml().encode()).hexdigest()
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(path: Path, state: FilterState, history: dict, digest: str) -> None:
+    arrays = {
+        f"particles_{i}": np.asarray(leaf)
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(state.particles))
+    }
+    arrays["log_weights"] = np.asarray(state.log_weights)
+    arrays["cycle"] = np.asarray(state.cycle)
+    arrays["config_sha256"] = np.frombuffer(digest.encode(), dtype=np.uint8)
+    arrays.update({f"history_{k}": v for k, v in history.items()})
+    tmp = path.with_name(path.name + ".tmp.npz")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[FilterState, dict]:
+    with np.load(path, allow_pickle=False) as data:
+        stored = bytes(data["config_sha256"]).decode()
+        if stored != digest:
+            raise RunDirectoryError(
+                f"checkpoint {path} was written by another config (sha256 {stored[:12]}…, "
+                f"this config {digest[:12]}…)"
+            )
+        leaves, treedef = jax.tree_util.tree_flatten(template.particles)
+        particles = [jnp.asarray(data[f"particles_{i}"]) for i in range(len(leaves))]
+        for i, (new, old) in enumerate(zip(particles, leaves, strict=True)):
+            if new.shape != old.shape or new.dtype != old.dtype:
+                raise RunDirectoryError(
+                    f"checkpoint {path}: particles_{i} is {new.shape} {new.dtype}, expected "
+                    f"{old.shape} {old.dtype}"
+                )
+        state = FilterState(
+            jax.tree_util.tree_unflatten(treedef, particles),
+            jnp.asarray(data["log_weights"]),
+            jnp.asarray(data["cycle"]),
+        )
+        history = {k: np.array(data[f"history_{k}"]) for k in HISTORY_FIELDS}
+    return state, history
+
+
+def _preallocate(store: Path, experiment: Experiment, num_particles: int) -> None:
+    """Write the zarr metadata for all cycles (NaN-filled, chunked per cycle)."""
+    num_cycles = len(experiment.cycle_times)
+    frames = dask.array.full(
+        (num_cycles, num_particles, *experiment.frame_shape),
+        np.nan,
+        dtype=np.asarray(experiment.initial_particles).dtype,
+        chunks=(1, num_particles, *experiment.frame_shape),
+    )
+    dataset = frames_to_dataset(
+        frames,
+        grid=experiment.grid,
+        units=experiment.units,
+        coords={"time": ("cycle", experiment.cycle_times), "cycle": np.arange(num_cycles)},
+    )
+    dataset.attrs.update(
+        {
+            "title": f"filtrax analysis ensemble: {experiment.config.name}",
+            "Conventions": "CF-1.8",
+            "source": "filtrax",
+        }
+    )
+    dataset.to_zarr(store, mode="w", compute=False, consolidated=False)
+
+
+def _write_cycle(store: Path, experiment: Experiment, k: int, ensemble: np.ndarray) -> None:
+    dataset = frames_to_dataset(ensemble[None], grid=experiment.grid, units=experiment.units)
+    dataset = dataset.drop_vars(
+        [
+            c
+            for c in dataset.coords
+            if c not in dataset.dims or c in ("lat", "lon", "level", "site")
+        ],
+        errors="ignore",
+    )
+    dataset.to_zarr(store, region={"cycle": slice(k, k + 1)}, consolidated=False)
+
+
+def _forecast_filter(filter_: AbstractFilter, experiment: Experiment) -> AbstractFilter:
+    """The filter used on cycles with no observation: a pure forecast."""
+    return FreeEnsemble(EmulatorProposal(experiment.emulator, build_sampler(experiment.config)))
+
+
+def _run_member(
+    name: str,
+    filter_: AbstractFilter,
+    experiment: Experiment,
+    run_dir: Path,
+    digest: str,
+    *,
+    resume: bool,
+    quiet: bool,
+) -> None:
+    store = run_dir / f"{name}.zarr"
+    checkpoint = run_dir / "checkpoints" / f"{name}.npz"
+    num_cycles = len(experiment.cycle_times)
+    root = jax.random.fold_in(jax.random.key(experiment.config.seed), RUN_STREAMS[name])
+    state = filter_.init(experiment.initial_particles)
+    history = {k: np.full(num_cycles, np.nan) for k in HISTORY_FIELDS}
+    if resume and checkpoint.exists():
+        state, history = _load_checkpoint(checkpoint, state, digest)
+        logger.info("%s: resuming at cycle %d of %d", name, int(state.cycle), num_cycles)
+    if not store.exists() or not (resume and checkpoint.exists()):
+        _preallocate(store, experiment, state.log_weights.shape[0])
+    forecast = _forecast_filter(filter_, experiment)
+    start = int(state.cycle)
+    bar = tqdm(
+        total=num_cycles,
+        initial=start,
+        desc=name,
+        disable=quiet,
+        unit="cycle",
+        dynamic_ncols=True,
+    )
+    squared_errors: list[float] = []
+    for k in range(start, num_cycles):
+        y = experiment.observations[k : k + 1]
+        active = filter_ if np.isfinite(y).any() or not filter_.requires_observations else forecast
+        tic = time.perf_counter()
+        result = assimilate(
+            active,
+            state.particles,
+            y,
+            experiment.observation,
+            key=root,
+            initial_state=state,
+        )
+        ensemble = np.asarray(jax.block_until_ready(result.analysis))[0]
+        seconds = time.perf_counter() - tic
+        state = result.final_state
+        diagnostics = result.diagnostics
+        for field in HISTORY_FIELDS[:-1]:
+            history[field][k] = float(np.asarray(getattr(diagnostics, field))[0])
+        history["seconds"][k] = seconds
+        _write_cycle(store, experiment, k, ensemble)
+        _save_checkpoint(checkpoint, state, history, digest)
+        postfix = {"ESS": f"{history['ess'][k]:.1f}", "alpha": f"{history['alpha'][k]:.2g}"}
+        if experiment.truth is not None:
+            squared_errors.append(
+                float(np.mean((ensemble.mean(axis=0) - experiment.truth[k]) ** 2))
+            )
+            postfix["RMSE"] = f"{np.sqrt(np.mean(squared_errors)):.3g}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+    bar.close()
+
+
+def _channel_coords(experiment: Experiment) -> dict:
+    if experiment.grid is None:
+        return {
+            "channel": ("channel", ["x"]),
+            "variable": ("channel", ["x"]),
+            "level": ("channel", [np.nan]),
+        }
+    labels = [c.label() for c in experiment.grid.channels]
+    return {
+        "channel": ("channel", labels),
+        "variable": ("channel", [c.variable for c in experiment.grid.channels]),
+        "level": (
+            "channel",
+            [np.nan if c.level is None else c.level for c in experiment.grid.channels],
+        ),
+    }
+
+
+def compute_metrics(experiment: Experiment, run_dir: Path) -> xr.Dataset:
+    """Per-cycle scores of every recorded ensemble (``ensemble`` axis: analysis, baseline)."""
+    methods = [m for m in ("analysis", "baseline") if (run_dir / f"{m}.zarr").exists()]
+    num_cycles = len(experiment.cycle_times)
+    grid = experiment.grid
+    channels = 1 if grid is None else len(grid.channels)
+    weights = None if grid is None else grid.area_weights()
+    per_channel = ("rmse", "rmse_unweighted", "spread", "spread_unweighted", "crps")
+    values = {k: np.full((len(methods), num_cycles, channels), np.nan) for k in per_channel}
+    ranks = []
+    scalar = {k: np.full((len(methods), num_cycles), np.nan) for k in HISTORY_FIELDS}
+    for m, method in enumerate(methods):
+        with np.load(run_dir / "checkpoints" / f"{method}.npz", allow_pickle=False) as data:
+            for k in HISTORY_FIELDS:
+                scalar[k][m] = data[f"history_{k}"]
+        dataset = xr.open_zarr(run_dir / f"{method}.zarr", consolidated=False)
+        method_ranks = []
+        for k in range(num_cycles):
+            ensemble = dataset_to_frames(dataset.isel(cycle=k).load(), grid)
+            if np.isnan(ensemble).all():
+                continue
+            if grid is None:
+                ensemble = ensemble[:, None, :]
+            truth = (
+                None
+                if experiment.truth is None
+                else experiment.truth[k].reshape(ensemble.shape[1:])
+            )
+            for c in range(channels):
+                members = ensemble[:, c]
+                values["spread"][m, k, c] = scores.spread(members, weights)
+                values["spread_unweighted"][m, k, c] = scores.spread(members)
+                if truth is not None:
+                    values["rmse"][m, k, c] = scores.rmse(members, truth[c], weights)
+                    values["rmse_unweighted"][m, k, c] = scores.rmse(members, truth[c])
+                    values["crps"][m, k, c] = scores.crps(members, truth[c], weights)
+            if truth is not None:
+                method_ranks.append(scores.truth_ranks(ensemble, truth).reshape(channels, -1))
+        ranks.append(
+            np.stack(
+                [
+                    scores.rank_histogram(
+                        np.concatenate([r[c] for r in method_ranks]), ensemble.shape[0]
+                    )
+                    for c in range(channels)
+                ]
+            )
+            if method_ranks
+            else None
+        )
+    coords = {
+        "ensemble": ("ensemble", methods),
+        "cycle": np.arange(num_cycles),
+        "time": ("cycle", experiment.cycle_times),
+    }
+    coords.update(_channel_coords(experiment))
+    data_vars = {}
+    descriptions = {
+        "rmse": "RMSE of the ensemble mean against the truth, cos-latitude weighted",
+        "rmse_unweighted": "RMSE of the ensemble mean, unweighted lat-lon mean (as the authors)",
+        "spread": "sqrt of the mean unbiased ensemble variance, cos-latitude weighted",
+        "spread_unweighted": "sqrt of the mean unbiased ensemble variance, unweighted",
+        "crps": "fair CRPS, cos-latitude weighted",
+        "ess": "effective sample size before resampling",
+        "alpha": "tempering exponent of the weights",
+        "log_evidence_increment": "log p(y_k | y_{1:k-1}) estimate",
+        "forward_calls": "denoiser forward evaluations in the cycle",
+        "backward_calls": "denoiser vector-Jacobian products in the cycle",
+        "seconds": "wall-clock seconds of the cycle (the first includes compilation)",
+    }
+    for k in per_channel:
+        if experiment.truth is None and k in ("rmse", "rmse_unweighted", "crps"):
+            continue
+        data_vars[k] = (("ensemble", "cycle", "channel"), values[k], {"long_name": descriptions[k]})
+    for k in HISTORY_FIELDS:
+        data_vars[k] = (("ensemble", "cycle"), scalar[k], {"long_name": descriptions[k]})
+    if any(r is not None for r in ranks):
+        size = max(r.shape[1] for r in ranks if r is not None)
+        hist = np.zeros((len(methods), channels, size))
+        for m, r in enumerate(ranks):
+            if r is not None:
+                hist[m, :, : r.shape[1]] = r
+        data_vars["rank_histogram"] = (
+            ("ensemble", "channel", "rank"),
+            hist,
+            {"long_name": "counts of the truth's rank among the members"},
+        )
+    dataset = xr.Dataset(data_vars, coords=coords)
+    dataset.attrs.update(
+        {"title": f"filtrax metrics: {experiment.config.name}", "Conventions": "CF-1.8"}
+    )
+    return dataset
+
+
+def _write_inputs(experiment: Experiment, run_dir: Path) -> None:
+    observations = xr.Dataset(
+        {
+            "y": (
+                ("cycle", "obs"),
+                experiment.observations,
+                {"long_name": "observations, NaN = not observed"},
+            )
+        },
+        coords={
+            "cycle": np.arange(len(experiment.cycle_times)),
+            "time": ("cycle", experiment.cycle_times),
+            "label": ("obs", list(experiment.observation_labels)),
+            "noise_variance": ("obs", np.asarray(experiment.observation.noise_variance)),
+        },
+    )
+    observations.to_netcdf(run_dir / "observations.nc")
+    if experiment.truth is not None:
+        truth = frames_to_dataset(
+            experiment.truth,
+            grid=experiment.grid,
+            units=experiment.units,
+            leading_dims=("cycle",),
+            coords={"time": ("cycle", experiment.cycle_times)},
+        )
+        truth.to_netcdf(run_dir / "truth.nc")
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    report: bool = True,
+) -> Path:
+    """Run ``config`` into ``run_dir`` (see the module docstring); returns the directory."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.toml"
+    digest = config_digest(config)
+    if resume:
+        if not config_path.exists():
+            raise RunDirectoryError(f"--resume: {run_dir} holds no run (no config.toml)")
+        import tomllib
+
+        previous = config_from_dict(tomllib.loads(config_path.read_text()))
+        if config_digest(previous) != digest:
+            raise RunDirectoryError(
+                f"--resume: the config differs from the one in {config_path}; resume with the "
+                f"same config and overrides, or start a new --out directory"
+            )
+    elif (run_dir / "checkpoints").exists():
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(config_path, config.to_toml().encode())
+    experiment = build_experiment(config)
+    _write_inputs(experiment, run_dir)
+    members = [("analysis", experiment.filter)]
+    if experiment.baseline is not None:
+        members.append(("baseline", experiment.baseline))
+    for name, filter_ in members:
+        _run_member(name, filter_, experiment, run_dir, digest, resume=resume, quiet=quiet)
+    metrics = compute_metrics(experiment, run_dir)
+    metrics.to_netcdf(run_dir / "metrics.nc")
+    if config.run.output_format == "netcdf":
+        for name, _ in members:
+            xr.open_zarr(run_dir / f"{name}.zarr", consolidated=False).to_netcdf(
+                run_dir / f"{name}.nc"
+            )
+    if report:
+        from ..report import write_report
+
+        write_report(run_dir)
+    return run_dir

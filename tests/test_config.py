@@ -1,0 +1,340 @@
+"""The experiment config schema: defaults, TOML round trip, every error message, overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+
+import pytest
+
+from filtrax.experiments.config import (
+    ConfigError,
+    ExperimentConfig,
+    FilterConfig,
+    config_from_dict,
+    load_config,
+    valid_keys,
+)
+
+FULL_TOML = r"""
+name = "full \"quoted\" run \\ ünïcode"
+seed = 7
+
+[model]
+name = "gaussian_field"
+state_dim = 12
+observed = 6
+observation_std = 0.25
+num_lat = 8
+num_lon = 16
+variables = ["temperature", "geopotential"]
+levels = [500, 850.5]
+correlation_length_km = 900
+ar_coefficient = 0.75
+noise_std = 2.0
+weights = "weights/emulator.eqx"
+
+[truth]
+source = "file"
+path = "truth.zarr"
+
+[observations]
+source = "stations"
+path = "stations.csv"
+variables = ["temperature"]
+stride = 2
+error_std = 1e-3
+every = 3
+
+[filter]
+method = "bootstrap"
+particles = 256
+weights = "moment_matched"
+tempering = "fixed"
+alpha = 0.5
+ess_band = [0.1, 0.5]
+resampling = "residual"
+weight_sigma_max = 10.0
+noise_draws = 4
+cg_iterations = 8
+skip_first_selection = false
+
+[sampler]
+name = "adams_bashforth"
+levels = 32
+sigma_max = 100.0
+sigma_min = 0.002
+rho = 5.0
+churn = 0.0
+churn_noise = 1.0
+eta = 0.0
+order = 5
+corrections = 0
+langevin_step = 0.1
+
+[guidance]
+name = "dps"
+iterations = 3
+solver = "gmres"
+gamma = 0.0
+scale = 2.5
+
+[run]
+cycles = 10
+burn_in = 2
+cycle_hours = 6
+start_time = "2020-01-01T06:00"
+output_format = "netcdf"
+record_ensemble = false
+baseline = false
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(data: dict | None = None, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data or {}, overrides)
+    return str(info.value)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg == ExperimentConfig()
+    assert cfg.name == "experiment" and cfg.seed == 0
+    assert cfg.model.name == "linear_gaussian" and cfg.model.state_dim == 16
+    assert cfg.model.variables == ("temperature", "u_component_of_wind")
+    assert cfg.model.levels == ()
+    assert cfg.filter.method == "fa_apf" and cfg.filter.particles == 64
+    assert cfg.filter.ess_band == (0.2, 0.25)
+    assert cfg.filter.skip_first_selection is True
+    assert cfg.sampler.name == "dpmpp2s" and cfg.sampler.sigma_min == 0.03
+    assert cfg.guidance.name == "mmps"
+    assert cfg.run.cycles == 30 and cfg.run.start_time == "2000-01-01T00:00"
+    hash(cfg)  # frozen and hashable
+
+
+def test_defaults_round_trip():
+    cfg = ExperimentConfig()
+    assert config_from_dict(tomllib.loads(cfg.to_toml())) == cfg
+    assert cfg.to_dict()["filter"]["ess_band"] == [0.2, 0.25]
+
+
+def test_full_file_round_trip(tmp_path):
+    cfg = load_config(write(tmp_path, FULL_TOML))
+    assert cfg.to_dict() == tomllib.loads(FULL_TOML)
+    assert isinstance(cfg.model.correlation_length_km, float)  # int accepted for float
+    assert isinstance(cfg.run.cycle_hours, float)
+    assert cfg.model.levels == (500.0, 850.5)
+    text = cfg.to_toml()
+    assert config_from_dict(tomllib.loads(text)) == cfg
+    assert load_config(write(tmp_path, text)) == cfg
+    assert text == config_from_dict(tomllib.loads(text)).to_toml()  # deterministic
+
+
+def test_toml_strings_are_escaped():
+    cfg = config_from_dict({"name": 'a "b" \\ c\nd\te\x7f ☃ 😀'})
+    assert config_from_dict(tomllib.loads(cfg.to_toml())) == cfg
+
+
+def test_invalid_toml_file(tmp_path):
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(write(tmp_path, "[filter\n"))
+
+
+def test_unknown_key_with_suggestion():
+    message = error_of({"filter": {"particels": 10}})
+    assert message == "unknown key 'filter.particels'; did you mean 'filter.particles'?"
+    assert "did you mean 'seed'?" in error_of({"sed": 1})
+
+
+def test_unknown_key_without_close_match_lists_valid_keys():
+    message = error_of({"truth": {"zzzzzz": 1}})
+    assert message == "unknown key 'truth.zzzzzz'; valid keys: path, source"
+
+
+def test_unknown_section():
+    assert error_of({"filtr": {"particles": 10}}) == (
+        "unknown section 'filtr'; did you mean 'filter'?"
+    )
+    assert "unknown section 'xyzzy'; valid keys: filter, guidance" in error_of({"xyzzy": {}})
+
+
+def test_section_must_be_a_table():
+    assert error_of({"filter": 3}) == "filter: expected a table, got 3 (int)"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"filter": {"particles": "abc"}},
+            "filter.particles: expected an integer, got 'abc' (str)",
+        ),
+        ({"filter": {"particles": True}}, "filter.particles: expected an integer, got True (bool)"),
+        (
+            {"filter": {"particles": 64.0}},
+            "filter.particles: expected an integer, got 64.0 (float)",
+        ),
+        ({"filter": {"alpha": "x"}}, "filter.alpha: expected a number, got 'x' (str)"),
+        ({"filter": {"alpha": False}}, "filter.alpha: expected a number, got False (bool)"),
+        ({"run": {"baseline": 1}}, "run.baseline: expected a boolean, got 1 (int)"),
+        ({"name": 3}, "name: expected a string, got 3 (int)"),
+        ({"model": {"variables": "t"}}, "model.variables: expected a list of strings, got 't'"),
+        ({"model": {"variables": ["t", 2]}}, "model.variables[1]: expected a string, got 2 (int)"),
+        ({"model": {"levels": [1, "x"]}}, "model.levels[1]: expected a number, got 'x' (str)"),
+        ({"sampler": {"sigma_max": float("inf")}}, "sampler.sigma_max: expected a finite number"),
+    ],
+)
+def test_wrong_type(data, message):
+    assert message in error_of(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"filter": {"particles": 1}}, "filter.particles = 1 is out of range: must be >= 2"),
+        ({"filter": {"particles": 2_000_000}}, "<= 1000000"),
+        ({"seed": -1}, "seed = -1 is out of range: must be >= 0"),
+        ({"model": {"noise_std": 0}}, "model.noise_std = 0.0 is out of range: must be > 0.0"),
+        ({"model": {"ar_coefficient": 1}}, "must be > 0.0 and < 1.0"),
+        (
+            {"filter": {"alpha": 1.5}},
+            "filter.alpha = 1.5 is out of range: must be >= 0.0 and <= 1.0",
+        ),
+        ({"sampler": {"order": 6}}, "sampler.order = 6 is out of range: must be >= 1 and <= 5"),
+    ],
+)
+def test_out_of_range(data, message):
+    assert message in error_of(data)
+
+
+def test_bad_choice():
+    assert error_of({"sampler": {"name": "foo"}}) == (
+        "sampler.name = 'foo' is not one of: adams_bashforth, ddim, dpmpp2s, euler, heun"
+    )
+    assert "filter.resampling = 'best' is not one of: multinomial, residual" in error_of(
+        {"filter": {"resampling": "best"}}
+    )
+
+
+def test_start_time_must_parse():
+    message = error_of({"run": {"start_time": "yesterday"}})
+    assert message.startswith("run.start_time = 'yesterday' is invalid: must be an ISO 8601")
+
+
+def test_sigma_min_below_sigma_max():
+    message = error_of({"sampler": {"sigma_min": 80.0}})
+    assert message == "sampler.sigma_min = 80.0 must be < sampler.sigma_max = 80.0"
+
+
+@pytest.mark.parametrize("band", [[0.3, 0.2], [0.0, 0.5], [0.5, 1.5], [0.2], [0.1, 0.2, 0.3]])
+def test_ess_band(band):
+    message = error_of({"filter": {"ess_band": band}})
+    assert message.startswith(f"filter.ess_band = {band!r} is invalid")
+    assert "0 < lo <= hi <= 1" in message
+
+
+def test_ess_band_edges_are_allowed():
+    assert config_from_dict({"filter": {"ess_band": [1, 1]}}).filter.ess_band == (1.0, 1.0)
+
+
+def test_burn_in_below_cycles():
+    message = error_of({"run": {"cycles": 5, "burn_in": 5}})
+    assert message == "run.burn_in = 5 must be < run.cycles = 5"
+
+
+@pytest.mark.parametrize("source", ["gridded", "stations"])
+def test_observation_path_required(source):
+    message = error_of({"observations": {"source": source}})
+    assert message == (f"observations.path must be non-empty when observations.source = '{source}'")
+    cfg = config_from_dict({"observations": {"source": source, "path": "obs.nc"}})
+    assert cfg.observations.path == "obs.nc"
+
+
+def test_truth_path_required():
+    assert error_of({"truth": {"source": "file"}}) == (
+        "truth.path must be non-empty when truth.source = 'file'"
+    )
+
+
+def test_direct_construction_is_validated():
+    with pytest.raises(ConfigError, match=r"filter\.particles = 1 is out of range"):
+        FilterConfig(particles=1)
+    with pytest.raises(ConfigError, match=r"sampler\.sigma_min"):
+        dataclasses.replace(ExperimentConfig().sampler, sigma_min=100.0)
+    assert FilterConfig(ess_band=[0.1, 0.2]).ess_band == (0.1, 0.2)
+
+
+def test_override_typed_values(tmp_path):
+    path = write(tmp_path, "[filter]\nparticles = 16\n")
+    cfg = load_config(path, ["filter.particles=128", "filter.method=bootstrap", "seed=3"])
+    assert cfg.filter.particles == 128 and isinstance(cfg.filter.particles, int)
+    assert cfg.filter.method == "bootstrap"
+    assert cfg.seed == 3
+    cfg = config_from_dict(
+        {},
+        [
+            "filter.ess_band=[0.1, 0.3]",
+            "run.baseline=false",
+            "sampler.sigma_min=1e-3",
+            'name="quoted name"',
+            "run.start_time=2001-02-03T04:05:06",  # a TOML datetime stays a string
+            "sampler.churn = 0",
+        ],
+    )
+    assert cfg.filter.ess_band == (0.1, 0.3)
+    assert cfg.run.baseline is False
+    assert cfg.sampler.sigma_min == 1e-3
+    assert cfg.name == "quoted name"
+    assert cfg.run.start_time == "2001-02-03T04:05:06"
+    assert cfg.sampler.churn == 0.0 and isinstance(cfg.sampler.churn, float)
+
+
+def test_overrides_are_applied_in_order_and_do_not_mutate_input():
+    data = {"filter": {"particles": 16}}
+    cfg = config_from_dict(data, ["filter.particles=32", "filter.particles=48"])
+    assert cfg.filter.particles == 48
+    assert data == {"filter": {"particles": 16}}
+
+
+@pytest.mark.parametrize("override", ["filter.particles", "=3", "a.b.c=1", "filter.=1", ".x=1"])
+def test_malformed_override(override):
+    assert error_of(overrides=[override]).startswith(f"malformed override {override!r}")
+
+
+def test_override_unknown_key_and_section():
+    assert error_of(overrides=["filter.particels=3"]) == (
+        "unknown key 'filter.particels'; did you mean 'filter.particles'?"
+    )
+    assert error_of(overrides=["sampelr.name=heun"]) == (
+        "unknown section 'sampelr'; did you mean 'sampler'?"
+    )
+
+
+def test_override_validation():
+    assert "filter.particles = 1 is out of range: must be >= 2" in error_of(
+        overrides=["filter.particles=1"]
+    )
+    assert error_of(overrides=["filter.particles=abc"]) == (
+        "filter.particles: expected an integer, got 'abc' (str)"
+    )
+    assert "filter.method = 'smc' is not one of" in error_of(overrides=["filter.method=smc"])
+    assert "run.burn_in = 30 must be < run.cycles = 30" in error_of(overrides=["run.burn_in=30"])
+
+
+def test_valid_keys():
+    keys = valid_keys()
+    assert keys[:3] == ["name", "seed", "model.name"]
+    assert "filter.particles" in keys and "run.baseline" in keys
+    assert len(keys) == len(set(keys))
+    flat = [
+        f"{section}.{key}" if isinstance(values, dict) else section
+        for section, values in ExperimentConfig().to_dict().items()
+        for key in (values if isinstance(values, dict) else [None])
+    ]
+    assert keys == flat
