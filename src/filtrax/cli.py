@@ -32,6 +32,24 @@ def main(verbose: int) -> None:
     """filtrax: training-free data assimilation with diffusion emulators."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _enable_compilation_cache()
+
+
+def _enable_compilation_cache() -> None:
+    """Persist XLA compilations, so that a resumed or repeated run does not recompile.
+
+    The directory is ``$FILTRAX_CACHE_DIR/xla`` (default ``~/.cache/filtrax/xla``); set
+    ``FILTRAX_CACHE_DIR=""`` to switch the cache off.
+    """
+    import os
+
+    import jax
+
+    root = os.environ.get("FILTRAX_CACHE_DIR", str(Path.home() / ".cache" / "filtrax"))
+    if not root:
+        return
+    jax.config.update("jax_compilation_cache_dir", str(Path(root) / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _fail(error: Exception) -> None:

@@ -115,7 +115,7 @@ class GaussianDenoiser(AbstractDenoiser):
     @property
     def covariance(self) -> Float[Array, "d d"]:
         """``Q`` reassembled from its eigendecomposition."""
-        return (self.eigenvectors * self.eigenvalues) @ self.eigenvectors.T
+        return (self.eigenvectors * self.eigenvalues[None, :]) @ self.eigenvectors.T
 
     def _shrinkage(self, sigma: Float[Array, ""], dtype: jnp.dtype) -> Float[Array, " d"]:
         eigenvalues = self.eigenvalues.astype(dtype)
@@ -142,4 +142,4 @@ class GaussianDenoiser(AbstractDenoiser):
         """``V[x | x_σ] = σ² Q (Q + σ² I)^{-1}`` in closed form (flattened state)."""
         dtype = self.eigenvectors.dtype
         variances = jnp.asarray(sigma, dtype) ** 2 * self._shrinkage(sigma, dtype)
-        return (self.eigenvectors * variances) @ self.eigenvectors.T
+        return (self.eigenvectors * variances[None, :]) @ self.eigenvectors.T

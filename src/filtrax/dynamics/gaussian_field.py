@@ -121,7 +121,7 @@ class GaussianFieldModel(eqx.Module):
     def _square_root(self) -> Float[Array, "d d"]:
         # U sqrt(λ): robust in float32, where a Cholesky factor of this smooth kernel fails.
         eigenvalues, eigenvectors = jnp.linalg.eigh(self.noise_covariance)
-        return eigenvectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))
+        return eigenvectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))[None, :]
 
     def simulate(self, key: Key, initial_frame: State, num_cycles: int) -> State:
         """Truth frames ``x^1..x^K`` from ``x^0``, shape ``(K, channel, lat, lon)``."""

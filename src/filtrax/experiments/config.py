@@ -192,7 +192,11 @@ class TruthConfig(_Validated):
 
     SECTION: ClassVar[str] = "truth"
 
-    source: str = _field("simulate", "simulate the truth or read it", choices=("simulate", "file"))
+    source: str = _field(
+        "simulate",
+        "simulate the truth, read it from a file, or run without one ('none': no skill scores)",
+        choices=("simulate", "file", "none"),
+    )
     path: str = _field("", "truth file (required when source = 'file')")
 
     def _check(self) -> None:

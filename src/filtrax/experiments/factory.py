@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 
 from ..diffusion.noise_levels import karras_noise_levels
 from ..diffusion.samplers import (
@@ -36,6 +37,7 @@ from ..filters.proposals import EmulatorProposal
 from ..filters.tempering import ESSBandTempering, FixedTempering
 from ..filters.weights import DiracPredictiveWeight, MomentMatchedPredictiveWeight
 from ..guidance.guided import AbstractGuidance, DPSGuidance, MMPSGuidance, SDAGuidance
+from ..io.datasets import dataset_to_frames
 from ..io.grid import Channel, GridSpec
 from ..io.observation_files import read_gridded_observations, read_station_table
 from ..observations.model import ObservationModel
@@ -169,16 +171,41 @@ def _synthetic_gridded_observations(config, grid, truth, key):
     return observation, labels
 
 
+def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
+    """True frames ``(cycle, *frame)`` from a netCDF/zarr file on the model grid.
+
+    The file holds one variable per model variable with dims ``(time, [level,] lat, lon)``;
+    it must contain every requested time.
+    """
+    if not path.exists():
+        raise ConfigError(f"truth.path = {str(path)!r}: file not found")
+    dataset = (
+        xr.open_zarr(path, consolidated=False) if path.suffix == ".zarr" else xr.open_dataset(path)
+    )
+    missing = [v for v in grid.variables if v not in dataset]
+    if missing:
+        raise ConfigError(f"truth file {path} lacks the variables {missing}")
+    file_times = np.asarray(dataset["time"].values, "datetime64[s]")
+    absent = [str(t) for t in times if t not in file_times]
+    if absent:
+        raise ConfigError(f"truth file {path} has no state at the cycle times {absent[:3]}")
+    selected = dataset.sel(time=times.astype("datetime64[ns]"))
+    for name, expected in (("lat", grid.latitudes), ("lon", grid.longitudes)):
+        if not np.allclose(selected[name].values, expected, atol=1e-6):
+            raise ConfigError(f"truth file {path}: coordinate {name!r} differs from the model grid")
+    return dataset_to_frames(selected.load(), grid)
+
+
 def build_experiment(config: ExperimentConfig) -> Experiment:
     """Models, truth, observations and filters for ``config`` (deterministic in ``seed``)."""
     root = jax.random.key(config.seed)
     truth_key, obs_key, init_key = (jax.random.fold_in(root, i) for i in (101, 102, 103))
     num_cycles = config.run.cycles
     m = config.model
-    if config.truth.source == "file":
+    if config.truth.source != "simulate" and config.observations.source == "synthetic":
         raise ConfigError(
-            "truth.source = 'file' is not supported for the bundled analytic models yet; "
-            "use truth.source = 'simulate'"
+            f"truth.source = {config.truth.source!r} needs observations from a file: synthetic "
+            f"observations are drawn from the simulated truth (set observations.source)"
         )
     if config.observations.source != "synthetic" and m.name != "gaussian_field":
         raise ConfigError(
@@ -216,6 +243,14 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         emulator = model.emulator()
         x0 = model.sample_climatology(init_key)
         truth = np.asarray(model.simulate(truth_key, x0, num_cycles))
+        if config.truth.source == "file":
+            start = np.array([datetime.fromisoformat(config.run.start_time)], "datetime64[s]")
+            frames = read_truth(
+                Path(config.truth.path), grid, np.concatenate([start, cycle_times(config)])
+            )
+            x0, truth = jnp.asarray(frames[0], dtype=x0.dtype), frames[1:]
+        elif config.truth.source == "none":
+            truth = None
         frame_shape, units = grid.shape, tuple("1" for _ in grid.channels)
     else:
         raise ConfigError(f"model.name = {m.name!r} has no builder")
@@ -226,8 +261,8 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         if grid is not None:
             observation, labels = _synthetic_gridded_observations(config, grid, truth, obs_key)
         predicted = jax.vmap(observation.predict)(jnp.asarray(truth))
-        noise = jnp.sqrt(observation.noise_variance) * jax.random.normal(obs_key, predicted.shape)
-        observations = np.asarray(predicted + noise)
+        noise = jax.random.normal(obs_key, predicted.shape, predicted.dtype)
+        observations = np.asarray(predicted + jnp.sqrt(observation.noise_variance)[None] * noise)
     else:
         path = Path(config.observations.path)
         if source == "stations":
@@ -236,7 +271,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
             observation_set = read_gridded_observations(
                 path, grid, times, config.observations.error_std
             )
-        observations = np.array(observation_set.values, dtype=np.asarray(truth).dtype)
+        observations = np.array(observation_set.values, dtype=np.asarray(x0).dtype)
         observation = observation_set.observation_model()
         labels = observation_set.labels
     labels = tuple(labels)

@@ -1,0 +1,212 @@
+"""Runs through the command line: round trip, config errors, kill-and-resume, station files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from filtrax.cli import main
+
+SMALL = """
+name = "small"
+seed = 3
+
+[model]
+name = "gaussian_field"
+num_lat = 8
+num_lon = 16
+variables = ["temperature", "u_component_of_wind"]
+correlation_length_km = 2500.0
+
+[observations]
+variables = ["temperature"]
+stride = 2
+error_std = 0.2
+
+[filter]
+particles = 8
+
+[sampler]
+name = "dpmpp2s"
+levels = 8
+
+[guidance]
+iterations = 1
+
+[run]
+cycles = {cycles}
+burn_in = 1
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_cache(monkeypatch):
+    # In-process CLI calls must not switch on the XLA disk cache for the whole test session.
+    monkeypatch.setenv("FILTRAX_CACHE_DIR", "")
+
+
+def write_config(tmp_path: Path, cycles: int = 4, extra: str = "") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(SMALL.format(cycles=cycles) + extra)
+    return path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_cli_round_trip(tmp_path):
+    config = write_config(tmp_path)
+    out = tmp_path / "run"
+    result = invoke("run", str(config), "--out", str(out), "--quiet", "--set", "filter.particles=6")
+    assert result.exit_code == 0, result.output
+    assert f"report: {out / 'report.md'}" in result.output
+    for name in ("config.toml", "metrics.nc", "observations.nc", "truth.nc", "report.md"):
+        assert (out / name).exists(), name
+    assert "particles = 6" in (out / "config.toml").read_text()
+    analysis = xr.open_zarr(out / "analysis.zarr", consolidated=False)
+    assert analysis["temperature"].dims == ("cycle", "particle", "lat", "lon")
+    assert analysis["temperature"].attrs["units"] == "1"
+    assert analysis.sizes["particle"] == 6 and analysis.sizes["cycle"] == 4
+    assert np.isfinite(analysis["temperature"].values).all()
+    metrics = xr.open_dataset(out / "metrics.nc")
+    for name in ("rmse", "spread", "crps", "ess", "alpha", "seconds"):
+        assert name in metrics, name
+    assert list(metrics.ensemble.values) == ["analysis", "baseline"]
+    assert (out / "figures" / "skill.png").exists()
+    assert (out / "figures" / "map_u_component_of_wind.png").exists()
+    # report can be rebuilt; models lists the cards; analytic models have nothing to train.
+    assert invoke("report", str(out)).exit_code == 0
+    listing = invoke("models").output
+    assert "gaussian_field" in listing and "linear_gaussian" in listing
+    trained = invoke("train", str(config))
+    assert trained.exit_code == 2 and "analytic" in trained.output
+    # An existing run is never overwritten silently.
+    again = invoke("run", str(config), "--out", str(out), "--quiet")
+    assert again.exit_code == 2 and "--resume" in again.output
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("filter.particels=3", "did you mean 'filter.particles'"),
+        ("filter.particles=abc", "filter.particles: expected an integer, got 'abc'"),
+        ("filter.particles=1", "filter.particles = 1 is out of range"),
+        ("sampler.name=foo", "sampler.name = 'foo' is not one of"),
+    ],
+)
+def test_cli_reports_config_errors(tmp_path, override, message):
+    result = invoke("run", str(write_config(tmp_path)), "--quiet", "--set", override)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_netcdf_output_on_request(tmp_path):
+    out = tmp_path / "run"
+    args = ("--set", "run.output_format=netcdf", "--set", "run.baseline=false")
+    result = invoke(
+        "run", str(write_config(tmp_path, cycles=2)), "--out", str(out), "--quiet", *args
+    )
+    assert result.exit_code == 0, result.output
+    dataset = xr.open_dataset(out / "analysis.nc")
+    assert dataset["u_component_of_wind"].shape == (2, 8, 8, 16)
+    assert list(xr.open_dataset(out / "metrics.nc").ensemble.values) == ["analysis"]
+
+
+def _cycle_of(checkpoint: Path) -> int:
+    try:
+        with np.load(checkpoint, allow_pickle=False) as data:
+            return int(data["cycle"])
+    except (OSError, ValueError, KeyError, EOFError):
+        return -1
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    config = write_config(tmp_path, cycles=6, extra="")
+    command = [sys.executable, "-m", "filtrax.cli", "run", str(config), "--quiet"]
+    # A shared XLA cache: the second and third processes reuse the first one's compilations.
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "FILTRAX_CACHE_DIR": str(tmp_path / "cache")}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([*command, "--out", str(whole)], check=True, env=env, timeout=600)
+
+    process = subprocess.Popen([*command, "--out", str(killed)], env=env)
+    checkpoint = killed / "checkpoints" / "analysis.npz"
+    deadline = time.monotonic() + 300
+    while _cycle_of(checkpoint) < 2:
+        assert process.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stopped_at = _cycle_of(checkpoint)
+    assert 2 <= stopped_at < 6
+
+    subprocess.run([*command, "--out", str(killed), "--resume"], check=True, env=env, timeout=600)
+    for store in ("analysis.zarr", "baseline.zarr"):
+        a = xr.open_zarr(whole / store, consolidated=False).load()
+        b = xr.open_zarr(killed / store, consolidated=False).load()
+        xr.testing.assert_identical(a, b)
+    a, b = xr.open_dataset(whole / "metrics.nc"), xr.open_dataset(killed / "metrics.nc")
+    xr.testing.assert_identical(a.drop_vars("seconds"), b.drop_vars("seconds"))
+
+
+def test_resume_refuses_another_config(tmp_path):
+    out = tmp_path / "run"
+    config = write_config(tmp_path, cycles=2)
+    assert invoke("run", str(config), "--out", str(out), "--quiet").exit_code == 0
+    result = invoke("run", str(config), "--out", str(out), "--quiet", "--resume", "--set", "seed=9")
+    assert result.exit_code == 2 and "config differs" in result.output
+
+
+def test_station_table_run_moves_toward_observations(tmp_path):
+    """Stations observe temperature from the simulated truth; the analysis at the stations
+    must be closer to the observations than the free ensemble is."""
+    from filtrax.experiments.config import load_config
+    from filtrax.experiments.factory import build_experiment
+
+    base = write_config(tmp_path, cycles=4)
+    experiment = build_experiment(load_config(base))
+    grid, truth = experiment.grid, experiment.truth
+    rng = np.random.default_rng(0)
+    rows = []
+    channel = grid.channel_index("temperature")
+    lat, lon = np.asarray(grid.latitudes), np.asarray(grid.longitudes)
+    # Stations on grid nodes, in the reader's slot order (sorted by lat, lon).
+    stations = sorted([(1, 2), (3, 10), (5, 13), (6, 6), (0, 9)])
+    for k, t in enumerate(experiment.cycle_times):
+        for i, j in stations:
+            value = truth[k, channel, i, j] + 0.1 * rng.normal()
+            rows.append((str(t), lat[i], lon[j], "temperature", value, 0.1))
+    table = pd.DataFrame(rows, columns=["time", "lat", "lon", "variable", "value", "error_std"])
+    table.to_csv(tmp_path / "stations.csv", index=False)
+
+    out = tmp_path / "run"
+    result = invoke(
+        "run", str(base), "--out", str(out), "--quiet",
+        "--set", "observations.source=stations",
+        "--set", f"observations.path={tmp_path / 'stations.csv'}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    observations = xr.open_dataset(out / "observations.nc")
+    assert observations.sizes["obs"] == len(stations)
+
+    def station_error(store):
+        ensemble = xr.open_zarr(out / store, consolidated=False)["temperature"].mean("particle")
+        errors = []
+        for k in range(4):
+            for o, (i, j) in enumerate(stations):
+                y = float(observations.y.values[k, o])
+                errors.append(float(ensemble.isel(cycle=k, lat=i, lon=j)) - y)
+        return float(np.sqrt(np.mean(np.square(errors))))
+
+    assert station_error("analysis.zarr") < 0.5 * station_error("baseline.zarr")
