@@ -23,16 +23,17 @@ Vector = Float[Array, " n"]
 MatVec = Callable[[Vector], Vector]
 
 
-def _tiny(dtype: jnp.dtype) -> Array:
-    return jnp.asarray(jnp.finfo(dtype).tiny, dtype) * 1e6
+def _divide(numerator: Array, denominator: Array) -> Array:
+    """``numerator / denominator``, or 0 where the denominator vanishes.
 
-
-def _safe(denominator: Array) -> Array:
-    """Keep a denominator away from zero, preserving its sign (converged or broken-down solves)."""
-    tiny = _tiny(denominator.dtype)
-    return jnp.where(
-        jnp.abs(denominator) < tiny, jnp.where(denominator < 0, -tiny, tiny), denominator
-    )
+    A vanishing denominator means the solve has converged or broken down (zero residual or
+    search direction); stopping the update there is exact in the first case and safe in the
+    second. The ``where`` on both sides keeps XLA from fusing divisions into an underflowing
+    product of denominators (which produced 0/0 with a plain epsilon guard).
+    """
+    tiny = jnp.asarray(jnp.finfo(denominator.dtype).tiny, denominator.dtype) ** 0.5
+    ok = jnp.abs(denominator) > tiny
+    return jnp.where(ok, numerator / jnp.where(ok, denominator, 1.0), 0.0)
 
 
 def conjugate_gradient(matvec: MatVec, b: Vector, iterations: int) -> Vector:
@@ -41,11 +42,11 @@ def conjugate_gradient(matvec: MatVec, b: Vector, iterations: int) -> Vector:
     def body(_, carry):
         u, r, p, rr = carry
         Ap = matvec(p)
-        step = rr / _safe(jnp.vdot(p, Ap))
+        step = _divide(rr, jnp.vdot(p, Ap))
         u = u + step * p
         r = r - step * Ap
         rr_new = jnp.vdot(r, r)
-        p = r + (rr_new / _safe(rr)) * p
+        p = r + _divide(rr_new, rr) * p
         return u, r, p, rr_new
 
     init = (jnp.zeros_like(b), b, b, jnp.vdot(b, b))
@@ -58,14 +59,14 @@ def bicgstab(matvec: MatVec, b: Vector, iterations: int) -> Vector:
     def body(_, carry):
         u, r, p, r_hat, rho = carry
         v = matvec(p)
-        step = rho / _safe(jnp.vdot(r_hat, v))
+        step = _divide(rho, jnp.vdot(r_hat, v))
         s = r - step * v
         t = matvec(s)
-        omega = jnp.vdot(t, s) / _safe(jnp.vdot(t, t))
+        omega = _divide(jnp.vdot(t, s), jnp.vdot(t, t))
         u = u + step * p + omega * s
         r = s - omega * t
         rho_new = jnp.vdot(r_hat, r)
-        beta = (rho_new / _safe(rho)) * (step / _safe(omega))
+        beta = _divide(rho_new, rho) * _divide(step, omega)
         p = r + beta * (p - omega * v)
         return u, r, p, r_hat, rho_new
 
@@ -81,7 +82,7 @@ def gmres(matvec: MatVec, b: Vector, iterations: int) -> Vector:
     """
     k = iterations
     beta = jnp.linalg.norm(b)
-    basis = jnp.zeros((k + 1, b.shape[0]), b.dtype).at[0].set(b / _safe(beta))
+    basis = jnp.zeros((k + 1, b.shape[0]), b.dtype).at[0].set(_divide(b, beta))
     hessenberg = jnp.zeros((k + 1, k), b.dtype)
 
     def arnoldi(j, carry):
@@ -96,7 +97,7 @@ def gmres(matvec: MatVec, b: Vector, iterations: int) -> Vector:
         w, column = jax.lax.fori_loop(0, k, orthogonalise, (w, jnp.zeros((k + 1,), b.dtype)))
         norm = jnp.linalg.norm(w)
         column = column.at[j + 1].set(norm)
-        basis = basis.at[j + 1].set(w / _safe(norm))
+        basis = basis.at[j + 1].set(_divide(w, norm))
         return basis, hessenberg.at[:, j].set(column)
 
     basis, hessenberg = jax.lax.fori_loop(0, k, arnoldi, (basis, hessenberg))
