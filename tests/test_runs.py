@@ -210,3 +210,18 @@ def test_station_table_run_moves_toward_observations(tmp_path):
         return float(np.sqrt(np.mean(np.square(errors))))
 
     assert station_error("analysis.zarr") < 0.5 * station_error("baseline.zarr")
+
+
+def test_station_example_runs_without_truth(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    result = invoke(
+        "run", str(root / "examples/stations/config.toml"), "--out", str(out), "--quiet",
+        "--set", f"observations.path={root / 'examples/stations/stations.csv'}",
+        "--set", "filter.particles=8", "--set", "sampler.levels=8",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = xr.open_dataset(out / "metrics.nc")
+    assert "rmse" not in metrics and "spread" in metrics
+    assert np.all(np.isfinite(metrics.ess.sel(ensemble="analysis").values))
+    assert not (out / "truth.nc").exists()
