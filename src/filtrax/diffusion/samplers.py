@@ -359,6 +359,9 @@ class AdamsBashforthSampler(AbstractSampler):
             return z, slopes, node_sigmas
 
         def corrector(z, i):
+            if self.num_corrections == 0:
+                # A zero-length scan fails under jax.disable_jit(); skip it statically.
+                return z
             sigma_c = levels[i + 1] + 1e-4
 
             def one(z, c):

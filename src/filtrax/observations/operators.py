@@ -147,6 +147,8 @@ class BlockMean(AbstractObservationOperator):
         cells = ones.reshape(split[len(lead) :]).sum(
             axis=tuple(2 * i + 1 for i in range(len(counts)))
         )
+        # Explicit leading singleton axes: no implicit rank promotion against ``lead``.
+        cells = cells.reshape((1,) * len(lead) + cells.shape)
         return (sums / cells).reshape(-1)
 
 
