@@ -225,3 +225,42 @@ def test_station_example_runs_without_truth(tmp_path):
     assert "rmse" not in metrics and "spread" in metrics
     assert np.all(np.isfinite(metrics.ess.sel(ensemble="analysis").values))
     assert not (out / "truth.nc").exists()
+
+
+def test_cycles_without_observations_are_forecasts(tmp_path):
+    out = tmp_path / "run"
+    result = invoke(
+        "run", str(write_config(tmp_path, cycles=4)), "--out", str(out), "--quiet",
+        "--set", "observations.every=2", "--set", "run.baseline=false",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = xr.open_dataset(out / "metrics.nc").sel(ensemble="analysis")
+    # Cycles 0 and 2 have no observation: a forecast step, all particles kept (α = 0).
+    np.testing.assert_allclose(metrics.ess.values[[0, 2]], 8.0, rtol=1e-5)
+    np.testing.assert_array_equal(metrics.alpha.values[[0, 2]], 0.0)
+    assert np.all(np.isfinite(metrics.rmse.values))
+
+
+def test_truth_read_from_a_file_drives_a_twin_experiment(tmp_path):
+    from filtrax.experiments.config import load_config
+    from filtrax.experiments.factory import build_experiment
+    from filtrax.io.datasets import frames_to_dataset
+
+    config = write_config(tmp_path, cycles=3)
+    simulated = build_experiment(load_config(config))
+    frames = np.concatenate([np.asarray(simulated.initial_particles[:1]), simulated.truth])
+    start = np.datetime64("2000-01-01T00:00", "s")
+    times = np.concatenate([[start], simulated.cycle_times])
+    truth = frames_to_dataset(
+        frames, grid=simulated.grid, units=simulated.units, leading_dims=("time",),
+        coords={"time": ("time", times)},
+    )  # fmt: skip
+    truth.to_netcdf(tmp_path / "truth_in.nc")
+    from_file = build_experiment(
+        load_config(config, ["truth.source=file", f"truth.path={tmp_path / 'truth_in.nc'}"])
+    )
+    np.testing.assert_allclose(from_file.truth, simulated.truth, rtol=1e-6)
+    np.testing.assert_allclose(from_file.observations, simulated.observations, rtol=1e-5)
+    missing = load_config(config, ["truth.source=file", f"truth.path={tmp_path / 'nope.nc'}"])
+    with pytest.raises(ValueError, match="file not found"):
+        build_experiment(missing)

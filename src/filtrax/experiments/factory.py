@@ -202,10 +202,15 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     truth_key, obs_key, init_key = (jax.random.fold_in(root, i) for i in (101, 102, 103))
     num_cycles = config.run.cycles
     m = config.model
-    if config.truth.source != "simulate" and config.observations.source == "synthetic":
+    if config.truth.source == "none" and config.observations.source == "synthetic":
         raise ConfigError(
-            f"truth.source = {config.truth.source!r} needs observations from a file: synthetic "
-            f"observations are drawn from the simulated truth (set observations.source)"
+            "truth.source = 'none' needs observations from a file: synthetic observations are "
+            "drawn from the truth (set observations.source to 'stations' or 'gridded')"
+        )
+    if config.truth.source == "file" and m.name != "gaussian_field":
+        raise ConfigError(
+            f"truth.source = 'file' needs a gridded model; model.name = {m.name!r} is "
+            f"site-indexed and simulates its own truth"
         )
     if config.observations.source != "synthetic" and m.name != "gaussian_field":
         raise ConfigError(
@@ -262,7 +267,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
             observation, labels = _synthetic_gridded_observations(config, grid, truth, obs_key)
         predicted = jax.vmap(observation.predict)(jnp.asarray(truth))
         noise = jax.random.normal(obs_key, predicted.shape, predicted.dtype)
-        observations = np.asarray(predicted + jnp.sqrt(observation.noise_variance)[None] * noise)
+        observations = np.array(predicted + jnp.sqrt(observation.noise_variance)[None] * noise)
     else:
         path = Path(config.observations.path)
         if source == "stations":
