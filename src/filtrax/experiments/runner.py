@@ -139,19 +139,14 @@ def _preallocate(store: Path, experiment: Experiment, num_particles: int) -> Non
 
 def _write_cycle(store: Path, experiment: Experiment, k: int, ensemble: np.ndarray) -> None:
     dataset = frames_to_dataset(ensemble[None], grid=experiment.grid, units=experiment.units)
-    dataset = dataset.drop_vars(
-        [
-            c
-            for c in dataset.coords
-            if c not in dataset.dims or c in ("lat", "lon", "level", "site")
-        ],
-        errors="ignore",
-    )
+    # A region write carries only the variables that vary along ``cycle``; the static
+    # coordinates were written once by _preallocate.
+    dataset = dataset.drop_vars(list(dataset.coords))
     dataset.to_zarr(store, region={"cycle": slice(k, k + 1)}, consolidated=False)
 
 
-def _forecast_filter(filter_: AbstractFilter, experiment: Experiment) -> AbstractFilter:
-    """The filter used on cycles with no observation: a pure forecast."""
+def _forecast_filter(experiment: Experiment) -> AbstractFilter:
+    """The filter used on cycles with no observation: a pure forecast (p(y|x) is flat)."""
     return FreeEnsemble(EmulatorProposal(experiment.emulator, build_sampler(experiment.config)))
 
 
@@ -176,7 +171,7 @@ def _run_member(
         logger.info("%s: resuming at cycle %d of %d", name, int(state.cycle), num_cycles)
     if not store.exists() or not (resume and checkpoint.exists()):
         _preallocate(store, experiment, state.log_weights.shape[0])
-    forecast = _forecast_filter(filter_, experiment)
+    forecast = _forecast_filter(experiment)
     start = int(state.cycle)
     bar = tqdm(
         total=num_cycles,

@@ -114,6 +114,44 @@ def _temper(log_likelihoods: Array, alpha: Scalar) -> Array:
     return jnp.where(alpha > 0, alpha * log_likelihoods, 0.0)
 
 
+def _propagate(proposal: EmulatorProposal, keys, particles, y, observation):
+    """Move every particle with its own key (stream :data:`PROPOSAL_STREAM`)."""
+
+    def one(k, s):
+        return proposal(jax.random.fold_in(k, PROPOSAL_STREAM), s, y, observation)
+
+    return jax.vmap(one)(keys, particles)
+
+
+def _select(
+    log_likelihoods: Array,
+    log_weights: LogWeights,
+    tempering: AbstractTempering,
+    resampling: str,
+    key: Key,
+    *,
+    uniform_selection: Array | bool = False,
+) -> tuple[Array, Scalar, Scalar, Scalar]:
+    """Temper, weight and resample; returns ``(ancestors, α, ESS before resampling, log-evidence)``.
+
+    ``uniform_selection`` forces α = 0 (every particle kept once by systematic resampling).
+    """
+    n = log_likelihoods.shape[0]
+    previous = normalize_log_weights(log_weights)
+    alpha = tempering.exponent(log_likelihoods, previous)
+    alpha = jnp.where(uniform_selection, jnp.zeros_like(alpha), alpha)
+    selection = previous + _temper(log_likelihoods, alpha)
+    ess = effective_sample_size(selection)
+    evidence = jax.scipy.special.logsumexp(previous + log_likelihoods)
+    resample = get_resampler(resampling)
+    ancestors = resample(jax.random.fold_in(key, RESAMPLING_STREAM), selection, n)
+    return ancestors, alpha, ess, evidence
+
+
+def _uniform_log_weights(n: int, dtype: jnp.dtype) -> LogWeights:
+    return jnp.full((n,), -jnp.log(jnp.asarray(n, dtype)), dtype)
+
+
 class AbstractFilter(eqx.Module):
     """One assimilation cycle as a pure function of explicit state and key."""
 
@@ -214,23 +252,18 @@ class AuxiliaryParticleFilter(AbstractFilter):
             return self.predictive_weight.log_likelihood(k, emulator, observation, s, y)
 
         log_likelihoods, bad = _sanitize(jax.vmap(weight)(keys, particles))
-        previous = normalize_log_weights(state.log_weights)
-        alpha = self.tempering.exponent(log_likelihoods, previous)
-        if self.skip_first_selection:
-            alpha = jnp.where(state.cycle == 0, jnp.zeros_like(alpha), alpha)
-        log_weights = previous + _temper(log_likelihoods, alpha)
-        ess = effective_sample_size(log_weights)
-        evidence = jax.scipy.special.logsumexp(previous + log_likelihoods)
-        resample = get_resampler(self.resampling)
-        ancestors = resample(jax.random.fold_in(key, RESAMPLING_STREAM), log_weights, n)
+        ancestors, alpha, ess, evidence = _select(
+            log_likelihoods,
+            state.log_weights,
+            self.tempering,
+            self.resampling,
+            key,
+            uniform_selection=self.skip_first_selection & (state.cycle == 0),
+        )
         parents = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
-
-        def propagate(k, s):
-            return self.proposal(jax.random.fold_in(k, PROPOSAL_STREAM), s, y, observation)
-
-        children = jax.vmap(propagate)(keys, parents)
+        children = _propagate(self.proposal, keys, parents, y, observation)
         nonfinite = jnp.sum(bad | _nonfinite_particles(children))
-        uniform = jnp.full_like(log_weights, -jnp.log(jnp.asarray(n, log_weights.dtype)))
+        uniform = _uniform_log_weights(n, state.log_weights.dtype)
         new_state = FilterState(children, uniform, state.cycle + 1)
         diagnostics = self._diagnostics(
             ess, alpha, evidence, nonfinite, n, observation.num_observations
@@ -278,25 +311,18 @@ class BootstrapParticleFilter(AbstractFilter):
         keys = particle_keys(key, n)
         emulator = self.emulator
 
-        def propagate(k, s):
-            return self.proposal(jax.random.fold_in(k, PROPOSAL_STREAM), s, y, observation)
-
-        children = jax.vmap(propagate)(keys, particles)
+        children = _propagate(self.proposal, keys, particles, y, observation)
 
         def likelihood(s):
             return observation.log_likelihood(y, emulator.current_frame(s))
 
         log_likelihoods, bad = _sanitize(jax.vmap(likelihood)(children))
-        previous = normalize_log_weights(state.log_weights)
-        alpha = self.tempering.exponent(log_likelihoods, previous)
-        log_weights = previous + _temper(log_likelihoods, alpha)
-        ess = effective_sample_size(log_weights)
-        evidence = jax.scipy.special.logsumexp(previous + log_likelihoods)
-        resample = get_resampler(self.resampling)
-        ancestors = resample(jax.random.fold_in(key, RESAMPLING_STREAM), log_weights, n)
+        ancestors, alpha, ess, evidence = _select(
+            log_likelihoods, state.log_weights, self.tempering, self.resampling, key
+        )
         selected = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], children)
         nonfinite = jnp.sum(bad | _nonfinite_particles(children))
-        uniform = jnp.full_like(log_weights, -jnp.log(jnp.asarray(n, log_weights.dtype)))
+        uniform = _uniform_log_weights(n, state.log_weights.dtype)
         new_state = FilterState(selected, uniform, state.cycle + 1)
         diagnostics = self._diagnostics(
             ess, alpha, evidence, nonfinite, n, observation.num_observations
@@ -330,10 +356,7 @@ class FreeEnsemble(AbstractFilter):
         n = num_particles_of(particles)
         keys = particle_keys(key, n)
 
-        def propagate(k, s):
-            return self.proposal(jax.random.fold_in(k, PROPOSAL_STREAM), s, y, observation)
-
-        children = jax.vmap(propagate)(keys, particles)
+        children = _propagate(self.proposal, keys, particles, y, observation)
         dtype = state.log_weights.dtype
         new_state = FilterState(children, state.log_weights, state.cycle + 1)
         diagnostics = self._diagnostics(
