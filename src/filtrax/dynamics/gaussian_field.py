@@ -24,8 +24,8 @@ from jaxtyping import Array, Float
 
 from .._typing import Key, State
 from ..diffusion.denoisers import GaussianDenoiser
-from ..emulators._base import AbstractEmulator
 from ..io.grid import GridSpec
+from .linear_gaussian import AbstractResidualGaussianEmulator
 
 EARTH_RADIUS_KM = 6371.0
 
@@ -40,27 +40,14 @@ def great_circle_distances_km(grid: GridSpec) -> np.ndarray:
     return EARTH_RADIUS_KM * np.arccos(np.clip(cos_angle, -1.0, 1.0))
 
 
-class GaussianFieldEmulator(AbstractEmulator):
+class GaussianFieldEmulator(AbstractResidualGaussianEmulator):
     """Exact diffusion emulator of the AR(1) field, on the residual latent (frames = states)."""
 
     ar_coefficient: float = eqx.field(static=True)
-    frame_shape: tuple[int, int, int] = eqx.field(static=True)
     denoiser: GaussianDenoiser
-
-    def condition(self, state: State) -> State:
-        return jnp.zeros_like(state)
-
-    def latent_template(self, state: State) -> State:
-        return jnp.zeros_like(state)
 
     def latent_to_frame(self, z: State, state: State) -> State:
         return self.ar_coefficient * state + z
-
-    def advance(self, state: State, frame: State) -> State:
-        return frame
-
-    def current_frame(self, state: State) -> State:
-        return state
 
 
 class GaussianFieldModel(eqx.Module):
@@ -104,7 +91,6 @@ class GaussianFieldModel(eqx.Module):
     def emulator(self) -> GaussianFieldEmulator:
         return GaussianFieldEmulator(
             ar_coefficient=self.ar_coefficient,
-            frame_shape=self.frame_shape,
             denoiser=GaussianDenoiser(self.noise_covariance),
         )
 

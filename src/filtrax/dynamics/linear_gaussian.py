@@ -37,7 +37,30 @@ from ..observations.model import ObservationModel
 from ..observations.operators import LinearObservation
 
 
-class LinearGaussianEmulator(AbstractEmulator):
+class AbstractResidualGaussianEmulator(AbstractEmulator):
+    """An exact emulator whose latent is the Gaussian residual ``z = x' − m(x) ~ N(0, Q)``.
+
+    States are frames (first order); the denoiser is the analytic one with prior mean 0,
+    and subclasses only say how the mean ``m(x)`` enters :meth:`latent_to_frame`.
+    """
+
+    denoiser: eqx.AbstractVar[GaussianDenoiser]
+
+    def condition(self, state: State) -> State:
+        # The residual's prior mean: zero for every particle.
+        return jnp.zeros_like(state)
+
+    def latent_template(self, state: State) -> State:
+        return jnp.zeros_like(state)
+
+    def advance(self, state: State, frame: State) -> State:
+        return frame
+
+    def current_frame(self, state: State) -> State:
+        return state
+
+
+class LinearGaussianEmulator(AbstractResidualGaussianEmulator):
     """Exact diffusion emulator of ``x' = A x + w``, ``w ~ N(0, Q)``, on the residual latent."""
 
     transition_matrix: Float[Array, "d d"]
@@ -54,21 +77,8 @@ class LinearGaussianEmulator(AbstractEmulator):
         self.transition_matrix = A
         self.denoiser = GaussianDenoiser(Q)
 
-    def condition(self, state: State) -> State:
-        # The residual's prior mean: zero for every particle.
-        return jnp.zeros_like(state)
-
-    def latent_template(self, state: State) -> State:
-        return jnp.zeros_like(state)
-
     def latent_to_frame(self, z: State, state: State) -> State:
         return self.transition_matrix.astype(state.dtype) @ state + z
-
-    def advance(self, state: State, frame: State) -> State:
-        return frame
-
-    def current_frame(self, state: State) -> State:
-        return state
 
 
 class KalmanResult(NamedTuple):

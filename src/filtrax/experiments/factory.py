@@ -34,7 +34,7 @@ from ..filters.particle import (
     FreeEnsemble,
 )
 from ..filters.proposals import EmulatorProposal
-from ..filters.tempering import ESSBandTempering, FixedTempering
+from ..filters.tempering import AbstractTempering, ESSBandTempering, FixedTempering
 from ..filters.weights import DiracPredictiveWeight, MomentMatchedPredictiveWeight
 from ..guidance.guided import AbstractGuidance, DPSGuidance, MMPSGuidance, SDAGuidance
 from ..io.datasets import dataset_to_frames
@@ -113,6 +113,13 @@ def build_guidance(config: ExperimentConfig) -> AbstractGuidance:
     raise ConfigError(f"guidance.name = {g.name!r} has no builder")
 
 
+def build_tempering(config: ExperimentConfig) -> AbstractTempering:
+    f = config.filter
+    if f.tempering == "ess_band":
+        return ESSBandTempering(*f.ess_band)
+    return FixedTempering(f.alpha)
+
+
 def build_filter(
     config: ExperimentConfig, emulator: AbstractEmulator, method: str
 ) -> AbstractFilter:
@@ -121,21 +128,16 @@ def build_filter(
     if method == "free":
         return FreeEnsemble(EmulatorProposal(emulator, sampler))
     if method == "bootstrap":
-        tempering = (
-            ESSBandTempering(*f.ess_band) if f.tempering == "ess_band" else FixedTempering(f.alpha)
-        )
-        return BootstrapParticleFilter(EmulatorProposal(emulator, sampler), tempering, f.resampling)
+        proposal = EmulatorProposal(emulator, sampler)
+        return BootstrapParticleFilter(proposal, build_tempering(config), f.resampling)
     if method == "fa_apf":
         proposal = EmulatorProposal(emulator, sampler, build_guidance(config))
         if f.weights == "dirac":
             weight = DiracPredictiveWeight(f.weight_sigma_max, f.noise_draws)
         else:
             weight = MomentMatchedPredictiveWeight(f.weight_sigma_max, f.cg_iterations)
-        tempering = (
-            ESSBandTempering(*f.ess_band) if f.tempering == "ess_band" else FixedTempering(f.alpha)
-        )
         return AuxiliaryParticleFilter(
-            proposal, weight, tempering, f.resampling, f.skip_first_selection
+            proposal, weight, build_tempering(config), f.resampling, f.skip_first_selection
         )
     raise ConfigError(f"filter.method = {method!r} has no builder")
 
@@ -151,7 +153,7 @@ def _grid(config: ExperimentConfig) -> GridSpec:
     return GridSpec.regular(m.num_lat, m.num_lon, channels)
 
 
-def _synthetic_gridded_observations(config, grid, truth, key):
+def _synthetic_gridded_observations(config: ExperimentConfig, grid: GridSpec):
     """Every ``stride``-th point in lat and lon of the observed variables, all levels."""
     o = config.observations
     variables = list(o.variables) or list(grid.variables)
@@ -264,7 +266,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     source = config.observations.source
     if source == "synthetic":
         if grid is not None:
-            observation, labels = _synthetic_gridded_observations(config, grid, truth, obs_key)
+            observation, labels = _synthetic_gridded_observations(config, grid)
         predicted = jax.vmap(observation.predict)(jnp.asarray(truth))
         noise = jax.random.normal(obs_key, predicted.shape, predicted.dtype)
         observations = np.array(predicted + jnp.sqrt(observation.noise_variance)[None] * noise)
