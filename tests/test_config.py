@@ -22,6 +22,10 @@ seed = 7
 
 [model]
 name = "gaussian_field"
+emulator = "l96_lorenz96_dt0.2"
+time_step = 0.2
+spin_up = 5.0
+initial_spread = 0.5
 state_dim = 12
 observed = 6
 observation_std = 0.25
@@ -58,6 +62,7 @@ weight_sigma_max = 10.0
 noise_draws = 4
 cg_iterations = 8
 skip_first_selection = false
+inflation = 1.05
 
 [sampler]
 name = "adams_bashforth"

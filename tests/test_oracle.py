@@ -272,3 +272,24 @@ def test_scalar_dirac_weights_tempered_by_r_over_r_plus_q_are_exact():
 
     np.testing.assert_allclose(normalised(alpha * dirac), normalised(exact), rtol=1e-6)
     assert np.abs(normalised(dirac) - normalised(exact)).max() > 1e-3  # untempered: wrong
+
+
+# --- 5. The stochastic EnKF with the exact emulator is the Kalman filter -------------------
+
+
+def _enkf(model, inflation):
+    sampler = fx.HeunSampler(fx.karras_noise_levels(200.0, 0.002, 7.0, 32))
+    return fx.EnsembleKalmanFilter(fx.EmulatorProposal(model.emulator(), sampler), inflation)
+
+
+def test_enkf_with_exact_emulator_matches_kalman(model, twin):
+    """On a linear-Gaussian model the EnKF is consistent: large N gives the Kalman moments."""
+    _, mean_error, trace_ratio = _run_against_kalman(model, twin, _enkf(model, 1.0))
+    assert mean_error < 0.1, f"time-averaged |mean − KF mean| / KF std = {mean_error:.3f}"
+    assert np.all(np.abs(trace_ratio - 1.0) < 0.15), f"per-cycle trace ratios {trace_ratio}"
+
+
+def test_enkf_kalman_check_rejects_wrong_inflation(model, twin):
+    """Control: inflating the forecast by 1.3 gives a visibly wrong analysis covariance."""
+    _, _, trace_ratio = _run_against_kalman(model, twin, _enkf(model, 1.3))
+    assert np.mean(trace_ratio) > 1.15, f"trace ratios {trace_ratio}"

@@ -21,7 +21,10 @@ from .driver import assimilate as assimilate
 from .dynamics.linear_gaussian import LinearGaussianEmulator as LinearGaussianEmulator
 from .dynamics.linear_gaussian import LinearGaussianModel as LinearGaussianModel
 from .dynamics.linear_gaussian import random_linear_gaussian_model as random_linear_gaussian_model
+from .dynamics.lorenz96 import TwoScaleLorenz96 as TwoScaleLorenz96
 from .emulators._base import AbstractEmulator as AbstractEmulator
+from .emulators.lorenz96 import Lorenz96Emulator as Lorenz96Emulator
+from .filters.enkf import EnsembleKalmanFilter as EnsembleKalmanFilter
 from .filters.particle import AbstractFilter as AbstractFilter
 from .filters.particle import AuxiliaryParticleFilter as AuxiliaryParticleFilter
 from .filters.particle import BootstrapParticleFilter as BootstrapParticleFilter

@@ -102,21 +102,50 @@ def demo(particles: int, cycles: int) -> None:
     demo_main(["--particles", str(particles), "--cycles", str(cycles)])
 
 
-@main.command()
+@main.command(
+    epilog="""\b
+Examples:
+  filtrax train configs/lorenz96/train_wilks05_dt0.05.toml
+  filtrax train configs/lorenz96/train_wilks05_dt0.05.toml --set training.steps=200 \\
+      --set output=runs/train/smoke
+Training resumes from OUTPUT/checkpoint.npz when it exists (same config).
+"""
+)
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 def train(config: Path, overrides: tuple[str, ...]) -> None:
-    """Train the emulator named in CONFIG (learned emulators only)."""
-    from .emulators.cards import load_card
-    from .experiments.config import ConfigError, load_config
+    """Train the learned emulator described by the training CONFIG, then card it.
+
+    Writes OUTPUT/NAME.npz (weights), OUTPUT/NAME.toml (model card with sha256 and
+    validation scores), OUTPUT/validation.nc (the held-out data) and a checkpoint.
+    """
+    import tomllib
+
+    from .experiments.config import ConfigError
+    from .training.config import load_training_config
+    from .training.lorenz96 import train_lorenz96
 
     try:
-        cfg = load_config(config, overrides)
-        card = load_card(cfg.model.name)
-    except (ConfigError, ValueError) as error:
+        raw = tomllib.loads(config.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        _fail(ConfigError(f"{config}: invalid TOML: {error}"))
+    if "model" in raw:
+        name = raw["model"].get("name", "linear_gaussian") if isinstance(raw["model"], dict) else ""
+        _fail(
+            ConfigError(
+                f"{config} is an experiment config (it has a [model] section, model "
+                f"{name!r}); 'filtrax train' takes a training config such as "
+                f"configs/lorenz96/train_wilks05_dt0.05.toml. The analytic models "
+                f"(linear_gaussian, gaussian_field) have nothing to train."
+            )
+        )
+    try:
+        cfg = load_training_config(config, overrides)
+    except ConfigError as error:
         _fail(error)
-    if card["kind"] == "analytic":
-        _fail(ValueError(f"model {cfg.model.name!r} is analytic: it has no weights to train"))
+    card = train_lorenz96(cfg)
+    click.echo(f"card: {card}")
+    click.echo(f"weights: {card.with_suffix('.npz')}")
 
 
 @main.command()

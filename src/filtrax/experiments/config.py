@@ -167,7 +167,17 @@ class ModelConfig(_Validated):
     SECTION: ClassVar[str] = "model"
 
     name: str = _field(
-        "linear_gaussian", "model family", choices=("linear_gaussian", "gaussian_field")
+        "linear_gaussian",
+        "model family",
+        choices=("linear_gaussian", "gaussian_field", "lorenz96"),
+    )
+    emulator: str = _field(
+        "l96_wilks05_dt0.05", "bundled emulator card (see 'filtrax models') [lorenz96]"
+    )
+    time_step: float = _field(0.05, "model time per cycle, Δt [lorenz96]", **POSITIVE)
+    spin_up: float = _field(20.0, "model time of the truth's spin-up [lorenz96]", min=0.0)
+    initial_spread: float = _field(
+        0.0, "std of the initial ensemble around the true state [lorenz96]", **NON_NEGATIVE
     )
     state_dim: int = _field(16, "state dimension [linear_gaussian]", min=2)
     observed: int = _field(8, "number of observed components [linear_gaussian]", min=1)
@@ -183,7 +193,9 @@ class ModelConfig(_Validated):
         0.9, "AR(1) coefficient per cycle", min=0.0, max=1.0, min_exclusive=True, max_exclusive=True
     )
     noise_std: float = _field(1.0, "model noise std", **POSITIVE)
-    weights: str = _field("", "path to the weights of a learned emulator (may be empty)")
+    weights: str = _field(
+        "", "weights trained by 'filtrax train' (empty = the card's shipped weights)"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -211,16 +223,18 @@ class ObservationsConfig(_Validated):
     SECTION: ClassVar[str] = "observations"
 
     source: str = _field(
-        "synthetic", "where observations come from", choices=("synthetic", "gridded", "stations")
+        "synthetic",
+        "where observations come from",
+        choices=("synthetic", "gridded", "stations", "sites"),
     )
     path: str = _field("", "observation file (required for 'gridded' and 'stations')")
     variables: tuple[str, ...] = _field([], "observed variables (empty = model default)")
-    stride: int = _field(4, "observe every stride-th grid point", min=1)
+    stride: int = _field(4, "observe every stride-th grid point (or site)", min=1)
     error_std: float = _field(0.1, "observation error std", **POSITIVE)
     every: int = _field(1, "observe every k-th cycle", min=1)
 
     def _check(self) -> None:
-        if self.source in ("gridded", "stations") and not self.path:
+        if self.source in ("gridded", "stations", "sites") and not self.path:
             raise ConfigError(
                 f"observations.path must be non-empty when observations.source = {self.source!r}"
             )
@@ -232,7 +246,9 @@ class FilterConfig(_Validated):
 
     SECTION: ClassVar[str] = "filter"
 
-    method: str = _field("fa_apf", "assimilation method", choices=("fa_apf", "bootstrap", "free"))
+    method: str = _field(
+        "fa_apf", "assimilation method", choices=("fa_apf", "bootstrap", "enkf", "free")
+    )
     particles: int = _field(64, "ensemble size", min=2, max=1_000_000)
     weights: str = _field(
         "dirac", "predictive-weight approximation", choices=("dirac", "moment_matched")
@@ -249,6 +265,7 @@ class FilterConfig(_Validated):
     noise_draws: int = _field(1, "noise draws per weight evaluation", min=1)
     cg_iterations: int = _field(4, "CG iterations [moment-matched weights]", min=1)
     skip_first_selection: bool = _field(True, "skip the selection step in the first cycle")
+    inflation: float = _field(1.0, "multiplicative inflation of the forecast [enkf]", min=1.0)
 
     def _check(self) -> None:
         band = self.ess_band

@@ -7,6 +7,7 @@ library object that can also be constructed by hand.
 from __future__ import annotations
 
 import dataclasses
+import math
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +27,11 @@ from ..diffusion.samplers import (
 )
 from ..dynamics.gaussian_field import GaussianFieldModel
 from ..dynamics.linear_gaussian import random_linear_gaussian_model
+from ..dynamics.lorenz96 import DEFAULT_DT, full_trajectory
 from ..emulators._base import AbstractEmulator
+from ..emulators.cards import load_card
+from ..emulators.lorenz96 import Lorenz96Emulator, load_emulator
+from ..filters.enkf import EnsembleKalmanFilter
 from ..filters.particle import (
     AbstractFilter,
     AuxiliaryParticleFilter,
@@ -39,10 +44,14 @@ from ..filters.weights import DiracPredictiveWeight, MomentMatchedPredictiveWeig
 from ..guidance.guided import AbstractGuidance, DPSGuidance, MMPSGuidance, SDAGuidance
 from ..io.datasets import dataset_to_frames
 from ..io.grid import Channel, GridSpec
-from ..io.observation_files import read_gridded_observations, read_station_table
+from ..io.observation_files import (
+    read_gridded_observations,
+    read_site_table,
+    read_station_table,
+)
 from ..observations.model import ObservationModel
 from ..observations.operators import PointSelection
-from .config import ConfigError, ExperimentConfig
+from .config import ConfigError, ExperimentConfig, SamplerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +67,7 @@ class Experiment:
         observations: ``(cycle, obs)``, NaN where not observed.
         observation: the observation model.
         observation_labels: one label per observation.
+        initial_state: the true state at the initial time (the particles' centre).
         initial_particles: ``(N, *state)``.
         filter: the assimilation method.
         baseline: the free ensemble run for comparison, or ``None``.
@@ -73,6 +83,7 @@ class Experiment:
     observations: np.ndarray
     observation: ObservationModel
     observation_labels: tuple[str, ...]
+    initial_state: jax.Array
     initial_particles: jax.Array
     filter: AbstractFilter
     baseline: AbstractFilter | None
@@ -87,7 +98,10 @@ def cycle_times(config: ExperimentConfig) -> np.ndarray:
 
 
 def build_sampler(config: ExperimentConfig) -> AbstractSampler:
-    s = config.sampler
+    return sampler_from_config(config.sampler)
+
+
+def sampler_from_config(s: SamplerConfig) -> AbstractSampler:
     levels = karras_noise_levels(s.sigma_max, s.sigma_min, s.rho, s.levels)
     if s.name == "dpmpp2s":
         return DPMSolverPlusPlus2SSampler(levels, churn=s.churn, churn_noise_scale=s.churn_noise)
@@ -127,6 +141,8 @@ def build_filter(
     sampler = build_sampler(config)
     if method == "free":
         return FreeEnsemble(EmulatorProposal(emulator, sampler))
+    if method == "enkf":
+        return EnsembleKalmanFilter(EmulatorProposal(emulator, sampler), f.inflation)
     if method == "bootstrap":
         proposal = EmulatorProposal(emulator, sampler)
         return BootstrapParticleFilter(proposal, build_tempering(config), f.resampling)
@@ -173,6 +189,77 @@ def _synthetic_gridded_observations(config: ExperimentConfig, grid: GridSpec):
     return observation, labels
 
 
+def load_lorenz96_emulator(config: ExperimentConfig) -> Lorenz96Emulator:
+    """The configured Lorenz-96 emulator; its training Δt must equal ``model.time_step``."""
+    m = config.model
+    if m.weights:
+        try:
+            emulator = load_emulator(None, m.weights)
+        except (OSError, ValueError, KeyError) as error:
+            raise ConfigError(f"model.weights = {m.weights!r}: {error}") from None
+    else:
+        try:
+            card = load_card(m.emulator)
+        except ValueError as error:
+            raise ConfigError(f"model.emulator = {m.emulator!r}: {error}") from None
+        if card.get("family") != "lorenz96":
+            raise ConfigError(
+                f"model.emulator = {m.emulator!r} is not a learned Lorenz-96 emulator "
+                f"(its card has kind {card.get('kind')!r})"
+            )
+        emulator = load_emulator(card)
+    if not math.isclose(emulator.time_step, m.time_step, rel_tol=1e-9):
+        source = m.weights or f"card {m.emulator!r}"
+        raise ConfigError(
+            f"model.time_step = {m.time_step} but the emulator ({source}) was trained at "
+            f"time_step {emulator.time_step}; pick an emulator trained at this step "
+            f"(see 'filtrax models') or set model.time_step = {emulator.time_step}"
+        )
+    return emulator
+
+
+def _lorenz96(config: ExperimentConfig, truth_key):
+    """Emulator, true slow frames ``(cycle, K)`` and the initial state ``(X^{-1}, X^0)``."""
+
+    emulator = load_lorenz96_emulator(config)
+    slow = lorenz96_truth(config, emulator.setting, truth_key)[1]
+    x0 = Lorenz96Emulator.initial_state(slow[0], slow[1])
+    return emulator, slow[2:], x0
+
+
+def lorenz96_truth(config: ExperimentConfig, setting: str, truth_key) -> tuple[np.ndarray, ...]:
+    """The twin's truth: the full state every RK4 step and the slow frames every cycle.
+
+    Returns ``(full, slow)``: ``full`` has ``(cycles + 1)·m + 1`` rows (``m`` RK4 steps per
+    cycle), row 0 at the time of :math:`X^{-1}`; ``slow`` is ``full[::m, :K]``, i.e.
+    :math:`X^{-1}, X^0, X^1, \\dots` (cycle ``k`` valid at row ``k + 1``).
+    """
+    from ..training.lorenz96 import setting_model
+
+    model = setting_model(setting)
+    steps_per_cycle = round(config.model.time_step / DEFAULT_DT)
+    if not math.isclose(steps_per_cycle * DEFAULT_DT, config.model.time_step, rel_tol=1e-9):
+        raise ConfigError(
+            f"model.time_step = {config.model.time_step} is not a multiple of the RK4 step "
+            f"{DEFAULT_DT}"
+        )
+    full = full_trajectory(
+        model,
+        truth_key,
+        spin_up_time=config.model.spin_up,
+        num_steps=(config.run.cycles + 1) * steps_per_cycle,
+    )
+    return full, full[::steps_per_cycle, : model.num_slow].astype(np.float32)
+
+
+def _synthetic_site_observations(config: ExperimentConfig, num_sites: int):
+    """Every ``stride``-th site, observed with ``error_std``."""
+    sites = np.arange(0, num_sites, config.observations.stride)
+    operator = PointSelection((num_sites,), jnp.asarray(sites))
+    observation = ObservationModel(operator, config.observations.error_std**2)
+    return observation, [f"X[{s}]" for s in sites]
+
+
 def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
     """True frames ``(cycle, *frame)`` from a netCDF/zarr file on the model grid.
 
@@ -198,6 +285,24 @@ def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
     return dataset_to_frames(selected.load(), grid)
 
 
+def initial_particles(config: ExperimentConfig, x0: jax.Array, num_particles: int) -> jax.Array:
+    """``num_particles`` copies of the initial state, perturbed by ``model.initial_spread``.
+
+    Member ``i``'s perturbation uses ``fold_in(init_key, i)``: it does not depend on N.
+    """
+    particles = jnp.broadcast_to(x0, (num_particles, *x0.shape))
+    spread = config.model.initial_spread
+    if spread == 0:
+        return particles
+    init_key = jax.random.fold_in(jax.random.key(config.seed), 103)
+
+    def perturbation(i):
+        k = jax.random.fold_in(init_key, i)
+        return spread * jax.random.normal(k, x0.shape, particles.dtype)
+
+    return particles + jax.vmap(perturbation)(jnp.arange(num_particles))
+
+
 def build_experiment(config: ExperimentConfig) -> Experiment:
     """Models, truth, observations and filters for ``config`` (deterministic in ``seed``)."""
     root = jax.random.key(config.seed)
@@ -209,12 +314,17 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
             "truth.source = 'none' needs observations from a file: synthetic observations are "
             "drawn from the truth (set observations.source to 'stations' or 'gridded')"
         )
+    if config.observations.source == "sites" and m.name != "lorenz96":
+        raise ConfigError(
+            f"observations.source = 'sites' needs a site-indexed learned model "
+            f"(model.name = 'lorenz96'), got model.name = {m.name!r}"
+        )
     if config.truth.source == "file" and m.name != "gaussian_field":
         raise ConfigError(
             f"truth.source = 'file' needs a gridded model; model.name = {m.name!r} is "
             f"site-indexed and simulates its own truth"
         )
-    if config.observations.source != "synthetic" and m.name != "gaussian_field":
+    if config.observations.source in ("gridded", "stations") and m.name != "gaussian_field":
         raise ConfigError(
             f"observations.source = {config.observations.source!r} needs a gridded model; "
             f"model.name = {m.name!r} is site-indexed (use observations.source = 'synthetic')"
@@ -259,6 +369,12 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         elif config.truth.source == "none":
             truth = None
         frame_shape, units = grid.shape, tuple("1" for _ in grid.channels)
+    elif m.name == "lorenz96":
+        emulator, truth, x0 = _lorenz96(config, truth_key)
+        if config.truth.source == "none":
+            truth = None
+        observation, labels = _synthetic_site_observations(config, emulator.num_sites)
+        grid, frame_shape, units = None, (emulator.num_sites,), ("1",)
     else:
         raise ConfigError(f"model.name = {m.name!r} has no builder")
 
@@ -272,7 +388,15 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         observations = np.array(predicted + jnp.sqrt(observation.noise_variance)[None] * noise)
     else:
         path = Path(config.observations.path)
-        if source == "stations":
+        if source == "sites":
+            observation_set = read_site_table(
+                path,
+                frame_shape[0],
+                m.time_step,
+                num_cycles,
+                config.observations.error_std,
+            )
+        elif source == "stations":
             observation_set = read_station_table(path, grid, times)
         else:
             observation_set = read_gridded_observations(
@@ -286,7 +410,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         skipped = (np.arange(num_cycles) + 1) % config.observations.every != 0
         observations[skipped] = np.nan
 
-    particles = jnp.broadcast_to(x0, (config.filter.particles, *x0.shape))
+    particles = initial_particles(config, x0, config.filter.particles)
     method = config.filter.method
     return Experiment(
         config=config,
@@ -297,6 +421,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         observations=observations,
         observation=observation,
         observation_labels=labels,
+        initial_state=jnp.asarray(x0),
         initial_particles=particles,
         filter=build_filter(config, emulator, method),
         baseline=(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -36,7 +35,9 @@ from .. import metrics as scores
 from ..driver import assimilate
 from ..filters.particle import AbstractFilter, FilterState, FreeEnsemble
 from ..filters.proposals import EmulatorProposal
+from ..io.atomic import atomic_savez, atomic_write_bytes
 from ..io.datasets import dataset_to_frames, frames_to_dataset
+from ..profiling import PHASES, phase_seconds
 from .config import ExperimentConfig, config_from_dict
 from .factory import Experiment, build_experiment, build_sampler
 
@@ -61,15 +62,6 @@ def config_digest(config: ExperimentConfig) -> str:
     return hashlib.sha256(config.to_toml().encode()).hexdigest()
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _save_checkpoint(path: Path, state: FilterState, history: dict, digest: str) -> None:
     arrays = {
         f"particles_{i}": np.asarray(leaf)
@@ -79,12 +71,7 @@ def _save_checkpoint(path: Path, state: FilterState, history: dict, digest: str)
     arrays["cycle"] = np.asarray(state.cycle)
     arrays["config_sha256"] = np.frombuffer(digest.encode(), dtype=np.uint8)
     arrays.update({f"history_{k}": v for k, v in history.items()})
-    tmp = path.with_name(path.name + ".tmp.npz")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_savez(path, arrays)
 
 
 def _load_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[FilterState, dict]:
@@ -326,6 +313,30 @@ def compute_metrics(experiment: Experiment, run_dir: Path) -> xr.Dataset:
     return dataset
 
 
+def _phase_profile(experiment: Experiment, members, metrics: xr.Dataset) -> dict:
+    """``seconds_<phase>`` per ensemble (see :mod:`filtrax.profiling`), on the first cycle."""
+    observed = np.flatnonzero(np.isfinite(experiment.observations).any(axis=1))
+    k = int(observed[0]) if observed.size else 0
+    y = jnp.asarray(experiment.observations[k])
+    profiles = {phase: [] for phase in PHASES}
+    for name, filter_ in members:
+        state = filter_.init(experiment.initial_particles)
+        key = jax.random.fold_in(jax.random.key(experiment.config.seed), RUN_STREAMS[name])
+        seconds = phase_seconds(filter_, state, y, experiment.observation, key)
+        for phase in PHASES:
+            profiles[phase].append(seconds[phase])
+    order = [name for name, _ in members]
+    positions = [order.index(str(name)) for name in metrics["ensemble"].values]
+    return {
+        f"seconds_{phase}": (
+            ("ensemble",),
+            np.asarray(values)[positions],
+            {"long_name": f"seconds per cycle in phase '{phase}' (filtrax.profiling)"},
+        )
+        for phase, values in profiles.items()
+    }
+
+
 def _write_inputs(experiment: Experiment, run_dir: Path) -> None:
     observations = xr.Dataset(
         {
@@ -382,7 +393,7 @@ def run_experiment(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(config_path, config.to_toml().encode())
+    atomic_write_bytes(config_path, config.to_toml().encode())
     experiment = build_experiment(config)
     _write_inputs(experiment, run_dir)
     members = [("analysis", experiment.filter)]
@@ -391,6 +402,7 @@ def run_experiment(
     for name, filter_ in members:
         _run_member(name, filter_, experiment, run_dir, digest, resume=resume, quiet=quiet)
     metrics = compute_metrics(experiment, run_dir)
+    metrics = metrics.assign(_phase_profile(experiment, members, metrics))
     metrics.to_netcdf(run_dir / "metrics.nc")
     if config.run.output_format == "netcdf":
         for name, _ in members:

@@ -330,14 +330,18 @@ class BootstrapParticleFilter(AbstractFilter):
         return new_state, diagnostics
 
 
-class FreeEnsemble(AbstractFilter):
-    """No assimilation: every member follows the emulator (the reference forecast)."""
+class UnguidedEnsembleFilter(AbstractFilter):
+    """A filter whose members move by the emulator's own transition (no guidance).
+
+    Attributes:
+        proposal: an unguided :class:`EmulatorProposal`.
+    """
 
     proposal: EmulatorProposal
 
     def __check_init__(self) -> None:
         if self.proposal.is_guided:
-            raise ValueError("FreeEnsemble.proposal must be unguided")
+            raise ValueError(f"{type(self).__name__}.proposal must be unguided")
 
     @property
     def emulator(self) -> AbstractEmulator:
@@ -350,6 +354,10 @@ class FreeEnsemble(AbstractFilter):
     def call_counts(self, num_particles, num_observations):
         pf, pb = self.proposal.call_counts()
         return num_particles * pf, num_particles * pb
+
+
+class FreeEnsemble(UnguidedEnsembleFilter):
+    """No assimilation: every member follows the emulator (the reference forecast)."""
 
     def step(self, state, y, observation, key):
         particles = state.particles

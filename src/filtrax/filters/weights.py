@@ -100,7 +100,9 @@ class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):
     """``N(y; h(Φ(ẑ)), R + σ² G J Gᵀ)`` at ``σ = sigma_max``: tuning-free, use it with α = 1.
 
     The quadratic form ``rᵀ C⁻¹ r`` uses ``cg_iterations`` CG steps (matvecs are VJPs of the
-    one stored linearisation). The log-determinant of ``C`` is dropped by default: it is the
+    one stored linearisation), with the curvature floor ``pᵀRp`` of
+    :class:`~filtrax.guidance.guided.MMPSGuidance` (inactive for an exact
+    denoiser). The log-determinant of ``C`` is dropped by default: it is the
     same for every particle when the Tweedie covariance does not depend on the particle
     (exactly so in the linear-Gaussian model), and then cancels in the normalised weights.
     With ``dense_log_determinant`` it is computed exactly from the ``obs × obs`` matrix,
@@ -153,7 +155,12 @@ class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):
             covariance_term = sigma**2 * observe_linear(v_noisy)
             return jnp.where(mask, variance * v + covariance_term, v)
 
-        solution = conjugate_gradient(matvec, residual, self.cg_iterations)
+        def curvature_floor(p):
+            # As in MMPS guidance: pᵀ(R + C)p ≥ pᵀRp for any covariance C ⪰ 0, a bound
+            # a learned denoiser's Jacobian can violate.
+            return jnp.vdot(p, jnp.where(mask, variance, 1.0) * p)
+
+        solution = conjugate_gradient(matvec, residual, self.cg_iterations, curvature_floor)
         quadratic = jnp.vdot(residual, solution)
         if self.dense_log_determinant:
             n = residual.shape[0]

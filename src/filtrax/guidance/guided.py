@@ -45,7 +45,7 @@ from jaxtyping import Array, Float, PyTree
 from .._typing import Observation, ObservationMask, State
 from ..diffusion.denoisers import AbstractDenoiser
 from ..observations.model import ObservationModel, observation_mask
-from .linear_solvers import MATVECS_PER_ITERATION, SOLVERS
+from .linear_solvers import MATVECS_PER_ITERATION, SOLVERS, conjugate_gradient
 
 CovarianceMatVec = Callable[[Observation], Observation]
 
@@ -104,6 +104,15 @@ class SDAGuidance(AbstractGuidance):
 class MMPSGuidance(AbstractGuidance):
     """MMPS: ``C = R + σ² G J Gᵀ``, solved with a fixed number of Krylov iterations from 0.
 
+    The Tweedie covariance ``σ² J`` is symmetric positive semi-definite for the ideal
+    denoiser, but a *learned* denoiser's Jacobian need not be: the system can then lose
+    definiteness at some noise levels and CG divides by a vanishing or negative curvature,
+    which sends a particle far off (measured on the Lorenz-96 emulator: guided proposals
+    with standard deviations of ~100 where the prior's is 0.05). CG therefore bounds each
+    step's curvature from below by ``pᵀRp``, which ``pᵀ(R + C)p`` satisfies for any valid
+    covariance: for the exact denoiser nothing changes, and a broken step is never longer
+    than a DPS step (``C = 0``). BiCGSTAB and GMRES run unguarded.
+
     Attributes:
         iterations: ``K``, the number of solver iterations (≥ 1).
         solver: ``"cg"`` (default, ``K`` VJPs), ``"bicgstab"`` (``2K``) or ``"gmres"`` (``K``).
@@ -133,7 +142,13 @@ class MMPSGuidance(AbstractGuidance):
             v_obs = jnp.where(mask, v, 0.0)
             return jnp.where(mask, noise_variance * v_obs + covariance_matvec(v_obs), v)
 
+        def curvature_floor(p):
+            # pᵀ(R + C)p ≥ pᵀRp for any covariance C ⪰ 0 (masked rows: pᵀp).
+            return jnp.vdot(p, jnp.where(mask, noise_variance, 1.0) * p)
+
         rhs = jnp.where(mask, residual, 0.0)
+        if self.solver == "cg":
+            return conjugate_gradient(matvec, rhs, self.iterations, curvature_floor)
         return SOLVERS[self.solver](matvec, rhs, self.iterations)
 
 

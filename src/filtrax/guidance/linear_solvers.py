@@ -36,13 +36,28 @@ def _divide(numerator: Array, denominator: Array) -> Array:
     return jnp.where(ok, numerator / jnp.where(ok, denominator, 1.0), 0.0)
 
 
-def conjugate_gradient(matvec: MatVec, b: Vector, iterations: int) -> Vector:
-    """``K`` iterations of CG on ``A u = b`` (``A`` symmetric positive definite)."""
+def conjugate_gradient(
+    matvec: MatVec,
+    b: Vector,
+    iterations: int,
+    curvature_floor: Callable[[Vector], Array] | None = None,
+) -> Vector:
+    """``K`` iterations of CG on ``A u = b`` (``A`` symmetric positive definite).
+
+    ``curvature_floor(p)``, when given, is a known lower bound of :math:`p^\top A p`; the
+    step uses :math:`\\max(p^\top A p, \text{floor}(p))`. For an SPD ``A`` that satisfies the
+    bound this changes nothing; for an ``A`` that has lost definiteness it keeps each step
+    no longer than the bound allows instead of dividing by a vanishing or negative
+    curvature (see :class:`~filtrax.guidance.guided.MMPSGuidance`).
+    """
 
     def body(_, carry):
         u, r, p, rr = carry
         Ap = matvec(p)
-        step = _divide(rr, jnp.vdot(p, Ap))
+        curvature = jnp.vdot(p, Ap)
+        if curvature_floor is not None:
+            curvature = jnp.maximum(curvature, curvature_floor(p))
+        step = _divide(rr, curvature)
         u = u + step * p
         r = r - step * Ap
         rr_new = jnp.vdot(r, r)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from ..observations.interpolation import BilinearInterpolation
@@ -641,3 +642,111 @@ def _error_std_field(
     field = field.transpose(*(("level",) if has_level else ()), "lat", "lon")
     values = np.asarray(field.values, dtype=np.float64)
     return values if has_level else values[None]
+
+
+SITE_COLUMNS = ("time", "site", "value")
+
+
+def read_site_table(
+    path: str | Path,
+    num_sites: int,
+    time_step: float,
+    num_cycles: int,
+    default_error_std: float,
+    *,
+    variable: str = "X",
+) -> ObservationSet:
+    r"""Read observations of a site-indexed state (e.g. Lorenz-96's ``X``) from CSV or Parquet.
+
+    Columns ``time, site, value`` and optionally ``error_std`` (else ``default_error_std``).
+    ``time`` is model time since the start of the run: cycle ``k`` (0-based) is valid at
+    :math:`(k+1)\,\Delta t`, so a time must be a positive multiple of ``time_step`` up to
+    ``num_cycles * time_step`` (relative tolerance 1e-6). ``site`` is an integer in
+    ``0 .. num_sites - 1``. Each distinct site is one observation slot (sorted by site); a
+    slot without a row at a cycle is NaN there.
+
+    Raises:
+        ValueError: naming the file, the column and the row (CSV: 1-based line number with
+            the header on line 1; Parquet: 0-based row) for a missing column, a site out of
+            range or not an integer, a time off the cycle grid, a missing value, a
+            non-positive error_std, duplicate ``(time, site)`` rows, or an error_std that
+            changes between times for one site.
+    """
+    path = Path(path)
+    table, rows = _read_table(path)
+    missing = [c for c in SITE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing required column(s) {', '.join(missing)}; found columns: "
+            f"{', '.join(map(str, table.columns))}"
+        )
+    table = table[[c for c in table.columns if c in (*SITE_COLUMNS, "error_std")]]
+    table = table[~table.isna().all(axis=1)]
+    if table.empty:
+        raise ValueError(f"{path}: the table has no observation rows")
+    position = table.index.to_numpy()
+
+    def error(i: int, message: str) -> ValueError:
+        return rows.error(int(position[i]), message)
+
+    times = _numeric_column(table, "time", error)
+    sites = _numeric_column(table, "site", error)
+    value = _numeric_column(table, "value", error)
+    if "error_std" in table.columns:
+        error_std = _numeric_column(table, "error_std", error)
+        error_std = np.where(np.isnan(error_std), default_error_std, error_std)
+    else:
+        error_std = np.full(len(table), float(default_error_std))
+
+    bad_site = ~np.isfinite(sites) | (sites != np.round(sites))
+    if (i := _first_bad(bad_site)) is not None:
+        raise error(i, f"column 'site' of variable {variable}: {sites[i]} is not an integer index")
+    if (i := _first_bad((sites < 0) | (sites >= num_sites))) is not None:
+        raise error(
+            i,
+            f"column 'site' of variable {variable}: index {int(sites[i])} is out of range; "
+            f"the model has sites 0..{num_sites - 1}",
+        )
+    steps = times / time_step
+    cycle = np.round(steps).astype(np.int64) - 1
+    off_grid = ~np.isfinite(times) | (np.abs(steps - np.round(steps)) > 1e-6 * np.maximum(1, steps))
+    off_grid |= (cycle < 0) | (cycle >= num_cycles)
+    if (i := _first_bad(off_grid)) is not None:
+        raise error(
+            i,
+            f"column 'time' of variable {variable}: {times[i]} is not a cycle time; cycles are "
+            f"at k * {time_step} for k = 1..{num_cycles}",
+        )
+    if (i := _first_bad(np.isnan(value))) is not None:
+        raise error(i, f"column 'value' of variable {variable} at site {int(sites[i])} is missing")
+    if (i := _first_bad(~(error_std > 0.0) | ~np.isfinite(error_std))) is not None:
+        raise error(i, f"column 'error_std' is {error_std[i]}; it must be > 0")
+
+    site = sites.astype(np.int64)
+    slots = np.unique(site)
+    slot = np.searchsorted(slots, site)
+    values = np.full((num_cycles, len(slots)), np.nan)
+    seen: dict[tuple[int, int], int] = {}
+    variance = np.full(len(slots), np.nan)
+    for i in range(len(table)):
+        key = (int(cycle[i]), int(slot[i]))
+        if key in seen:
+            raise error(
+                i,
+                f"duplicate observation of {variable}[{site[i]}] at time {times[i]} "
+                f"(also {rows.one(int(position[seen[key]]))})",
+            )
+        seen[key] = i
+        values[key] = value[i]
+        v = error_std[i] ** 2
+        if np.isnan(variance[slot[i]]):
+            variance[slot[i]] = v
+        elif not np.isclose(variance[slot[i]], v):
+            raise error(
+                i,
+                f"error_std of {variable}[{site[i]}] changes from "
+                f"{np.sqrt(variance[slot[i]])} to {error_std[i]} (the noise model is static)",
+            )
+    operator = PointSelection((num_sites,), jnp.asarray(slots))
+    labels = [f"{variable}[{s}]" for s in slots]
+    return ObservationSet(values, operator, variance, labels)

@@ -1,0 +1,200 @@
+"""Two-scale Lorenz-96 twin experiment: our filters and DAPPER's, on one truth and one y.
+
+In one process, for a twin config (default ``configs/lorenz96/wilks05.toml``):
+
+1. the truth is the full two-scale system (our JAX RK4, checked against DAPPER's in
+   ``tests/test_lorenz96.py``), observed as the config says;
+2. our methods, all driving the *learned* slow-variable emulator: FA-APF with Dirac+α
+   weights, FA-APF with moment-matched weights, the bootstrap PF, the stochastic EnKF and
+   the free ensemble, for each N;
+3. DAPPER's EnKF_N, LETKF and PartFilt with its truncated (parameterised) slow model and
+   with the full two-scale model (an upper bound: they know the true dynamics), see
+   ``benchmarks/dapper_baselines.py``.
+
+It prints one table: time-mean RMSE of the analysis mean (± 95 % interval, autocorrelation
+aware), spread, spread/RMSE, CRPS, mean ESS, ms per cycle and, for our methods, the share of
+the cycle spent in emulator / guidance / weights / the filter's own work
+(:mod:`filtrax.profiling`). Scores are over the cycles after the burn-in.
+
+Run (a few minutes to an hour, depending on N and the setting)::
+
+    python benchmarks/l96_vs_dapper.py --config configs/lorenz96/wilks05.toml \\
+        --particles 16,64,256 --json runs/l96_wilks05.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from filtrax import metrics
+from filtrax.dynamics.lorenz96 import DEFAULT_DT
+from filtrax.experiments.config import load_config
+from filtrax.experiments.factory import (
+    build_experiment,
+    build_filter,
+    initial_particles,
+    lorenz96_truth,
+)
+from filtrax.profiling import phase_seconds
+
+ROOT = Path(__file__).resolve().parents[1]
+OUR_METHODS = {
+    "FA-APF (Dirac+α)": ("fa_apf", ["filter.weights=dirac", "filter.tempering=ess_band"]),
+    "FA-APF (moment-matched, α=1)": (
+        "fa_apf",
+        ["filter.weights=moment_matched", "filter.tempering=fixed", "filter.alpha=1.0"],
+    ),
+    "bootstrap PF (α=1)": ("bootstrap", ["filter.tempering=fixed", "filter.alpha=1.0"]),
+    "bootstrap PF (ESS band α)": ("bootstrap", ["filter.tempering=ess_band"]),
+    "EnKF (emulator)": ("enkf", []),
+    "free ensemble": ("free", []),
+}
+
+
+def full_truth(config, experiment) -> np.ndarray:
+    """The full two-scale truth every RK4 step from the initial time (row 0 at ``X^0``).
+
+    The same trajectory :func:`~filtrax.experiments.factory.build_experiment` took the
+    experiment's truth from (same key, same code path: bit for bit).
+    """
+    truth_key = jax.random.fold_in(jax.random.key(config.seed), 101)
+    full, slow = lorenz96_truth(config, experiment.emulator.setting, truth_key)
+    if not np.array_equal(slow[2:], experiment.truth):
+        raise RuntimeError("the re-built truth differs from the experiment's")
+    return full[round(config.model.time_step / DEFAULT_DT) :]
+
+
+def run_ours(experiment, config, method: str, overrides: list[str], n: int, truth, y, burn):
+    cfg = load_config(ARGS.config, [*ARGS.set, f"filter.particles={n}", *overrides])
+    filter_ = build_filter(cfg, experiment.emulator, method)
+    particles = initial_particles(cfg, experiment.initial_state, n)
+    state = filter_.init(particles)
+    observation = experiment.observation
+    root = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+    @eqx.filter_jit
+    def step(f, s, y, k):
+        s, d = f.step(s, y, observation, jax.random.fold_in(root, k))
+        return s, d, jax.vmap(f.emulator.current_frame)(s.particles)
+
+    rows = {"rmse": [], "spread": [], "crps": [], "ess": [], "alpha": [], "seconds": []}
+    for k in range(len(truth)):
+        tic = time.perf_counter()
+        state, diagnostics, frames = step(filter_, state, jnp.asarray(y[k]), jnp.asarray(k))
+        frames = np.asarray(jax.block_until_ready(frames), np.float64)
+        rows["seconds"].append(time.perf_counter() - tic)
+        if not np.all(np.isfinite(frames)):
+            return {"note": f"non-finite particles at cycle {k}"}
+        rows["rmse"].append(metrics.rmse(frames, truth[k]))
+        rows["spread"].append(metrics.spread(frames))
+        rows["crps"].append(metrics.crps(frames, truth[k]))
+        rows["ess"].append(float(diagnostics.ess))
+        rows["alpha"].append(float(diagnostics.alpha))
+    after = slice(burn, None)
+    rmse, rmse_ci = metrics.time_mean_with_interval(np.asarray(rows["rmse"][after]))
+    profile = phase_seconds(filter_, filter_.init(particles), jnp.asarray(y[0]), observation, root)
+    return {
+        "rmse": rmse,
+        "rmse_ci": rmse_ci,
+        "spread": float(np.mean(rows["spread"][after])),
+        "crps": float(np.mean(rows["crps"][after])),
+        "ess": float(np.mean(rows["ess"][after])),
+        "ms_per_cycle": 1e3 * float(np.median(rows["seconds"][1:])),
+        "profile": profile,
+        "rmse_series": rows["rmse"],
+    }
+
+
+def main() -> None:
+    cfg = load_config(ARGS.config, ARGS.set)
+    experiment = build_experiment(dataclasses.replace(cfg))
+    full = full_truth(cfg, experiment)
+    truth, y = experiment.truth, experiment.observations
+    burn = cfg.run.burn_in
+    sizes = [int(v) for v in ARGS.particles.split(",")]
+    print(
+        f"# {cfg.name}: setting {experiment.emulator.setting}, K = {truth.shape[1]}, "
+        f"dt = {cfg.model.time_step}, {y.shape[1]} observed sites, obs variance "
+        f"{float(experiment.observation.noise_variance[0]):.3g}, {cfg.run.cycles} cycles "
+        f"(burn-in {burn}); emulator {experiment.emulator.name}",
+        flush=True,
+    )
+    results = []
+    chosen = [m for m in OUR_METHODS if not ARGS.methods or m.split(" ")[0] in ARGS.methods]
+    for n in sizes:
+        for name in chosen:
+            method, overrides = OUR_METHODS[name]
+            tic = time.perf_counter()
+            row = run_ours(experiment, cfg, method, overrides, n, truth, y, burn)
+            row.update(method=name, model="learned emulator", N=n)
+            results.append(row)
+            print(_format(row), f"  [{time.perf_counter() - tic:.0f} s]", flush=True)
+    if not ARGS.no_dapper:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from dapper_baselines import run_dapper_baselines
+
+        sites = np.asarray(experiment.observation.operator.indices)
+        rows = run_dapper_baselines(
+            experiment.emulator.setting,
+            full,
+            y,
+            sites,
+            float(experiment.observation.noise_variance[0]),
+            burn,
+            sizes,
+            seed=cfg.seed,
+            time_step=cfg.model.time_step,
+        )
+        for row in rows:
+            results.append(row)
+            print(_format(row), flush=True)
+    if ARGS.json:
+        Path(ARGS.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(ARGS.json).write_text(json.dumps(results, indent=1, default=float))
+
+
+def _format(row: dict) -> str:
+    if "rmse" not in row or not math.isfinite(row.get("rmse", math.nan)):
+        return f"| {row['method']} | {row['model']} | {row['N']} | failed: {row.get('note')} |"
+    ratio = row["spread"] / row["rmse"]
+    ci = f" ± {row['rmse_ci']:.3f}" if "rmse_ci" in row else ""
+    ess = f"{row['ess']:.1f}" if "ess" in row else "-"
+    profile = row.get("profile")
+    shares = "-"
+    if profile:
+        total = profile["cycle"]
+        shares = " / ".join(
+            f"{100 * profile[p] / total:.0f}" for p in ("emulator", "guidance", "weights", "filter")
+        )
+    return (
+        f"| {row['method']} | {row['model']} | {row['N']} | {row['rmse']:.3f}{ci} | "
+        f"{row['spread']:.3f} | {ratio:.2f} | {row['crps']:.3f} | {ess} | "
+        f"{row['ms_per_cycle']:.1f} | {shares} |"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs/lorenz96/wilks05.toml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--particles", default="16,64,256")
+    parser.add_argument("--methods", nargs="*", help="FA-APF bootstrap EnKF free (default all)")
+    parser.add_argument("--no-dapper", action="store_true")
+    parser.add_argument("--json", help="write every row (with per-cycle RMSE) here")
+    ARGS = parser.parse_args()
+    print(
+        "| method | model | N | RMSE ± 95% | spread | spread/RMSE | CRPS | ESS | ms/cycle | "
+        "% emulator / guidance / weights / filter |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    main()

@@ -1,0 +1,94 @@
+r"""Where a cycle's time goes: emulator, guidance, weights and the filter's own work.
+
+Inside one compiled cycle the phases cannot be timed separately, so each is compiled and
+timed on its own on the same particles, observation and key:
+
+* **emulator**: the unguided proposal of every particle (the free forecast);
+* **guidance**: the guided proposal minus the unguided one (MMPS/DPS/SDA work);
+* **weights**: the predictive weights :math:`\log p(y\mid s_i)` of every particle;
+* **filter**: the whole cycle minus the phases above (tempering, resampling, gathers,
+  EnKF algebra, bookkeeping).
+
+All phases of a filter run at fixed cost per cycle (fixed solver iterations, a fixed
+bisection count), so one profile stands for every cycle. Each time is the median of
+``repeats`` calls after a compiling call.
+"""
+
+from __future__ import annotations
+
+import time
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from .filters.particle import (
+    WEIGHT_STREAM,
+    AbstractFilter,
+    AuxiliaryParticleFilter,
+    _propagate,
+    particle_keys,
+)
+from .filters.proposals import EmulatorProposal
+
+PHASES = ("emulator", "guidance", "weights", "filter", "cycle")
+
+
+def _median_seconds(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - tic)
+    return float(np.median(times))
+
+
+def phase_seconds(
+    filter_: AbstractFilter, state, y, observation, key, *, repeats: int = 3
+) -> dict[str, float]:
+    """Seconds per phase (see the module docstring) of one cycle of ``filter_``."""
+    n = state.log_weights.shape[0]
+    keys = particle_keys(key, n)
+    proposal = getattr(filter_, "proposal", None)
+    out = dict.fromkeys(PHASES, 0.0)
+
+    @eqx.filter_jit
+    def cycle(f, s, y, k):
+        return f.step(s, y, observation, k)
+
+    out["cycle"] = _median_seconds(cycle, filter_, state, y, key, repeats=repeats)
+    if not isinstance(proposal, EmulatorProposal):
+        out["filter"] = out["cycle"]
+        return out
+    unguided = EmulatorProposal(proposal.emulator, proposal.sampler)
+
+    @eqx.filter_jit
+    def propagate(p, particles, y, keys):
+        return _propagate(p, keys, particles, y, observation)
+
+    out["emulator"] = _median_seconds(
+        propagate, unguided, state.particles, y, keys, repeats=repeats
+    )
+    spent = out["emulator"]
+    if proposal.is_guided:
+        guided = _median_seconds(propagate, proposal, state.particles, y, keys, repeats=repeats)
+        out["guidance"] = max(guided - out["emulator"], 0.0)
+        spent = guided
+    if isinstance(filter_, AuxiliaryParticleFilter):
+        emulator = filter_.emulator
+
+        @eqx.filter_jit
+        def weights(w, particles, y, keys):
+            def one(k, s):
+                k = jax.random.fold_in(k, WEIGHT_STREAM)
+                return w.log_likelihood(k, emulator, observation, s, y)
+
+            return jax.vmap(one)(keys, particles)
+
+        out["weights"] = _median_seconds(
+            weights, filter_.predictive_weight, state.particles, y, keys, repeats=repeats
+        )
+        spent += out["weights"]
+    out["filter"] = max(out["cycle"] - spent, 0.0)
+    return out

@@ -1,0 +1,1 @@
+"""Training of learned emulators (``filtrax train CONFIG``)."""

@@ -1,0 +1,135 @@
+"""The training config of a learned emulator (``filtrax train CONFIG``), validated like runs.
+
+>>> cfg = training_config_from_dict({"data": {"setting": "lorenz96"}}, ["training.steps=10"])
+>>> cfg.data.setting, cfg.training.steps
+('lorenz96', 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..experiments.config import (
+    NON_NEGATIVE,
+    POSITIVE,
+    ConfigError,
+    SamplerConfig,
+    _build,
+    _field,
+    _to_dict,
+    _Validated,
+    apply_overrides,
+)
+
+__all__ = [
+    "DataConfig",
+    "NetworkConfig",
+    "OptimisationConfig",
+    "TrainingConfig",
+    "ValidationConfig",
+    "load_training_config",
+    "training_config_from_dict",
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig(_Validated):
+    """``[data]``: the two-scale Lorenz-96 trajectories the emulator learns from."""
+
+    SECTION: ClassVar[str] = "data"
+
+    setting: str = _field("wilks05", "two-scale setting", choices=("wilks05", "lorenz96"))
+    time_step: float = _field(0.05, "model time between emulator steps (Δt)", **POSITIVE)
+    spin_up: float = _field(20.0, "model time discarded at the start of each trajectory", min=0.0)
+    train_trajectories: int = _field(32, "independent training trajectories", min=1)
+    train_samples: int = _field(2000, "states per training trajectory", min=4)
+    validation_trajectories: int = _field(8, "held-out trajectories (other keys)", min=1)
+    validation_samples: int = _field(400, "states per held-out trajectory", min=24)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NetworkConfig(_Validated):
+    """``[network]``: :class:`~filtrax.emulators.lorenz96.CircularStencilNetwork` sizes."""
+
+    SECTION: ClassVar[str] = "network"
+
+    hidden: int = _field(128, "hidden width", min=1)
+    depth: int = _field(2, "residual per-site layers", min=0)
+    radius: int = _field(4, "first stencil radius (sites)", min=0)
+    mix_radius: int = _field(2, "second stencil radius (sites)", min=0)
+    bottleneck: int = _field(16, "features mixed by the second stencil", min=1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimisationConfig(_Validated):
+    """``[training]``: the EDM denoising loss and AdamW."""
+
+    SECTION: ClassVar[str] = "training"
+
+    steps: int = _field(20000, "optimiser steps", min=1)
+    batch_size: int = _field(256, "transitions per step", min=1)
+    learning_rate: float = _field(1e-3, "peak learning rate (cosine decay)", **POSITIVE)
+    warmup: int = _field(500, "linear warm-up steps", min=0)
+    weight_decay: float = _field(1e-4, "AdamW weight decay", **NON_NEGATIVE)
+    clip_norm: float = _field(1.0, "global gradient-norm clip", **POSITIVE)
+    ema: float = _field(0.999, "decay of the weights' exponential moving average", min=0.0, max=1.0)
+    sigma_min: float = _field(0.02, "smallest training noise level", **POSITIVE)
+    sigma_max: float = _field(88.0, "largest training noise level", **POSITIVE)
+    rho: float = _field(7.0, "exponent of the noise-level distribution", **POSITIVE)
+    chunk: int = _field(250, "steps per compiled chunk (progress and checkpoint unit)", min=1)
+    checkpoint_every: int = _field(2000, "steps between checkpoints", min=1)
+
+    def _check(self) -> None:
+        if not self.sigma_min < self.sigma_max:
+            raise ConfigError(
+                f"training.sigma_min = {self.sigma_min!r} must be < "
+                f"training.sigma_max = {self.sigma_max!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ValidationConfig(_Validated):
+    """``[validation]``: the scores written to the model card (held-out trajectories)."""
+
+    SECTION: ClassVar[str] = "validation"
+
+    members: int = _field(16, "ensemble members of the free forecasts", min=2)
+    initial_states: int = _field(64, "held-out initial states per score", min=1)
+    leads: tuple[int, ...] = _field([1, 5, 20], "forecast leads in steps", min=1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingConfig(_Validated):
+    """A whole training run; ``output`` is the folder for weights, card and checkpoints."""
+
+    name: str = _field("lorenz96_wilks05_dt0.05", "emulator (card) name")
+    description: str = _field("", "one line for the model card")
+    seed: int = _field(0, "seed of data, initialisation and training", min=0)
+    output: str = _field("runs/train", "output folder (weights, card, checkpoint)")
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
+    training: OptimisationConfig = dataclasses.field(default_factory=OptimisationConfig)
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+def training_config_from_dict(
+    data: dict[str, Any], overrides: Sequence[str] = ()
+) -> TrainingConfig:
+    return _build(TrainingConfig, apply_overrides(data, overrides))
+
+
+def load_training_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainingConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    return training_config_from_dict(data, overrides)
