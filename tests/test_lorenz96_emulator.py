@@ -274,3 +274,24 @@ def test_twin_run_with_enkf_records_phase_times(tmp_path):
     analysis = metrics["rmse"].sel(ensemble="analysis").values[1:].mean()
     free = metrics["rmse"].sel(ensemble="baseline").values[1:].mean()
     assert analysis < free
+
+
+def test_state_of_the_wrong_shape_is_refused():
+    emulator = bundled_emulator("l96_wilks05_dt0.05")
+    with pytest.raises(ValueError, match=r"shape \(2, 8\).*got \(2, 36\)"):
+        emulator.condition(jnp.zeros((2, 36)))
+
+
+def test_data_command_writes_attributes_and_refuses_off_grid_steps(tmp_path):
+    import xarray as xr
+
+    out = tmp_path / "x.nc"
+    args = ["data", "--setting", "wilks05", "--time-step", "0.2", "--samples", "5", "--out"]
+    result = CliRunner().invoke(main, [*args, str(out), "--spin-up", "1.0"])
+    assert result.exit_code == 0, result.output
+    ds = xr.open_dataset(out)
+    assert ds["X"].shape == (1, 5, 8)
+    assert ds.attrs["sample_every"] == 0.2 and ds.attrs["spin_up_time"] == 1.0
+    assert ds.attrs["forcing"] == 20.0 and ds.attrs["dt_integration"] == 0.005
+    bad = CliRunner().invoke(main, ["data", "--time-step", "0.0733", "--out", str(out)])
+    assert bad.exit_code == 2 and "sample_every" in bad.output

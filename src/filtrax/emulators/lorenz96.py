@@ -164,6 +164,11 @@ class Lorenz96Emulator(AbstractEmulator):
     name: str = eqx.field(static=True, default="lorenz96")
 
     def condition(self, state: State) -> State:
+        if state.shape != (2, self.num_sites):
+            raise ValueError(
+                f"{self.name}: a particle state must have shape (2, {self.num_sites}) = "
+                f"(X^(k-1), X^k), got {state.shape}"
+            )
         return (state - self.mean) / self.std
 
     def latent_template(self, state: State) -> State:
