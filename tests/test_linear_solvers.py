@@ -186,3 +186,27 @@ def test_matvecs_per_iteration(name, iterations):
     with jax.disable_jit():
         SOLVERS[name](matvec, jnp.ones(4, jnp.float32), iterations)
     assert len(calls) == MATVECS_PER_ITERATION[name] * iterations
+
+
+def test_safeguarded_curvature_is_exact_for_spd_and_bounded_for_indefinite():
+    from filtrax.guidance.linear_solvers import conjugate_gradient, safeguarded_curvature
+
+    r = jnp.array([0.1, 0.1, 0.1])
+    b = jnp.array([1.0, -0.5, 0.25])
+
+    def solve(cov, safe):
+        matrix = jnp.diag(r) + cov
+
+        def curvature(p, Ap):
+            return safeguarded_curvature(p, Ap, r)
+
+        return conjugate_gradient(lambda v: matrix @ v, b, 2, curvature if safe else None)
+
+    spd = jnp.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 0.5]])
+    np.testing.assert_allclose(solve(spd, True), solve(spd, False), rtol=1e-6)
+    # A "covariance" with a negative eigenvalue that almost cancels R along b: plain CG
+    # divides by a tiny curvature, the safeguarded one does not.
+    indefinite = -0.0999 * jnp.eye(3)
+    plain, safe = solve(indefinite, False), solve(indefinite, True)
+    assert float(jnp.max(jnp.abs(plain))) > 1e3
+    assert float(jnp.max(jnp.abs(safe))) < 20.0

@@ -32,7 +32,7 @@ from jaxtyping import PyTree
 
 from .._typing import Key, Observation, Scalar
 from ..emulators._base import AbstractEmulator
-from ..guidance.linear_solvers import conjugate_gradient
+from ..guidance.linear_solvers import conjugate_gradient, safeguarded_curvature
 from ..observations.model import ObservationModel, observation_mask
 
 
@@ -100,7 +100,7 @@ class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):
     """``N(y; h(Φ(ẑ)), R + σ² G J Gᵀ)`` at ``σ = sigma_max``: tuning-free, use it with α = 1.
 
     The quadratic form ``rᵀ C⁻¹ r`` uses ``cg_iterations`` CG steps (matvecs are VJPs of the
-    one stored linearisation), with the curvature floor ``pᵀRp`` of
+    one stored linearisation), with the safeguarded curvature of
     :class:`~filtrax.guidance.guided.MMPSGuidance` (inactive for an exact
     denoiser). The log-determinant of ``C`` is dropped by default: it is the
     same for every particle when the Tweedie covariance does not depend on the particle
@@ -155,12 +155,11 @@ class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):
             covariance_term = sigma**2 * observe_linear(v_noisy)
             return jnp.where(mask, variance * v + covariance_term, v)
 
-        def curvature_floor(p):
-            # As in MMPS guidance: pᵀ(R + C)p ≥ pᵀRp for any covariance C ⪰ 0, a bound
-            # a learned denoiser's Jacobian can violate.
-            return jnp.vdot(p, jnp.where(mask, variance, 1.0) * p)
+        def curvature(p, Ap):
+            # As in MMPS guidance: a learned denoiser's Jacobian can break C ⪰ 0.
+            return safeguarded_curvature(p, Ap, jnp.where(mask, variance, 1.0))
 
-        solution = conjugate_gradient(matvec, residual, self.cg_iterations, curvature_floor)
+        solution = conjugate_gradient(matvec, residual, self.cg_iterations, curvature)
         quadratic = jnp.vdot(residual, solution)
         if self.dense_log_determinant:
             n = residual.shape[0]

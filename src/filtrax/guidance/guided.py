@@ -45,7 +45,12 @@ from jaxtyping import Array, Float, PyTree
 from .._typing import Observation, ObservationMask, State
 from ..diffusion.denoisers import AbstractDenoiser
 from ..observations.model import ObservationModel, observation_mask
-from .linear_solvers import MATVECS_PER_ITERATION, SOLVERS, conjugate_gradient
+from .linear_solvers import (
+    MATVECS_PER_ITERATION,
+    SOLVERS,
+    conjugate_gradient,
+    safeguarded_curvature,
+)
 
 CovarianceMatVec = Callable[[Observation], Observation]
 
@@ -108,10 +113,11 @@ class MMPSGuidance(AbstractGuidance):
     denoiser, but a *learned* denoiser's Jacobian need not be: the system can then lose
     definiteness at some noise levels and CG divides by a vanishing or negative curvature,
     which sends a particle far off (measured on the Lorenz-96 emulator: guided proposals
-    with standard deviations of ~100 where the prior's is 0.05). CG therefore bounds each
-    step's curvature from below by ``pᵀRp``, which ``pᵀ(R + C)p`` satisfies for any valid
-    covariance: for the exact denoiser nothing changes, and a broken step is never longer
-    than a DPS step (``C = 0``). BiCGSTAB and GMRES run unguarded.
+    with standard deviations of ~100 where the prior's is 0.05). CG therefore measures the
+    curvature of ``R + C`` along ``p`` as ``pᵀRp + |pᵀCp|`` (:func:`safeguarded_curvature`):
+    for a valid covariance (``pᵀCp ≥ 0``, the exact denoiser) nothing changes, and an
+    indefinite ``C`` can only shorten a step, by its own magnitude. BiCGSTAB and GMRES run
+    unguarded.
 
     Attributes:
         iterations: ``K``, the number of solver iterations (≥ 1).
@@ -142,13 +148,12 @@ class MMPSGuidance(AbstractGuidance):
             v_obs = jnp.where(mask, v, 0.0)
             return jnp.where(mask, noise_variance * v_obs + covariance_matvec(v_obs), v)
 
-        def curvature_floor(p):
-            # pᵀ(R + C)p ≥ pᵀRp for any covariance C ⪰ 0 (masked rows: pᵀp).
-            return jnp.vdot(p, jnp.where(mask, noise_variance, 1.0) * p)
+        def curvature(p, Ap):
+            return safeguarded_curvature(p, Ap, jnp.where(mask, noise_variance, 1.0))
 
         rhs = jnp.where(mask, residual, 0.0)
         if self.solver == "cg":
-            return conjugate_gradient(matvec, rhs, self.iterations, curvature_floor)
+            return conjugate_gradient(matvec, rhs, self.iterations, curvature)
         return SOLVERS[self.solver](matvec, rhs, self.iterations)
 
 

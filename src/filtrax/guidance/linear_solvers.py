@@ -36,11 +36,18 @@ def _divide(numerator: Array, denominator: Array) -> Array:
     return jnp.where(ok, numerator / jnp.where(ok, denominator, 1.0), 0.0)
 
 
+def safeguarded_curvature(p, Ap, noise_variance):
+    """``pᵀRp + |pᵀ(A − R)p|`` for ``A = R + C`` with diagonal ``R``: equal to ``pᵀAp`` when
+    ``C ⪰ 0`` along ``p``, and never below ``pᵀRp`` or the magnitude of ``C`` otherwise."""
+    noise_part = jnp.vdot(p, noise_variance * p)
+    return noise_part + jnp.abs(jnp.vdot(p, Ap) - noise_part)
+
+
 def conjugate_gradient(
     matvec: MatVec,
     b: Vector,
     iterations: int,
-    curvature_floor: Callable[[Vector], Array] | None = None,
+    curvature: Callable[[Vector, Vector], Array] | None = None,
 ) -> Vector:
     """``K`` iterations of CG on ``A u = b`` (``A`` symmetric positive definite).
 
@@ -54,10 +61,7 @@ def conjugate_gradient(
     def body(_, carry):
         u, r, p, rr = carry
         Ap = matvec(p)
-        curvature = jnp.vdot(p, Ap)
-        if curvature_floor is not None:
-            curvature = jnp.maximum(curvature, curvature_floor(p))
-        step = _divide(rr, curvature)
+        step = _divide(rr, jnp.vdot(p, Ap) if curvature is None else curvature(p, Ap))
         u = u + step * p
         r = r - step * Ap
         rr_new = jnp.vdot(r, r)
