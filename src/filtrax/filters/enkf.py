@@ -32,7 +32,6 @@ from ..observations.model import observation_mask
 from .particle import (
     FilterState,
     UnguidedEnsembleFilter,
-    _nonfinite_particles,
     _propagate,
     num_particles_of,
     particle_keys,
@@ -89,13 +88,7 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
         analysis = (flat + increments).reshape(n, *shape)
         new_particles = jax.vmap(emulator.advance)(particles, analysis)
 
-        dtype = state.log_weights.dtype
-        diagnostics = self._diagnostics(
-            jnp.asarray(n, dtype),
-            jnp.zeros((), dtype),
-            jnp.asarray(jnp.nan, dtype),
-            jnp.sum(_nonfinite_particles(new_particles)),
-            n,
-            observation.num_observations,
+        diagnostics = self._unweighted_diagnostics(
+            new_particles, state.log_weights.dtype, observation.num_observations
         )
         return FilterState(new_particles, state.log_weights, state.cycle + 1), diagnostics

@@ -355,6 +355,18 @@ class UnguidedEnsembleFilter(AbstractFilter):
         pf, pb = self.proposal.call_counts()
         return num_particles * pf, num_particles * pb
 
+    def _unweighted_diagnostics(self, particles, dtype, num_observations):
+        """No weights: ESS = N, α = 0, no evidence estimate."""
+        n = num_particles_of(particles)
+        return self._diagnostics(
+            jnp.asarray(n, dtype),
+            jnp.zeros((), dtype),
+            jnp.asarray(jnp.nan, dtype),
+            jnp.sum(_nonfinite_particles(particles)),
+            n,
+            num_observations,
+        )
+
 
 class FreeEnsemble(UnguidedEnsembleFilter):
     """No assimilation: every member follows the emulator (the reference forecast)."""
@@ -365,14 +377,8 @@ class FreeEnsemble(UnguidedEnsembleFilter):
         keys = particle_keys(key, n)
 
         children = _propagate(self.proposal, keys, particles, y, observation)
-        dtype = state.log_weights.dtype
         new_state = FilterState(children, state.log_weights, state.cycle + 1)
-        diagnostics = self._diagnostics(
-            jnp.asarray(n, dtype),
-            jnp.zeros((), dtype),
-            jnp.asarray(jnp.nan, dtype),
-            jnp.sum(_nonfinite_particles(children)),
-            n,
-            observation.num_observations,
+        diagnostics = self._unweighted_diagnostics(
+            children, state.log_weights.dtype, observation.num_observations
         )
         return new_state, diagnostics
