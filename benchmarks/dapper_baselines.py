@@ -63,7 +63,8 @@ import os
 import time
 
 import numpy as np
-from scipy.special import ndtr
+
+from filtrax.metrics import gaussian_crps
 
 FULL_DT, TRUNCATED_DT = 0.005, 0.05  # the modules' RK4 steps of the full and truncated models
 LOC_RAD = {"wilks05": np.inf, "lorenz96": 4.0}  # LETKF localisation radius, in sites
@@ -72,16 +73,6 @@ PF_NER = 0.5
 PF_REG = {"truncated": 2.0, "full": 0.5}  # regularisation jitter factor
 X0_VARIANCE = 0.01
 METHODS = ("EnKF_N", "LETKF", "PartFilt")
-
-
-def gaussian_crps(mu: np.ndarray, sigma: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Closed-form CRPS of N(mu, sigma²) at x (Gneiting et al. 2005); |x - mu| at sigma = 0."""
-    sigma = np.asarray(sigma, dtype=float)
-    safe = np.where(sigma > 0, sigma, 1.0)
-    z = (x - mu) / safe
-    pdf = np.exp(-0.5 * z**2) / np.sqrt(2 * np.pi)
-    crps = safe * (z * (2 * ndtr(z) - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
-    return np.where(sigma > 0, crps, np.abs(x - mu))
 
 
 @contextlib.contextmanager

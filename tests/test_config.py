@@ -46,6 +46,7 @@ path = "truth.zarr"
 source = "stations"
 path = "stations.csv"
 variables = ["temperature"]
+levels = []
 stride = 2
 error_std = 1e-3
 every = 3

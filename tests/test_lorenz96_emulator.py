@@ -187,10 +187,10 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     from filtrax.training import lorenz96 as training
     from filtrax.training.config import load_training_config
 
-    def config(out):
+    def config(out, *extra):
         return load_training_config(
             ROOT / "configs/lorenz96/train_wilks05_dt0.05.toml",
-            [f"output={out}", "name=smoke", "training.steps=6", "training.chunk=3",
+            [*extra, f"output={out}", "name=smoke", "training.steps=6", "training.chunk=3",
              "training.checkpoint_every=3", "training.batch_size=8",
              "data.train_trajectories=2", "data.train_samples=30",
              "data.validation_trajectories=1", "data.validation_samples=30", "data.spin_up=1.0",
@@ -198,20 +198,27 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
              "validation.leads=[1, 2]", "sampler.levels=3"],
         )  # fmt: skip
 
+    from filtrax.training import engine
+
     straight = training.train_lorenz96(config(tmp_path / "a"))
-    original = training._save_checkpoint
+    original = engine.save_checkpoint
 
     def killed(*args, **kwargs):
         original(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_save_checkpoint", killed)
+    monkeypatch.setattr(engine, "save_checkpoint", killed)
     with pytest.raises(KeyboardInterrupt):
         training.train_lorenz96(config(tmp_path / "b"))
-    monkeypatch.setattr(training, "_save_checkpoint", original)
+    monkeypatch.setattr(engine, "save_checkpoint", original)
     resumed = training.train_lorenz96(config(tmp_path / "b"))
-    sha = [tomllib.loads(p.read_text())["sha256"] for p in (straight, resumed)]
-    assert sha[0] == sha[1]
+    # A run stopped early (training.stop_after) cards the weights it reached, and a later run
+    # without the stop continues the same schedule to the same weights.
+    early = training.train_lorenz96(config(tmp_path / "c", "training.stop_after=3"))
+    early_sha = tomllib.loads(early.read_text())["sha256"]
+    continued = training.train_lorenz96(config(tmp_path / "c"))
+    sha = [tomllib.loads(p.read_text())["sha256"] for p in (straight, resumed, continued)]
+    assert sha[0] == sha[1] == sha[2] != early_sha
 
 
 def _config(*overrides):

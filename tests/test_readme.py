@@ -21,6 +21,33 @@ def test_readme_quickstart_runs(capsys):
 def test_demo_runs_small(capsys):
     from filtrax.demo import main
 
-    main(["--particles", "8", "--cycles", "4", "--burn-in", "1", "--state-dim", "4"])
+    main(
+        [
+            "--linear-gaussian",
+            "--particles",
+            "8",
+            "--cycles",
+            "4",
+            "--burn-in",
+            "1",
+            "--state-dim",
+            "4",
+        ]
+    )
     out = capsys.readouterr().out
     assert "Kalman filter (exact)" in out and "free ensemble" in out
+
+
+def test_atmosphere_demo_config_is_the_poster_config_shortened():
+    import tomllib
+
+    from filtrax.demo import DEMO_CONFIG
+
+    poster = tomllib.loads(
+        (README.parent / "configs" / "heldsuarez" / "poster.toml").read_text(encoding="utf-8")
+    )
+    for section in ("model", "truth", "observations", "sampler", "guidance"):
+        assert DEMO_CONFIG[section] == poster[section], section
+    expected_filter = {**poster["filter"], "particles": 16}
+    assert DEMO_CONFIG["filter"] == expected_filter
+    assert DEMO_CONFIG["run"] == {**poster["run"], "cycles": 10}

@@ -16,6 +16,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -94,3 +96,20 @@ def time_mean_with_interval(series: np.ndarray, z: float = 1.96) -> tuple[float,
         return float(x[0]), float("nan")
     effective_n = x.size / effective_autocorrelation_time(x)
     return float(x.mean()), float(z * x.std(ddof=1) / np.sqrt(effective_n))
+
+
+def gaussian_crps(mean, std, truth) -> np.ndarray:
+    r"""Closed-form CRPS of :math:`\mathcal N(m, s^2)` at ``truth``, pointwise.
+
+    :math:`s\,[z(2\Phi(z) - 1) + 2\varphi(z) - 1/\sqrt\pi]` with :math:`z = (t - m)/s`
+    (Gneiting et al. 2005, eq. 5); :math:`|t - m|` where :math:`s = 0`.
+    """
+    from jax.scipy.special import ndtr
+
+    std = np.asarray(std, dtype=float)
+    safe = np.where(std > 0, std, 1.0)
+    z = (np.asarray(truth, dtype=float) - mean) / safe
+    pdf = np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    cdf = np.asarray(ndtr(z))
+    value = safe * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))
+    return np.where(std > 0, value, np.abs(np.asarray(truth, dtype=float) - mean))

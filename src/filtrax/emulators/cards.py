@@ -12,6 +12,9 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 REQUIRED_FIELDS = ("name", "description", "kind", "license", "weights", "sha256")
@@ -59,3 +62,46 @@ def load_weights(path: str | Path, expected_sha256: str) -> dict[str, np.ndarray
         )
     with np.load(path, allow_pickle=False) as data:
         return {k: np.asarray(data[k]) for k in data.files}
+
+
+def write_weights(path: str | Path, arrays: dict[str, np.ndarray]) -> str:
+    """Write ``arrays`` to an npz file (no pickles) and return its sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    return sha256_of(path)
+
+
+def _leaf_names(tree) -> list[str]:
+    paths = jax.tree_util.tree_flatten_with_path(eqx.filter(tree, eqx.is_array))[0]
+    return [jax.tree_util.keystr(path) for path, _ in paths]
+
+
+def module_arrays(module: eqx.Module, prefix: str = "network") -> dict[str, np.ndarray]:
+    """A module's array leaves keyed by ``prefix`` + their path in the module tree."""
+    leaves = jax.tree_util.tree_leaves(eqx.filter(module, eqx.is_array))
+    names = _leaf_names(module)
+    return {f"{prefix}{name}": np.asarray(leaf) for name, leaf in zip(names, leaves, strict=True)}
+
+
+def fill_module(template, arrays: dict[str, np.ndarray], source: str, prefix: str = "network"):
+    """``template`` with every array leaf replaced by ``arrays[prefix + path]``.
+
+    Missing names and shape mismatches are errors that name the array and ``source``.
+    """
+    params, static = eqx.partition(template, eqx.is_array)
+    names = _leaf_names(template)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    filled = []
+    for name, leaf in zip(names, leaves, strict=True):
+        stored = arrays.get(f"{prefix}{name}")
+        if stored is None:
+            raise ValueError(f"{source}: weights lack the array '{prefix}{name}'")
+        if stored.shape != leaf.shape:
+            raise ValueError(
+                f"{source}: array '{prefix}{name}' has shape {stored.shape}, but the card's "
+                f"architecture needs {leaf.shape}"
+            )
+        filled.append(jnp.asarray(stored, leaf.dtype))
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, filled), static)

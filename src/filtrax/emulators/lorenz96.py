@@ -42,7 +42,7 @@ from jaxtyping import Array, Float
 from .._typing import Key, State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
 from ._base import AbstractEmulator
-from .cards import load_card, load_weights, sha256_of
+from .cards import fill_module, load_card, load_weights, module_arrays, write_weights
 
 #: Architecture fields every learned Lorenz-96 card carries in its ``[network]`` table.
 ARCHITECTURE_FIELDS = ("num_sites", "hidden", "depth", "radius", "mix_radius", "bottleneck")
@@ -200,51 +200,25 @@ def build_network(architecture: dict, key: Key) -> CircularStencilNetwork:
     )
 
 
-def _leaf_names(tree) -> list[str]:
-    paths = jax.tree_util.tree_flatten_with_path(eqx.filter(tree, eqx.is_array))[0]
-    return [jax.tree_util.keystr(path) for path, _ in paths]
-
-
 def network_arrays(network: CircularStencilNetwork) -> dict[str, np.ndarray]:
     """The network's parameters keyed by their path in the module tree."""
-    leaves = jax.tree_util.tree_leaves(eqx.filter(network, eqx.is_array))
-    names = _leaf_names(network)
-    return {f"network{name}": np.asarray(leaf) for name, leaf in zip(names, leaves, strict=True)}
+    return module_arrays(network)
 
 
 def network_from_arrays(
     architecture: dict, arrays: dict[str, np.ndarray], source: str
 ) -> CircularStencilNetwork:
     """Rebuild the network of ``architecture`` and fill it from ``arrays`` (names checked)."""
-    template = build_network(architecture, jax.random.key(0))
-    params, static = eqx.partition(template, eqx.is_array)
-    names = _leaf_names(template)
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    filled = []
-    for name, leaf in zip(names, leaves, strict=True):
-        stored = arrays.get(f"network{name}")
-        if stored is None:
-            raise ValueError(f"{source}: weights lack the array 'network{name}'")
-        if stored.shape != leaf.shape:
-            raise ValueError(
-                f"{source}: array 'network{name}' has shape {stored.shape}, but the card's "
-                f"architecture needs {leaf.shape}"
-            )
-        filled.append(jnp.asarray(stored, leaf.dtype))
-    return eqx.combine(jax.tree_util.tree_unflatten(treedef, filled), static)
+    return fill_module(build_network(architecture, jax.random.key(0)), arrays, source)
 
 
 def save_emulator(path: str | Path, emulator: Lorenz96Emulator) -> str:
     """Write the weights and statistics to ``path`` (npz); returns the file's sha256."""
-    path = Path(path)
     arrays = network_arrays(emulator.denoiser.network)
     for name in STATISTICS_FIELDS:
         arrays[f"statistics.{name}"] = np.asarray(getattr(emulator, name), np.float64)
     arrays["statistics.time_step"] = np.asarray(emulator.time_step, np.float64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
-    return sha256_of(path)
+    return write_weights(path, arrays)
 
 
 def emulator_from_arrays(

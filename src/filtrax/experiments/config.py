@@ -169,10 +169,11 @@ class ModelConfig(_Validated):
     name: str = _field(
         "linear_gaussian",
         "model family",
-        choices=("linear_gaussian", "gaussian_field", "lorenz96"),
+        choices=("linear_gaussian", "gaussian_field", "lorenz96", "heldsuarez"),
     )
     emulator: str = _field(
-        "l96_wilks05_dt0.05", "bundled emulator card (see 'filtrax models') [lorenz96]"
+        "l96_wilks05_dt0.05",
+        "bundled emulator card (see 'filtrax models') [lorenz96, heldsuarez]",
     )
     time_step: float = _field(0.05, "model time per cycle, Δt [lorenz96]", **POSITIVE)
     spin_up: float = _field(20.0, "model time of the truth's spin-up [lorenz96]", min=0.0)
@@ -206,8 +207,9 @@ class TruthConfig(_Validated):
 
     source: str = _field(
         "simulate",
-        "simulate the truth, read it from a file, or run without one ('none': no skill scores)",
-        choices=("simulate", "file", "none"),
+        "simulate the truth, read it from a file, use the emulator's bundled held-out "
+        "segment ('bundled'), or run without one ('none': no skill scores)",
+        choices=("simulate", "file", "bundled", "none"),
     )
     path: str = _field("", "truth file (required when source = 'file')")
 
@@ -229,6 +231,7 @@ class ObservationsConfig(_Validated):
     )
     path: str = _field("", "observation file (required for 'gridded' and 'stations')")
     variables: tuple[str, ...] = _field([], "observed variables (empty = model default)")
+    levels: tuple[float, ...] = _field([], "observed levels (empty = all levels)")
     stride: int = _field(4, "observe every stride-th grid point (or site)", min=1)
     error_std: float = _field(0.1, "observation error std", **POSITIVE)
     every: int = _field(1, "observe every k-th cycle", min=1)
@@ -409,7 +412,7 @@ def _toml_value(value: Any) -> str:
         return repr(value)  # finite floats only (validated); repr round-trips exactly
     if isinstance(value, str):
         return _toml_string(value)
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {_show(value)} as TOML")
 

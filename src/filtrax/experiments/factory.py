@@ -29,6 +29,7 @@ from ..dynamics.gaussian_field import GaussianFieldModel
 from ..dynamics.linear_gaussian import random_linear_gaussian_model
 from ..dynamics.lorenz96 import DEFAULT_DT, full_trajectory
 from ..emulators._base import AbstractEmulator
+from ..emulators.atmosphere import AtmosphereEmulator
 from ..emulators.cards import load_card
 from ..emulators.lorenz96 import Lorenz96Emulator, load_emulator
 from ..filters.enkf import EnsembleKalmanFilter
@@ -175,9 +176,24 @@ def _synthetic_gridded_observations(config: ExperimentConfig, grid: GridSpec):
     variables = list(o.variables) or list(grid.variables)
     mask = np.zeros(grid.shape, bool)
     for variable in variables:
-        for level in grid.levels_of(variable) if variable in grid.variables else [None]:
-            channel = grid.channel_index(variable, level)
+        if variable not in grid.variables:
+            raise ConfigError(
+                f"observations.variables names {variable!r}, which the model does not have; "
+                f"available: {', '.join(grid.variables)}"
+            )
+        own = grid.levels_of(variable)
+        wanted = own if not o.levels or own == (None,) else o.levels
+        for level in wanted:
+            try:
+                channel = grid.channel_index(variable, level)
+            except ValueError as error:
+                raise ConfigError(f"observations.levels: {error}") from None
             mask[channel, :: o.stride, :: o.stride] = True
+    if not mask.any():
+        raise ConfigError(
+            f"the observation mask (observations.variables = {variables}, levels = "
+            f"{list(o.levels)}, stride = {o.stride}) selects no grid point"
+        )
     operator = PointSelection.from_mask(mask)
     observation = ObservationModel(operator, o.error_std**2)
     labels = []
@@ -285,6 +301,69 @@ def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
     return dataset_to_frames(selected.load(), grid)
 
 
+def load_atmosphere_emulator(config: ExperimentConfig):
+    """The configured gridded atmosphere emulator (card or trained weights) and its card."""
+    import tomllib
+
+    from ..emulators.atmosphere import load_emulator as load_atmosphere
+
+    m = config.model
+    try:
+        if m.weights:
+            card = tomllib.loads(Path(m.weights).with_suffix(".toml").read_text())
+            return load_atmosphere(None, m.weights), card
+        card = load_card(m.emulator)
+    except (OSError, ValueError, KeyError) as error:
+        field = "model.weights" if m.weights else "model.emulator"
+        raise ConfigError(f"{field} = {m.weights or m.emulator!r}: {error}") from None
+    if card.get("family") != "atmosphere":
+        raise ConfigError(
+            f"model.emulator = {m.emulator!r} is not a gridded atmosphere emulator "
+            f"(family {card.get('family')!r}); see 'filtrax models'"
+        )
+    return load_atmosphere(card), card
+
+
+def bundled_truth_path(card: dict) -> Path:
+    """The held-out truth segment shipped with an atmosphere emulator's card."""
+    from importlib import resources
+
+    if "truth_segment" not in card:
+        raise ConfigError(
+            f"truth.source = 'bundled': emulator {card['name']!r} ships no truth segment"
+        )
+    return Path(str(resources.files("filtrax.emulators") / "cards" / card["truth_segment"]))
+
+
+def _heldsuarez(config: ExperimentConfig):
+    """Emulator, grid, true frames ``(cycle, *frame)`` and the state :math:`(x^{-1}, x^0)`."""
+    emulator, card = load_atmosphere_emulator(config)
+    if not math.isclose(config.run.cycle_hours, emulator.time_step_hours):
+        raise ConfigError(
+            f"run.cycle_hours = {config.run.cycle_hours} but emulator {emulator.name!r} "
+            f"steps {emulator.time_step_hours} h"
+        )
+    grid = emulator.grid
+    if config.truth.source == "none":
+        raise ConfigError(
+            "model.name = 'heldsuarez' needs a truth for its initial state (truth.source = "
+            "'bundled' or 'file')"
+        )
+    if config.truth.source == "simulate":
+        raise ConfigError(
+            "model.name = 'heldsuarez' does not simulate its truth inside a run; use "
+            "truth.source = 'bundled' (the card's held-out segment) or 'file' (a store "
+            "written by 'filtrax heldsuarez-data')"
+        )
+    path = Path(config.truth.path) if config.truth.source == "file" else bundled_truth_path(card)
+    start = np.datetime64(datetime.fromisoformat(config.run.start_time), "s")
+    step = np.timedelta64(round(config.run.cycle_hours * 3600), "s")
+    times = np.concatenate([[start - step, start], cycle_times(config)])
+    frames = read_truth(path, grid, times)
+    x0 = AtmosphereEmulator.initial_state(frames[0], frames[1])
+    return emulator, grid, frames[2:], x0
+
+
 def initial_particles(config: ExperimentConfig, x0: jax.Array, num_particles: int) -> jax.Array:
     """``num_particles`` copies of the initial state, perturbed by ``model.initial_spread``.
 
@@ -319,12 +398,20 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
             f"observations.source = 'sites' needs a site-indexed learned model "
             f"(model.name = 'lorenz96'), got model.name = {m.name!r}"
         )
-    if config.truth.source == "file" and m.name != "gaussian_field":
+    if config.truth.source == "bundled" and m.name != "heldsuarez":
+        raise ConfigError(
+            f"truth.source = 'bundled' needs a learned gridded model (model.name = "
+            f"'heldsuarez'), got {m.name!r}"
+        )
+    if config.truth.source == "file" and m.name not in ("gaussian_field", "heldsuarez"):
         raise ConfigError(
             f"truth.source = 'file' needs a gridded model; model.name = {m.name!r} is "
             f"site-indexed and simulates its own truth"
         )
-    if config.observations.source in ("gridded", "stations") and m.name != "gaussian_field":
+    if config.observations.source in ("gridded", "stations") and m.name not in (
+        "gaussian_field",
+        "heldsuarez",
+    ):
         raise ConfigError(
             f"observations.source = {config.observations.source!r} needs a gridded model; "
             f"model.name = {m.name!r} is site-indexed (use observations.source = 'synthetic')"
@@ -375,6 +462,12 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
             truth = None
         observation, labels = _synthetic_site_observations(config, emulator.num_sites)
         grid, frame_shape, units = None, (emulator.num_sites,), ("1",)
+    elif m.name == "heldsuarez":
+        from ..dynamics.heldsuarez import UNITS
+
+        emulator, grid, truth, x0 = _heldsuarez(config)
+        frame_shape = grid.shape
+        units = tuple(UNITS.get(c.variable, "1") for c in grid.channels)
     else:
         raise ConfigError(f"model.name = {m.name!r} has no builder")
 

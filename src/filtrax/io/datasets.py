@@ -19,6 +19,7 @@ from .grid import GridSpec
 STANDARD_NAMES = {
     "temperature": "air_temperature",
     "2m_temperature": "air_temperature",
+    "near_surface_temperature": "air_temperature",
     "u_component_of_wind": "eastward_wind",
     "v_component_of_wind": "northward_wind",
     "geopotential": "geopotential",

@@ -26,10 +26,13 @@ from ..experiments.config import (
 )
 
 __all__ = [
+    "AtmosphereDataConfig",
+    "AtmosphereTrainingConfig",
     "DataConfig",
     "NetworkConfig",
     "OptimisationConfig",
     "TrainingConfig",
+    "UNetConfig",
     "ValidationConfig",
     "load_training_config",
     "training_config_from_dict",
@@ -82,6 +85,12 @@ class OptimisationConfig(_Validated):
     rho: float = _field(7.0, "exponent of the noise-level distribution", **POSITIVE)
     chunk: int = _field(250, "steps per compiled chunk (progress and checkpoint unit)", min=1)
     checkpoint_every: int = _field(2000, "steps between checkpoints", min=1)
+    stop_after: int = _field(
+        0,
+        "end the run at this step (0 = training.steps) and card the weights reached; the "
+        "learning-rate schedule still spans training.steps, so a longer run can resume",
+        min=0,
+    )
 
     def _check(self) -> None:
         if not self.sigma_min < self.sigma_max:
@@ -120,10 +129,59 @@ class TrainingConfig(_Validated):
         return _to_dict(self)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AtmosphereDataConfig(_Validated):
+    """``[data]``: zarr stores written by ``filtrax heldsuarez-data`` (train and held out)."""
+
+    SECTION: ClassVar[str] = "data"
+
+    train: str = _field("runs/data/hs_train.zarr", "training store")
+    validation: str = _field("runs/data/hs_test.zarr", "held-out store (another run)")
+    max_train_states: int = _field(0, "use only the first N training states (0 = all)", min=0)
+    truth_segment_start: int = _field(500, "first held-out state of the bundled truth", min=1)
+    truth_segment_length: int = _field(40, "held-out states in the bundled truth (0 = none)", min=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UNetConfig(_Validated):
+    """``[network]``: :class:`~filtrax.emulators.sphere_unet.SphereUNet` sizes."""
+
+    SECTION: ClassVar[str] = "network"
+
+    widths: tuple[int, ...] = _field([32, 64, 128], "features per resolution level", min=1)
+    embed: int = _field(64, "noise-embedding width", min=1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AtmosphereTrainingConfig(_Validated):
+    """Training of a gridded atmosphere emulator (``family = "atmosphere"``)."""
+
+    family: str = _field("atmosphere", "emulator family", choices=("atmosphere",))
+    name: str = _field("hs_t21_16x32", "emulator (card) name")
+    description: str = _field("", "one line for the model card")
+    seed: int = _field(0, "seed of initialisation and training", min=0)
+    output: str = _field("runs/train/hs", "output folder (weights, card, checkpoint)")
+    data: AtmosphereDataConfig = dataclasses.field(default_factory=AtmosphereDataConfig)
+    network: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    training: OptimisationConfig = dataclasses.field(default_factory=OptimisationConfig)
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
 def training_config_from_dict(
     data: dict[str, Any], overrides: Sequence[str] = ()
-) -> TrainingConfig:
-    return _build(TrainingConfig, apply_overrides(data, overrides))
+) -> TrainingConfig | AtmosphereTrainingConfig:
+    """The training config of ``data``; ``family = "atmosphere"`` selects the gridded one."""
+    data = apply_overrides(data, overrides)
+    family = data.get("family", "lorenz96")
+    if family == "atmosphere":
+        return _build(AtmosphereTrainingConfig, data)
+    if family != "lorenz96":
+        raise ConfigError(f"family = {family!r}; expected 'lorenz96' or 'atmosphere'")
+    return _build(TrainingConfig, {k: v for k, v in data.items() if k != "family"})
 
 
 def load_training_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainingConfig:

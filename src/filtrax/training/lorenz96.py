@@ -32,8 +32,6 @@ from the last one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -45,18 +43,21 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from tqdm.auto import tqdm
 
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
 from ..dynamics.lorenz96 import DEFAULT_DT, TwoScaleLorenz96, generate_dataset, write_dataset
 from ..emulators.lorenz96 import Lorenz96Emulator, build_network, save_emulator
-from ..experiments.config import _toml_value
 from ..experiments.factory import sampler_from_config
-from ..filters.proposals import EmulatorProposal
-from ..io.atomic import atomic_savez
-from ..metrics import crps
+from ..metrics import crps, gaussian_crps
 from .config import TrainingConfig
+from .engine import (
+    card_text,
+    dataclass_dict,
+    forecast_ensembles,
+    loss_weight,
+    noise_levels,
+    optimise,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,25 +104,19 @@ def statistics(X: np.ndarray) -> dict[str, float]:
     }
 
 
-def _noise_levels(u, sigma_min, sigma_max, rho):
-    low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (low + u * (high - low)) ** rho
-
-
 def denoising_loss(network, batch, key, stats, opt: dict) -> jax.Array:
     """The σ-weighted EDM loss on a batch of ``(X^{k-1}, X^k, X^{k+1})`` triples."""
     previous, current, following = batch
     cond = (jnp.stack([previous, current], axis=1) - stats["mean"]) / stats["std"]
     z = (following - current) / stats["diff_std"]
     u_key, noise_key = jax.random.split(key)
-    sigma = _noise_levels(
+    sigma = noise_levels(
         jax.random.uniform(u_key, (z.shape[0],)), opt["sigma_min"], opt["sigma_max"], opt["rho"]
     )
     noisy = z + sigma[:, None] * jax.random.normal(noise_key, z.shape)
     denoiser = EDMPreconditionedDenoiser(network, sigma_data=1.0)
     denoised = jax.vmap(denoiser)(noisy, sigma, cond)
-    weight = (sigma**2 + 1.0) / sigma**2
-    return jnp.mean(weight * jnp.mean((denoised - z) ** 2, axis=-1))
+    return jnp.mean(loss_weight(sigma) * jnp.mean((denoised - z) ** 2, axis=-1))
 
 
 def _sample_batch(data: jax.Array, key, batch_size: int):
@@ -132,143 +127,27 @@ def _sample_batch(data: jax.Array, key, batch_size: int):
     return data[traj, t - 1], data[traj, t], data[traj, t + 1]
 
 
-def _optimizer(config: TrainingConfig) -> optax.GradientTransformation:
-    t = config.training
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, t.learning_rate, max(t.warmup, 1), max(t.steps, t.warmup + 1), t.learning_rate * 0.01
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(t.clip_norm),
-        optax.adamw(schedule, weight_decay=t.weight_decay),
-    )
-
-
-def _config_digest(config: TrainingConfig) -> str:
-    keep = config.to_dict()
-    keep.pop("validation")
-    keep.pop("sampler")
-    keep.pop("description")
-    keep["training"].pop("checkpoint_every")
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _save_checkpoint(
-    path: Path, train_state, step: int, losses: list[float], digest: str, seconds: float
-):
-    leaves = jax.tree_util.tree_leaves(train_state)
-    arrays = {f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-    arrays["step"] = np.asarray(step)
-    arrays["seconds"] = np.asarray(seconds, np.float64)
-    arrays["losses"] = np.asarray(losses, np.float64)
-    arrays["digest"] = np.asarray(digest)
-    atomic_savez(path, arrays)
-
-
-def _load_checkpoint(path: Path, template, digest: str):
-    with np.load(path, allow_pickle=False) as data:
-        if str(data["digest"]) != digest:
-            raise ValueError(
-                f"checkpoint {path} belongs to another training config (digest "
-                f"{data['digest']} != {digest}); delete it or use another output folder"
-            )
-        leaves, treedef = jax.tree_util.tree_flatten(template)
-        restored = [
-            jnp.asarray(data[f"leaf_{i:04d}"], dtype=leaf.dtype) for i, leaf in enumerate(leaves)
-        ]
-        return (
-            jax.tree_util.tree_unflatten(treedef, restored),
-            int(data["step"]),
-            [float(v) for v in data["losses"]],
-            float(data["seconds"]),
-        )
-
-
 def train_network(config: TrainingConfig, train_data: np.ndarray, stats: dict, output: Path):
-    """Run (or resume) the optimisation.
-
-    Returns the EMA network, the loss history (one mean per chunk) and the optimisation's
-    wall-clock seconds summed over every session that contributed to it.
-    """
+    """Run (or resume) the optimisation (:func:`filtrax.training.engine.optimise`)."""
     t = config.training
     root = jax.random.key(config.seed)
     network = build_network(dataclass_dict(config.network), jax.random.fold_in(root, INIT_STREAM))
-    params, static = eqx.partition(network, eqx.is_array)
-    optimizer = _optimizer(config)
-    train_state = (params, params, optimizer.init(params))
     data = jnp.asarray(train_data, jnp.float32)
     stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
     opt = {"sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "rho": t.rho}
-    checkpoint = output / "checkpoint.npz"
-    digest = _config_digest(config)
-    step, losses, seconds_before = 0, [], 0.0
-    if checkpoint.exists():
-        train_state, step, losses, seconds_before = _load_checkpoint(
-            checkpoint, train_state, digest
-        )
-        logger.info("resuming training at step %d of %d", step, t.steps)
 
-    @eqx.filter_jit
-    def run_chunk(state, start, num_steps):
-        def one(carry, index):
-            params, ema, opt_state = carry
-            key = jax.random.fold_in(jax.random.fold_in(root, LOOP_STREAM), start + index)
-            batch_key, loss_key = jax.random.split(key)
-            batch = _sample_batch(data, batch_key, t.batch_size)
+    def loss_fn(network, key, data):
+        batch_key, loss_key = jax.random.split(key)
+        batch = _sample_batch(data, batch_key, t.batch_size)
+        return denoising_loss(network, batch, loss_key, stats_j, opt)
 
-            def loss_of(p):
-                return denoising_loss(eqx.combine(p, static), batch, loss_key, stats_j, opt)
-
-            loss, grads = jax.value_and_grad(loss_of)(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            ema = jax.tree_util.tree_map(lambda e, p: t.ema * e + (1 - t.ema) * p, ema, params)
-            return (params, ema, opt_state), loss
-
-        return jax.lax.scan(one, state, jnp.arange(num_steps))
-
-    tic = time.perf_counter()
-    bar = tqdm(total=t.steps, initial=step, desc=config.name, unit="step", dynamic_ncols=True)
-    since_checkpoint = 0
-    while step < t.steps:
-        num = min(t.chunk, t.steps - step)
-        # optax mixes Python floats and int32 step counts: allow standard promotion inside.
-        with jax.numpy_dtype_promotion("standard"):
-            train_state, chunk_losses = run_chunk(train_state, jnp.asarray(step), num)
-        chunk_losses = np.asarray(chunk_losses)
-        if not np.all(np.isfinite(chunk_losses)):
-            raise FloatingPointError(
-                f"training loss became non-finite between steps {step} and {step + num}"
-            )
-        losses.append(float(chunk_losses.mean()))
-        step += num
-        since_checkpoint += num
-        bar.update(num)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-        if since_checkpoint >= t.checkpoint_every or step >= t.steps:
-            seconds = seconds_before + time.perf_counter() - tic
-            _save_checkpoint(checkpoint, train_state, step, losses, digest, seconds)
-            since_checkpoint = 0
-    bar.close()
-    return eqx.combine(train_state[1], static), losses, seconds_before + time.perf_counter() - tic
-
-
-def dataclass_dict(section) -> dict:
-    import dataclasses
-
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    loop_key = jax.random.fold_in(root, LOOP_STREAM)
+    return optimise(config, network, loss_fn, loop_key, output, data)
 
 
 # --------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------
-
-
-def gaussian_crps(mean, std, truth) -> np.ndarray:
-    """Closed-form CRPS of :math:`\\mathcal N(m, s^2)` at ``truth`` (Gneiting & Raftery 2007)."""
-    z = (np.asarray(truth) - mean) / std
-    cdf = np.asarray(jax.scipy.stats.norm.cdf(z))
-    pdf = np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
-    return std * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))
 
 
 def fit_ar1(X: np.ndarray, mean: float):
@@ -279,30 +158,6 @@ def fit_ar1(X: np.ndarray, mean: float):
     coefficients, *_ = np.linalg.lstsq(inputs, targets, rcond=None)
     residual = targets - inputs @ coefficients
     return coefficients.T, residual.std(axis=0)
-
-
-def forecast_ensembles(emulator, sampler, initial_states, members: int, steps: int, key):
-    """Free forecasts ``(steps, M, members, K)`` from states ``(M, 2, K)``.
-
-    Member ``j`` of initial state ``m`` uses ``fold_in(fold_in(fold_in(key, m), j), step)``.
-    """
-    proposal = EmulatorProposal(emulator, sampler)
-    empty = jnp.zeros((0,), jnp.float32)
-
-    def member(state, member_key):
-        def step(s, index):
-            s = proposal(jax.random.fold_in(member_key, index), s, empty, None)
-            return s, emulator.current_frame(s)
-
-        return jax.lax.scan(step, state, jnp.arange(steps))[1]
-
-    def one_state(state, state_key):
-        keys = jax.vmap(lambda j: jax.random.fold_in(state_key, j))(jnp.arange(members))
-        return jax.vmap(member, in_axes=(None, 0))(state, keys)
-
-    keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(initial_states.shape[0]))
-    frames = jax.jit(jax.vmap(one_state))(jnp.asarray(initial_states), keys)
-    return np.asarray(frames).transpose(2, 0, 1, 3)  # (steps, M, members, K)
 
 
 def validate(
@@ -360,17 +215,6 @@ def validate(
 # --------------------------------------------------------------------------------------------
 # Card
 # --------------------------------------------------------------------------------------------
-
-
-def card_text(card: dict) -> str:
-    """A model card as TOML: top-level scalars first, then one table per dict."""
-    top = "".join(f"{k} = {_toml_value(v)}\n" for k, v in card.items() if not isinstance(v, dict))
-    tables = []
-    for key, value in card.items():
-        if isinstance(value, dict):
-            body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items() if v is not None)
-            tables.append(f"\n[{key}]\n{body}")
-    return top + "".join(tables)
 
 
 def train_lorenz96(config: TrainingConfig) -> Path:

@@ -1,0 +1,251 @@
+"""The poster's experiment in miniature, on the Held–Suarez emulator: every method, one truth.
+
+Savary, Rozet & Louppe (2025) assimilate 2 m temperature and temperature at all levels on a
+4° sub-grid (σ = 0.1 K) into GenCast for 30 cycles of 12 h, from N copies of the true state,
+and show (i) skill against lead for observed and unobserved variables, (ii) spread against
+skill, (iii) maps of the ensemble mean against the truth for an unobserved variable. This
+script does the same with our learned emulator (``configs/heldsuarez/poster.toml``): every
+method runs through ``filtrax run`` into its own run directory under ``--out`` (a killed
+benchmark resumes: finished runs are reused, unfinished ones continue from their last
+cycle), on the same truth segment and the same observations (same seed).
+
+It prints, per variable (levels pooled: the root mean square over the variable's channels),
+the RMSE of the analysis mean at the last cycle and its ratio to the free ensemble's, the
+spread/RMSE ratio averaged over the cycles after ``--burn-in`` (the authors' figure uses all
+cycles), and each method's denoiser calls per particle per cycle. Figures go to
+``--out/figures``. Scores are cos-latitude weighted unless ``--unweighted`` (the authors'
+convention) is given.
+
+    python benchmarks/poster.py --particles 64 --out runs/poster          # ~1 h on 2 CPU cores
+    python benchmarks/poster.py --particles 16 --cycles 10 --out runs/poster_short
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+
+from filtrax.experiments.config import load_config
+from filtrax.experiments.runner import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {
+    "fa_apf_dirac": ("FA-APF (Dirac+α)", ["filter.method=fa_apf", "filter.weights=dirac"]),
+    "fa_apf_mm": (
+        "FA-APF (moment-matched+α)",
+        ["filter.method=fa_apf", "filter.weights=moment_matched"],
+    ),
+    "bootstrap": ("bootstrap PF (ESS-band α)", ["filter.method=bootstrap"]),
+    "enkf": ("EnKF (emulator)", ["filter.method=enkf"]),
+    "free": ("free ensemble", ["filter.method=free"]),
+    "fa_apf_authors": (
+        "FA-APF, authors' sampler (AB3, 32 levels, 2 Langevin, BiCGSTAB 3)",
+        [
+            "filter.method=fa_apf",
+            "filter.weights=dirac",
+            "sampler.name=adams_bashforth",
+            "sampler.levels=32",
+            "sampler.order=3",
+            "sampler.corrections=2",
+            "guidance.solver=bicgstab",
+            "guidance.iterations=3",
+        ],
+    ),
+}
+OBSERVED_DEFAULT = ("temperature", "near_surface_temperature")
+
+
+def run_method(config_path: Path, slug: str, overrides: list[str], out: Path) -> Path:
+    config = load_config(config_path, [*overrides, *METHODS[slug][1], "run.baseline=false"])
+    run_dir = out / slug
+    if (run_dir / "metrics.nc").exists():
+        return run_dir
+    resume = (run_dir / "config.toml").exists()
+    return run_experiment(config, run_dir, resume=resume, quiet=False, report=True)
+
+
+def per_variable(metrics: xr.Dataset, name: str) -> dict[str, np.ndarray]:
+    """``name`` per variable and cycle: root mean square over the variable's channels."""
+    sel = metrics[name].sel(ensemble="analysis")
+    out = {}
+    for variable in dict.fromkeys(str(v) for v in metrics["variable"].values):
+        channels = [
+            c
+            for c, v in zip(metrics.channel.values, metrics.variable.values, strict=True)
+            if v == variable
+        ]
+        values = sel.sel(channel=channels).values  # (cycle, channel)
+        out[variable] = np.sqrt(np.mean(values**2, axis=-1))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster.toml")
+    parser.add_argument("--particles", type=int, default=64)
+    parser.add_argument("--cycles", type=int, default=0, help="0 = the config's")
+    parser.add_argument("--methods", default="fa_apf_dirac,fa_apf_mm,bootstrap,enkf,free")
+    parser.add_argument("--burn-in", type=int, default=5)
+    parser.add_argument("--unweighted", action="store_true")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/poster")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--runs-only",
+        action="store_true",
+        help="only run the methods (e.g. split over two processes); no table or figures",
+    )
+    args = parser.parse_args()
+    slugs = [s.strip() for s in args.methods.split(",") if s.strip()]
+    unknown = [s for s in slugs if s not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; available: {', '.join(METHODS)}")
+    if "free" not in slugs and not args.runs_only:
+        slugs.append("free")
+    overrides = [f"filter.particles={args.particles}", *args.overrides]
+    if args.cycles:
+        overrides.append(f"run.cycles={args.cycles}")
+    rmse_name = "rmse_unweighted" if args.unweighted else "rmse"
+    spread_name = "spread_unweighted" if args.unweighted else "spread"
+
+    if args.runs_only:
+        for slug in slugs:
+            run_method(args.config, slug, overrides, args.out)
+        return
+    results = {}
+    for slug in slugs:
+        run_dir = run_method(args.config, slug, overrides, args.out)
+        metrics = xr.open_dataset(run_dir / "metrics.nc").load()
+        n = int(metrics.sizes["particle"]) if "particle" in metrics.sizes else args.particles
+        results[slug] = {
+            "rmse": per_variable(metrics, rmse_name),
+            "spread": per_variable(metrics, spread_name),
+            "forward": float(np.nanmax(metrics["forward_calls"].sel(ensemble="analysis"))) / n,
+            "backward": float(np.nanmax(metrics["backward_calls"].sel(ensemble="analysis"))) / n,
+            "seconds": float(np.nanmedian(metrics["seconds"].sel(ensemble="analysis"))),
+            "ess": float(np.nanmean(metrics["ess"].sel(ensemble="analysis"))),
+            "run_dir": run_dir,
+        }
+    config = load_config(args.config, overrides)
+    observed = tuple(config.observations.variables) or OBSERVED_DEFAULT
+    variables = list(results["free"]["rmse"])
+    burn = slice(args.burn_in, None)
+
+    table = {}
+    weighting = "unweighted" if args.unweighted else "cos-lat weighted"
+    print(
+        f"N = {args.particles}; RMSE at the last cycle (ratio to the free ensemble); "
+        f"spread/RMSE averaged over cycles {args.burn_in}+; {weighting}"
+    )
+    header = f"{'method':<34}" + "".join(f"{v[:14]:>22}" for v in variables)
+    print(header + f"{'fwd/p':>8}{'vjp/p':>8}{'s/cycle':>9}")
+    for slug, r in results.items():
+        row = f"{METHODS[slug][0][:34]:<34}"
+        entry = {}
+        for v in variables:
+            last = float(r["rmse"][v][-1])
+            ratio = last / float(results["free"]["rmse"][v][-1])
+            skill_ratio = float(np.nanmean(r["spread"][v][burn] / r["rmse"][v][burn]))
+            entry[v] = {"rmse_last": last, "ratio_to_free": ratio, "spread_skill": skill_ratio}
+            row += f"{last:>9.3g} ({ratio:4.2f}) {skill_ratio:4.2f}"
+        row += f"{r['forward']:>8.0f}{r['backward']:>8.0f}{r['seconds']:>9.1f}"
+        table[slug] = {
+            "label": METHODS[slug][0],
+            "variables": entry,
+            "forward_per_particle": r["forward"],
+            "vjp_per_particle": r["backward"],
+            "seconds_per_cycle": r["seconds"],
+            "mean_ess": r["ess"],
+        }
+        print(row)
+    print("columns per variable: RMSE at the last cycle (ratio to free) spread/RMSE")
+    figures = args.out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    hours = config.run.cycle_hours
+    _skill_figure(results, variables, observed, hours, figures / "skill_vs_lead.png")
+    _spread_figure(results, variables, burn, figures / "spread_vs_skill.png")
+    _map_figure(results, figures / "map_u_near_surface.png")
+    print(f"figures: {figures}")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2))
+
+
+def _skill_figure(results, variables, observed, hours, path):
+    columns = 3
+    rows = math.ceil(len(variables) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+    for ax, variable in zip(axes.ravel(), variables, strict=False):
+        for slug, r in results.items():
+            lead = hours * (np.arange(len(r["rmse"][variable])) + 1) / 24
+            style = "k--" if slug == "free" else "-"
+            ax.plot(lead, r["rmse"][variable], style, label=METHODS[slug][0][:26])
+        kind = "observed" if variable in observed else "unobserved"
+        ax.set_title(f"{variable} ({kind})", fontsize=9)
+        ax.set_xlabel("lead (days)")
+        ax.set_ylabel("RMSE of the mean")
+    for ax in axes.ravel()[len(variables) :]:
+        ax.set_visible(False)
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle("Skill against lead, observed and unobserved variables")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _spread_figure(results, variables, burn, path):
+    fig, axes = plt.subplots(1, len(variables), figsize=(2.8 * len(variables), 3.0))
+    for ax, variable in zip(np.atleast_1d(axes), variables, strict=False):
+        top = 0.0
+        for slug, r in results.items():
+            skill, spread = r["rmse"][variable][burn], r["spread"][variable][burn]
+            ax.plot(skill, spread, "o", ms=3, label=METHODS[slug][0][:26])
+            top = max(top, float(np.nanmax(skill)), float(np.nanmax(spread)))
+        ax.plot([0, top], [0, top], "k:", lw=1)
+        ax.set_title(variable, fontsize=8)
+        ax.set_xlabel("skill (RMSE)")
+    np.atleast_1d(axes)[0].set_ylabel("spread")
+    np.atleast_1d(axes)[0].legend(fontsize=6)
+    fig.suptitle("Spread against skill (each point one cycle)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _map_figure(results, path, variable="u_component_of_wind"):
+    panels = []
+    truth = None
+    for slug in ("fa_apf_dirac", "enkf", "free"):
+        if slug not in results:
+            continue
+        run_dir = results[slug]["run_dir"]
+        analysis = xr.open_zarr(run_dir / "analysis.zarr", consolidated=False)[variable]
+        last = analysis.sizes["cycle"] - 1
+        mean = analysis.isel(cycle=last, level=-1).mean("particle").load()
+        panels.append((METHODS[slug][0], mean))
+        if truth is None:
+            truth = xr.open_dataset(run_dir / "truth.nc")[variable].isel(cycle=last, level=-1)
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.0 * (len(panels) + 1), 3.0))
+    limit = float(np.nanmax(np.abs(truth.values)))
+    for ax, (title, field) in zip(axes, [("truth", truth), *panels], strict=False):
+        image = ax.pcolormesh(
+            field.lon, field.lat, field.values, cmap="RdBu_r", vmin=-limit, vmax=limit
+        )
+        ax.set_title(f"{title[:30]}", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="m/s")
+    level = float(truth["level"]) if "level" in truth.coords else float("nan")
+    fig.suptitle(f"u-wind at sigma = {level:g} (unobserved), last cycle: ensemble means")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

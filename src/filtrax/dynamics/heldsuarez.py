@@ -1,0 +1,433 @@
+r"""Truth for the atmosphere twin: dinosaur's dry primitive equations with Held–Suarez forcing.
+
+**Model** (Held & Suarez 1994; dinosaur, Hoyer et al., https://github.com/google-research/dinosaur):
+dry hydrostatic primitive equations on σ levels, spectral transform at ``truth_grid``
+(default T21: 64 × 32 Gaussian nodes, 8 equidistant σ levels, implicit-explicit RK3 with a
+30-minute step and an exponential spectral filter), Newtonian relaxation of temperature to
+the Held–Suarez equilibrium profile and Rayleigh friction in the boundary layer (σ > 0.7).
+
+**Coarse state.** The emulator never sees the model state. Every ``save_hours`` the physical
+fields are conservatively averaged (dinosaur's ``ConservativeRegridder``) from the Gaussian
+grid onto a coarser equiangular ``state_lat × state_lon`` grid (default 16 × 32, 11.25°
+cells centred at ±5.625° … ±84.375°) and only the levels ``state_levels`` are kept. What
+the averaging removes (sub-cell eddies, the dropped levels) makes the 12-hour transition of
+the coarse state genuinely uncertain, as ERA5's is for GenCast.
+
+**Variables** (ERA5 / WeatherBench-2 names; levels are σ = p/p_s, labelled as such):
+
+========================== ===================== =======================================
+name                       dims                  meaning
+========================== ===================== =======================================
+``temperature``            level, lat, lon       K
+``u_component_of_wind``    level, lat, lon       m s⁻¹
+``v_component_of_wind``    level, lat, lon       m s⁻¹
+``geopotential``           level, lat, lon       m² s⁻² (hydrostatic, on σ levels)
+``surface_pressure``       lat, lon              Pa
+``near_surface_temperature`` lat, lon            K: the lowest model level's temperature
+                                                 brought dry-adiabatically to σ = 1,
+                                                 :math:`T_L\,\sigma_L^{-R/c_p}` (the model
+                                                 has no 2 m diagnostics; this is its
+                                                 analog of ``2m_temperature``)
+========================== ===================== =======================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+LEVEL_VARIABLES = (
+    "temperature",
+    "u_component_of_wind",
+    "v_component_of_wind",
+    "geopotential",
+)
+SURFACE_VARIABLES = ("surface_pressure", "near_surface_temperature")
+UNITS = {
+    "temperature": "K",
+    "u_component_of_wind": "m s-1",
+    "v_component_of_wind": "m s-1",
+    "geopotential": "m2 s-2",
+    "surface_pressure": "Pa",
+    "near_surface_temperature": "K",
+}
+LONG_NAMES = {
+    "temperature": "air temperature on sigma levels",
+    "u_component_of_wind": "eastward wind on sigma levels",
+    "v_component_of_wind": "northward wind on sigma levels",
+    "geopotential": "geopotential on sigma levels (hydrostatic)",
+    "surface_pressure": "surface pressure",
+    "near_surface_temperature": (
+        "lowest-level temperature brought dry-adiabatically to sigma = 1 "
+        "(analog of ERA5 2m_temperature)"
+    ),
+}
+STANDARD_NAMES = {
+    "temperature": "air_temperature",
+    "u_component_of_wind": "eastward_wind",
+    "v_component_of_wind": "northward_wind",
+    "geopotential": "geopotential",
+    "surface_pressure": "surface_air_pressure",
+    "near_surface_temperature": "air_temperature",
+}
+TRUTH_GRIDS = ("T21", "TL31", "T31")
+#: Nominal date of model day 0 (perpetual equinox: the date carries no meaning).
+MODEL_EPOCH = "2000-01-01T00:00:00"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldSuarezSetup:
+    """Resolution of the truth and of the coarse state (see the module docstring).
+
+    Attributes:
+        truth_grid: dinosaur's spectral grid of the simulation.
+        truth_levels: equidistant σ levels of the simulation.
+        time_step_minutes: the integrator's step.
+        save_hours: the emulator's step (time between saved states).
+        state_lat, state_lon: the coarse equiangular grid.
+        state_levels: indices (into the ``truth_levels`` σ levels, 0 = top) that are kept.
+    """
+
+    truth_grid: str = "T21"
+    truth_levels: int = 8
+    time_step_minutes: float = 30.0
+    save_hours: float = 12.0
+    state_lat: int = 16
+    state_lon: int = 32
+    state_levels: tuple[int, ...] = (1, 3, 5, 7)
+
+    def __post_init__(self):
+        if self.truth_grid not in TRUTH_GRIDS:
+            raise ValueError(f"truth_grid = {self.truth_grid!r}; expected one of {TRUTH_GRIDS}")
+        if not all(0 <= i < self.truth_levels for i in self.state_levels):
+            raise ValueError(
+                f"state_levels = {self.state_levels} must index the {self.truth_levels} "
+                f"truth levels (0 … {self.truth_levels - 1})"
+            )
+        steps = self.save_hours * 60 / self.time_step_minutes
+        if abs(steps - round(steps)) > 1e-9 or steps < 1:
+            raise ValueError(
+                f"save_hours = {self.save_hours} is not a whole number of "
+                f"time_step_minutes = {self.time_step_minutes}"
+            )
+
+    @property
+    def sigma_centers(self) -> np.ndarray:
+        return (np.arange(self.truth_levels) + 0.5) / self.truth_levels
+
+    @property
+    def state_sigma(self) -> np.ndarray:
+        return self.sigma_centers[list(self.state_levels)]
+
+    def attributes(self) -> dict:
+        return {
+            "truth_grid": self.truth_grid,
+            "truth_levels": self.truth_levels,
+            "time_step_minutes": self.time_step_minutes,
+            "save_hours": self.save_hours,
+            "state_grid": f"{self.state_lat}x{self.state_lon} equiangular",
+            "state_levels": list(self.state_levels),
+        }
+
+
+def _dinosaur_promotion():
+    """dinosaur relies on NumPy's implicit rank promotion; allow it inside its calls, whatever
+    the caller's (our tests run with ``jax_numpy_rank_promotion = "raise"``)."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.numpy_rank_promotion("allow"))
+    stack.enter_context(jax.numpy_dtype_promotion("standard"))
+    return stack
+
+
+class HeldSuarezSimulator:
+    """A jitted dinosaur integration that emits coarse physical states.
+
+    >>> sim = HeldSuarezSimulator(HeldSuarezSetup())          # doctest: +SKIP
+    >>> state = sim.spin_up(sim.initial_state(jax.random.key(0)), days=200)  # doctest: +SKIP
+    >>> state, fields = sim.trajectory(state, num_outputs=10)  # doctest: +SKIP
+    """
+
+    def __init__(self, setup: HeldSuarezSetup):
+        with _dinosaur_promotion():
+            self._build(setup)
+
+    def _build(self, setup: HeldSuarezSetup):
+        from dinosaur import (
+            coordinate_systems,
+            held_suarez,
+            horizontal_interpolation,
+            primitive_equations,
+            primitive_equations_states,
+            scales,
+            sigma_coordinates,
+            spherical_harmonic,
+            time_integration,
+            xarray_utils,
+        )
+
+        self.setup = setup
+        units = scales.units
+        self._units = units
+        grid = getattr(spherical_harmonic.Grid, setup.truth_grid)()
+        vertical = sigma_coordinates.SigmaCoordinates.equidistant(setup.truth_levels)
+        coords = coordinate_systems.CoordinateSystem(horizontal=grid, vertical=vertical)
+        specs = primitive_equations.PrimitiveEquationsSpecs.from_si()
+        init_fn, aux = primitive_equations_states.isothermal_rest_atmosphere(
+            coords, specs, p0=1e5 * units.pascal, p1=5e3 * units.pascal
+        )
+        ref_temps = aux[xarray_utils.REF_TEMP_KEY]
+        orography = primitive_equations.truncated_modal_orography(
+            aux[xarray_utils.OROGRAPHY], coords
+        )
+        equations = time_integration.compose_equations(
+            [
+                primitive_equations.PrimitiveEquations(ref_temps, orography, coords, specs),
+                held_suarez.HeldSuarezForcingSigma(
+                    coords=coords,
+                    physics_specs=specs,
+                    reference_temperature=ref_temps,
+                    p0=1e5 * units.pascal,
+                ),
+            ]
+        )
+        dt = specs.nondimensionalize(setup.time_step_minutes * units.minute)
+        step = time_integration.step_with_filters(
+            time_integration.imex_rk_sil3(equations, dt),
+            [
+                time_integration.exponential_step_filter(
+                    grid, dt, tau=0.0087504, order=1.5, cutoff=0.8
+                )
+            ],
+        )
+        target = spherical_harmonic.Grid(
+            longitude_wavenumbers=0,
+            total_wavenumbers=0,
+            longitude_nodes=setup.state_lon,
+            latitude_nodes=setup.state_lat,
+            latitude_spacing="equiangular",
+        )
+        regrid = horizontal_interpolation.ConservativeRegridder(grid, target)
+        kept = np.asarray(setup.state_levels)
+        lowest_sigma = float(setup.sigma_centers[-1])
+        nodal_orography = grid.to_nodal(orography)
+
+        def to_coarse(state) -> dict[str, jax.Array]:
+            u, v = spherical_harmonic.vor_div_to_uv_nodal(grid, state.vorticity, state.divergence)
+            temperature = ref_temps[:, None, None] + grid.to_nodal(state.temperature_variation)
+            surface_pressure = jnp.exp(grid.to_nodal(state.log_surface_pressure))[0]
+            geopotential = primitive_equations.get_geopotential_on_sigma(
+                temperature,
+                nodal_orography=nodal_orography,
+                sigma=vertical,
+                gravity_acceleration=specs.g,
+                ideal_gas_constant=specs.R,
+            )
+            speed = units.meter / units.second
+            physical = {
+                "temperature": specs.dimensionalize(temperature, units.degK).m,
+                "u_component_of_wind": specs.dimensionalize(u, speed).m,
+                "v_component_of_wind": specs.dimensionalize(v, speed).m,
+                "geopotential": specs.dimensionalize(geopotential, speed**2).m,
+            }
+            out = {name: regrid(field[kept]) for name, field in physical.items()}
+            out["surface_pressure"] = regrid(specs.dimensionalize(surface_pressure, units.pascal).m)
+            lowest = physical["temperature"][-1] * lowest_sigma ** (-specs.kappa)
+            out["near_surface_temperature"] = regrid(lowest)
+            # dinosaur's nodal layout is (…, lon, lat); the CNN wants (…, lat, lon).
+            return {k: jnp.swapaxes(v, -1, -2).astype(jnp.float32) for k, v in out.items()}
+
+        self._init_fn = init_fn
+        self._step = step
+        self._to_coarse = to_coarse
+        self._steps_per_save = round(setup.save_hours * 60 / setup.time_step_minutes)
+        self._steps_per_day = round(24 * 60 / setup.time_step_minutes)
+        self.latitudes = np.degrees(np.asarray(target.latitudes))
+        self.longitudes = np.degrees(np.asarray(target.longitudes))
+        self._trajectories: dict[int, object] = {}
+        self._spin = jax.jit(time_integration.repeated(step, self._steps_per_day * 10))
+        self._time_integration = time_integration
+
+    def initial_state(self, key: jax.Array):
+        """Isothermal rest plus a 50 hPa wavenumber-4 bump placed by ``key``."""
+        with _dinosaur_promotion():
+            return self._init_fn(key)
+
+    def spin_up(self, state, days: float):
+        """Integrate ``days`` (rounded up to a multiple of 10) without output."""
+        with _dinosaur_promotion():
+            for _ in range(math.ceil(days / 10)):
+                state = self._spin(state)
+        return state
+
+    def trajectory(self, state, num_outputs: int):
+        """Integrate ``num_outputs`` save intervals; returns (final state, coarse fields)."""
+        if num_outputs not in self._trajectories:
+            self._trajectories[num_outputs] = jax.jit(
+                self._time_integration.trajectory_from_step(
+                    self._step,
+                    num_outputs,
+                    self._steps_per_save,
+                    post_process_fn=self._to_coarse,
+                )
+            )
+        with _dinosaur_promotion():
+            final, fields = self._trajectories[num_outputs](state)
+        return final, jax.device_get(fields)
+
+
+def coarse_dataset(
+    fields: dict[str, np.ndarray], setup: HeldSuarezSetup, latitudes, longitudes, start_hours
+) -> xr.Dataset:
+    """An xarray Dataset of stacked coarse fields ``{name: (time, [level,] lat, lon)}``."""
+    num = next(iter(fields.values())).shape[0]
+    hours = start_hours + setup.save_hours * np.arange(num)
+    # A nominal calendar: the model has no seasons, so day 0 (the state at rest) is labelled
+    # MODEL_EPOCH only to give CF-decodable times.
+    times = np.datetime64(MODEL_EPOCH, "s") + (hours * 3600).round().astype("timedelta64[s]")
+    coords = {
+        "time": ("time", times.astype("datetime64[ns]"), {"long_name": "nominal model time"}),
+        "level": (
+            "level",
+            setup.state_sigma,
+            {"long_name": "sigma = p / p_surface (level centre)", "units": "1", "positive": "down"},
+        ),
+        "lat": ("lat", latitudes, {"units": "degrees_north", "standard_name": "latitude"}),
+        "lon": ("lon", longitudes, {"units": "degrees_east", "standard_name": "longitude"}),
+    }
+    data_vars = {}
+    for name in LEVEL_VARIABLES:
+        data_vars[name] = (("time", "level", "lat", "lon"), np.asarray(fields[name]))
+    for name in SURFACE_VARIABLES:
+        data_vars[name] = (("time", "lat", "lon"), np.asarray(fields[name]))
+    ds = xr.Dataset(data_vars, coords=coords)
+    for name in ds.data_vars:
+        ds[name].attrs.update(
+            units=UNITS[name], long_name=LONG_NAMES[name], standard_name=STANDARD_NAMES[name]
+        )
+    return ds
+
+
+def generate_heldsuarez(
+    out: str | Path,
+    *,
+    years: float,
+    spin_up_days: float = 200.0,
+    seed: int = 0,
+    setup: HeldSuarezSetup | None = None,
+    chunk_days: int = 60,
+    progress: bool = True,
+) -> Path:
+    """Spin up from rest, then write ``years`` of coarse states to a zarr store.
+
+    The store is written chunk by chunk into ``<out>.partial`` and renamed at the end, so a
+    killed run never leaves a store that looks complete.
+    """
+    from tqdm.auto import tqdm
+
+    setup = setup or HeldSuarezSetup()
+    out = Path(out)
+    if years <= 0:
+        raise ValueError(f"years = {years!r}; expected a positive number")
+    if spin_up_days < 0:
+        raise ValueError(f"spin_up_days = {spin_up_days!r}; expected >= 0")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        import shutil
+
+        shutil.rmtree(partial)
+    tic = time.perf_counter()
+    sim = HeldSuarezSimulator(setup)
+    state = sim.spin_up(sim.initial_state(jax.random.key(seed)), spin_up_days)
+    per_day = 24 / setup.save_hours
+    total = round(years * 365.25 * per_day)
+    per_chunk = round(chunk_days * per_day)
+    written = 0
+    bar = tqdm(total=total, desc="held-suarez", unit="state", disable=not progress)
+    while written < total:
+        num = min(per_chunk, total - written)
+        state, fields = sim.trajectory(state, num)
+        if not all(np.all(np.isfinite(v)) for v in fields.values()):
+            raise FloatingPointError(
+                f"the simulation produced non-finite values near state {written}"
+            )
+        start = spin_up_days * 24 + setup.save_hours * (written + 1)
+        ds = coarse_dataset(fields, setup, sim.latitudes, sim.longitudes, start)
+        if written == 0:
+            ds.attrs.update(
+                title="Held-Suarez dry primitive equations (dinosaur), coarse-grained",
+                source=f"dinosaur {_version('dinosaur')}, jax {jax.__version__}",
+                conventions="CF-1.8",
+                seed=seed,
+                spin_up_days=spin_up_days,
+                years=years,
+                generator="filtrax data heldsuarez",
+                **{
+                    k: (str(v) if isinstance(v, list) else v) for k, v in setup.attributes().items()
+                },
+            )
+            ds.to_zarr(partial, mode="w", consolidated=False)
+        else:
+            ds.to_zarr(partial, append_dim="time", consolidated=False)
+        written += num
+        bar.update(num)
+    bar.close()
+    ds = xr.open_zarr(partial, consolidated=False)
+    seconds = time.perf_counter() - tic
+    import zarr
+
+    group = zarr.open_group(str(partial), mode="r+")
+    group.attrs["wall_seconds"] = round(seconds, 1)
+    ds.close()
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    partial.rename(out)
+    return out
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def stack_channels(ds: xr.Dataset, variables: Sequence[str] | None = None) -> np.ndarray:
+    """``(time, channel, lat, lon)`` in the emulator's order: level variables level by level,
+    then surface variables."""
+    variables = variables or (*LEVEL_VARIABLES, *SURFACE_VARIABLES)
+    parts = []
+    for name in variables:
+        values = ds[name].values
+        parts.append(values if values.ndim == 4 else values[:, None])
+    return np.concatenate(parts, axis=1)
+
+
+def write_segment(store: str | Path, start: int, length: int, out: str | Path) -> Path:
+    """Copy states ``start … start + length - 1`` of a store to a compressed netCDF file.
+
+    This is how the truth segment bundled with an atmosphere emulator is made, from the
+    held-out store (see the emulator's card).
+    """
+    ds = xr.open_zarr(store, consolidated=False)
+    if not 0 <= start < start + length <= ds.sizes["time"]:
+        raise ValueError(
+            f"segment start = {start}, length = {length} does not fit the "
+            f"{ds.sizes['time']} states of {store}"
+        )
+    segment = ds.isel(time=slice(start, start + length)).load()
+    segment.attrs.update(segment_of=str(store), segment_start=start, segment_length=length)
+    encoding = {name: {"zlib": True, "complevel": 5} for name in segment.data_vars}
+    out = Path(out)
+    segment.to_netcdf(out, encoding=encoding)
+    return out

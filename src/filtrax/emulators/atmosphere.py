@@ -1,0 +1,190 @@
+r"""A GenCast-style gridded emulator: normalised 12-hour residual on a latitude–longitude grid.
+
+GenCast's conventions (Price et al. 2025; method spec §1.1, §4), applied to any stack of
+``(variable, level)`` channels on an equiangular grid:
+
+* **State.** A particle state is ``(2, channel, lat, lon)`` =
+  :math:`(x^{k-1}, x^k)` in physical units; observations see :math:`x^k`.
+* **Conditioning.** :math:`c = ((x^{k-1} - \mu)/s, (x^k - \mu)/s)` with per-channel
+  statistics :math:`\mu, s` (GenCast's ``mean_by_level`` and ``stddev_by_level``).
+* **Latent.** The residual normalised by the standard deviation of 12-hour differences,
+  :math:`z = (x^{k+1} - x^k)/s_\Delta` (``diffs_stddev_by_level``), and
+  :math:`\Phi_s(z) = x^k + s_\Delta z`, affine in :math:`z` as the guidance requires.
+* **Denoiser.** EDM preconditioning (:math:`\sigma_\text{data} = 1`) around
+  :class:`~filtrax.emulators.sphere_unet.SphereUNet`, trained on
+  :math:`\sigma \in [0.02, 88]`.
+
+The channel order is the grid's: every level of each level variable, variable by variable,
+then the surface variables (:func:`filtrax.dynamics.heldsuarez.stack_channels`). The
+statistics files hold one value per channel, so they are GenCast's per-variable-and-level
+statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .._typing import State
+from ..diffusion.denoisers import EDMPreconditionedDenoiser
+from ..io.grid import Channel, GridSpec
+from ._base import AbstractEmulator
+from .cards import fill_module, load_card, load_weights, module_arrays, write_weights
+from .sphere_unet import SphereUNet
+
+STATISTICS_FIELDS = ("mean", "std", "diff_std")
+
+
+class AtmosphereEmulator(AbstractEmulator):
+    r"""A second-order gridded emulator of one ``time_step_hours`` transition.
+
+    Attributes:
+        denoiser: the EDM-preconditioned network.
+        mean, std: per-channel conditioning statistics :math:`\mu, s`.
+        diff_std: per-channel residual scale :math:`s_\Delta`.
+        grid: latitudes, longitudes and channels (static).
+        time_step_hours: the transition length.
+        name: the card name or the weights file.
+    """
+
+    denoiser: EDMPreconditionedDenoiser
+    mean: Float[Array, " channel"]
+    std: Float[Array, " channel"]
+    diff_std: Float[Array, " channel"]
+    grid: GridSpec = eqx.field(static=True)
+    time_step_hours: float = eqx.field(static=True, default=12.0)
+    name: str = eqx.field(static=True, default="atmosphere")
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return (2, *self.grid.shape)
+
+    def _column(self, values):
+        return values[:, None, None]
+
+    def condition(self, state: State) -> State:
+        if state.shape != self.state_shape:
+            raise ValueError(
+                f"{self.name}: a particle state must have shape {self.state_shape} = "
+                f"(frame, channel, lat, lon), got {state.shape}"
+            )
+        return (state - self._column(self.mean)[None]) / self._column(self.std)[None]
+
+    def latent_template(self, state: State) -> State:
+        return jnp.zeros_like(state[-1])
+
+    def latent_to_frame(self, z: State, state: State) -> State:
+        return state[-1] + self._column(self.diff_std) * z
+
+    def advance(self, state: State, frame: State) -> State:
+        return jnp.stack([state[-1], frame])
+
+    def current_frame(self, state: State) -> State:
+        return state[-1]
+
+    @staticmethod
+    def initial_state(previous: State, current: State) -> State:
+        """The particle state :math:`(x^{k-1}, x^k)`."""
+        return jnp.stack([jnp.asarray(previous), jnp.asarray(current)])
+
+
+# --------------------------------------------------------------------------------------------
+# Cards and weights
+# --------------------------------------------------------------------------------------------
+
+
+def grid_from_card(card: dict) -> GridSpec:
+    g = card["grid"]
+    channels = []
+    for variable in g["level_variables"]:
+        channels.extend(Channel(variable, float(level)) for level in g["levels"])
+    channels.extend(Channel(variable) for variable in g["surface_variables"])
+    return GridSpec(
+        tuple(float(v) for v in g["latitudes"]),
+        tuple(float(v) for v in g["longitudes"]),
+        tuple(channels),
+        level_name=g.get("level_name", "sigma"),
+    )
+
+
+def build_network(architecture: dict, grid: GridSpec, key) -> SphereUNet:
+    return SphereUNet(
+        channels=len(grid.channels),
+        condition_frames=2,
+        widths=tuple(int(w) for w in architecture["widths"]),
+        latitudes=grid.latitudes,
+        embed=int(architecture.get("embed", 64)),
+        key=key,
+    )
+
+
+def save_emulator(path: str | Path, emulator: AtmosphereEmulator) -> str:
+    """Weights and statistics to ``path`` (npz, no pickles); returns the file's sha256."""
+    arrays = module_arrays(emulator.denoiser.network)
+    for name in STATISTICS_FIELDS:
+        arrays[f"statistics.{name}"] = np.asarray(getattr(emulator, name), np.float32)
+    arrays["statistics.time_step_hours"] = np.asarray(emulator.time_step_hours, np.float64)
+    return write_weights(path, arrays)
+
+
+def emulator_from_card(card: dict, arrays: dict[str, np.ndarray], source: str):
+    grid = grid_from_card(card)
+    network = fill_module(build_network(card["network"], grid, jax.random.key(0)), arrays, source)
+    stats = {}
+    for field in STATISTICS_FIELDS:
+        key = f"statistics.{field}"
+        if key not in arrays:
+            raise ValueError(f"{source}: weights lack the array {key!r}")
+        if arrays[key].shape != (len(grid.channels),):
+            raise ValueError(
+                f"{source}: {key} has shape {arrays[key].shape}, expected "
+                f"({len(grid.channels)},) (one value per channel)"
+            )
+        stats[field] = jnp.asarray(arrays[key], jnp.float32)
+    hours = float(arrays.get("statistics.time_step_hours", card["data"]["time_step_hours"]))
+    if not math.isclose(hours, float(card["data"]["time_step_hours"])):
+        raise ValueError(
+            f"{source}: weights were trained for {hours} h steps, the card says "
+            f"{card['data']['time_step_hours']} h"
+        )
+    return AtmosphereEmulator(
+        EDMPreconditionedDenoiser(network, sigma_data=1.0),
+        grid=grid,
+        time_step_hours=hours,
+        name=card["name"],
+        **stats,
+    )
+
+
+def load_emulator(card: dict | None, weights: str | Path | None = None) -> AtmosphereEmulator:
+    """The emulator of a bundled card, or of a ``filtrax train`` output (``weights``, whose
+    ``.toml`` card sits next to it); the sha256 is checked either way."""
+    if weights is None:
+        path = Path(str(resources.files("filtrax.emulators") / "cards" / card["weights"]))
+    else:
+        path = Path(weights)
+        sidecar = path.with_suffix(".toml")
+        if not sidecar.exists():
+            raise FileNotFoundError(
+                f"weights file {path} has no card {sidecar} (written by 'filtrax train')"
+            )
+        card = tomllib.loads(sidecar.read_text())
+    for section in ("grid", "network", "data"):
+        if section not in card:
+            raise ValueError(f"card {card.get('name')!r} lacks the [{section}] table")
+    return emulator_from_card(card, load_weights(path, card["sha256"]), str(path))
+
+
+def bundled_emulator(name: str) -> AtmosphereEmulator:
+    card = load_card(name)
+    if card.get("family") != "atmosphere":
+        raise ValueError(f"card {name!r} is not a gridded atmosphere emulator")
+    return load_emulator(card)

@@ -1,0 +1,314 @@
+r"""Train, validate and card a gridded atmosphere emulator on Held–Suarez data.
+
+**Data.** Two zarr stores written by ``filtrax heldsuarez-data``: the training run, and a
+held-out run started from another initial state (another seed), which never enters training.
+Channels are stacked as in :func:`filtrax.dynamics.heldsuarez.stack_channels`.
+
+**Statistics** (GenCast's normalisation files): per channel, the mean and standard deviation
+of the states and the standard deviation of 12-hour differences, over the training store.
+
+**Loss** (:mod:`filtrax.training.engine`): with :math:`z = (x^{k+1} - x^k)/s_\Delta`,
+
+.. math::
+    \mathcal L = \mathbb E\, \lambda(\sigma)\,\overline{w_\text{lat}\,
+        (D_\theta(z + \sigma\epsilon; \sigma, c) - z)^2},
+
+where :math:`w_\text{lat} \propto \cos\phi` (mean 1) weights grid cells by area, as GenCast's
+loss does.
+
+**Validation** on the held-out store, for each variable (all its levels, cos-lat weighted,
+physical units) and lead: the free ensemble's ensemble-mean RMSE, fair CRPS and spread/skill
+:math:`\sqrt{(N+1)/N}\,\text{spread}/\text{RMSE}`, against persistence (RMSE, CRPS of a
+point forecast = absolute error) and the zonal climatology of the training run (a Gaussian
+per channel and latitude: RMSE, closed-form CRPS).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from ..diffusion.denoisers import EDMPreconditionedDenoiser
+from ..dynamics.heldsuarez import (
+    LEVEL_VARIABLES,
+    SURFACE_VARIABLES,
+    stack_channels,
+    write_segment,
+)
+from ..emulators.atmosphere import AtmosphereEmulator, build_network, save_emulator
+from ..experiments.factory import sampler_from_config
+from ..io.grid import Channel, GridSpec
+from ..metrics import crps, gaussian_crps
+from .config import AtmosphereTrainingConfig
+from .engine import (
+    card_text,
+    dataclass_dict,
+    forecast_ensembles,
+    loss_weight,
+    noise_levels,
+    optimise,
+)
+
+logger = logging.getLogger(__name__)
+INIT_STREAM, LOOP_STREAM, SCORE_STREAM = 3, 4, 5
+
+
+def open_store(path: str | Path) -> xr.Dataset:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"data store {path} not found; write it with 'filtrax heldsuarez-data --out {path}'"
+        )
+    return xr.open_zarr(path, consolidated=False)
+
+
+def grid_of(ds: xr.Dataset) -> GridSpec:
+    """The grid and channel order of a Held–Suarez store."""
+    levels = [float(v) for v in ds["level"].values]
+    channels = [Channel(v, level) for v in LEVEL_VARIABLES for level in levels]
+    channels += [Channel(v) for v in SURFACE_VARIABLES]
+    return GridSpec(
+        tuple(float(v) for v in ds["lat"].values),
+        tuple(float(v) for v in ds["lon"].values),
+        tuple(channels),
+        level_name="sigma",
+    )
+
+
+def channel_statistics(data: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel ``mean``, ``std`` and ``diff_std`` of ``(time, channel, lat, lon)``."""
+    data = np.asarray(data, np.float64)
+    return {
+        "mean": data.mean(axis=(0, 2, 3)).astype(np.float32),
+        "std": data.std(axis=(0, 2, 3)).astype(np.float32),
+        "diff_std": np.diff(data, axis=0).std(axis=(0, 2, 3)).astype(np.float32),
+    }
+
+
+def denoising_loss(network, batch, key, stats, area, opt: dict) -> jax.Array:
+    """σ-weighted, area-weighted EDM loss on ``(x^{k-1}, x^k, x^{k+1})`` batches."""
+    previous, current, following = batch
+    column = (slice(None), slice(None), None, None)
+    mean, std, diff_std = (stats[k][None][column] for k in ("mean", "std", "diff_std"))
+    cond = (jnp.stack([previous, current], axis=1) - mean[:, None]) / std[:, None]
+    z = (following - current) / diff_std
+    u_key, noise_key = jax.random.split(key)
+    sigma = noise_levels(
+        jax.random.uniform(u_key, (z.shape[0],)), opt["sigma_min"], opt["sigma_max"], opt["rho"]
+    )
+    noisy = z + sigma[:, None, None, None] * jax.random.normal(noise_key, z.shape)
+    denoiser = EDMPreconditionedDenoiser(network, sigma_data=1.0)
+    denoised = jax.vmap(denoiser)(noisy, sigma, cond)
+    error = jnp.mean(area[None, None] * (denoised - z) ** 2, axis=(1, 2, 3))
+    return jnp.mean(loss_weight(sigma) * error)
+
+
+def train_network(config: AtmosphereTrainingConfig, data: np.ndarray, stats, grid: GridSpec):
+    t = config.training
+    root = jax.random.key(config.seed)
+    network = build_network(
+        dataclass_dict(config.network), grid, jax.random.fold_in(root, INIT_STREAM)
+    )
+    states = jnp.asarray(data, jnp.float32)
+    stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
+    area = jnp.asarray(grid.area_weights(), jnp.float32)
+    opt = {"sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "rho": t.rho}
+    length = states.shape[0]
+
+    def loss_fn(network, key, states):
+        batch_key, loss_key = jax.random.split(key)
+        index = jax.random.randint(batch_key, (t.batch_size,), 1, length - 1)
+        batch = (states[index - 1], states[index], states[index + 1])
+        return denoising_loss(network, batch, loss_key, stats_j, area, opt)
+
+    loop_key = jax.random.fold_in(root, LOOP_STREAM)
+    return optimise(config, network, loss_fn, loop_key, Path(config.output), states, scan=False)
+
+
+def _variable_slices(grid: GridSpec) -> dict[str, list[int]]:
+    return {v: [i for i, c in enumerate(grid.channels) if c.variable == v] for v in grid.variables}
+
+
+def validate(
+    config: AtmosphereTrainingConfig,
+    emulator: AtmosphereEmulator,
+    train: np.ndarray,
+    held_out: np.ndarray,
+) -> dict:
+    """Card scores per variable and lead on ``held_out`` ``(time, channel, lat, lon)``."""
+    v = config.validation
+    grid = emulator.grid
+    sampler = sampler_from_config(config.sampler)
+    max_lead = max(v.leads)
+    length = held_out.shape[0]
+    if length < max_lead + 3:
+        raise ValueError(
+            f"the held-out store has {length} states; leads up to {max_lead} need at least "
+            f"{max_lead + 3}"
+        )
+    # Initial times spread evenly over the held-out period (deterministic).
+    start = np.linspace(1, length - max_lead - 1, v.initial_states).round().astype(int)
+    initial = np.stack([held_out[start - 1], held_out[start]], axis=1)
+    key = jax.random.fold_in(jax.random.key(config.seed), SCORE_STREAM)
+    tic = time.perf_counter()
+    frames = forecast_ensembles(emulator, sampler, initial, v.members, max_lead, key)
+    seconds = time.perf_counter() - tic
+    area = grid.area_weights()
+    zonal_mean = train.mean(axis=(0, 3))[:, :, None]  # (channel, lat, 1)
+    zonal_std = train.std(axis=(0, 3))[:, :, None]
+    n = v.members
+    scores: dict = {
+        "members": n,
+        "initial_states": v.initial_states,
+        "leads_hours": [lead * emulator.time_step_hours for lead in v.leads],
+    }
+
+    def weighted(values):  # mean over initial states, channels of a variable, lat, lon
+        return float(np.mean(values * area))
+
+    for variable, channels in _variable_slices(grid).items():
+        rows = {k: [] for k in ("rmse", "spread", "ratio", "crps", "rmse_persistence")}
+        rows.update(crps_persistence=[], rmse_climatology=[], crps_climatology=[])
+        for lead in v.leads:
+            truth = held_out[start + lead][:, channels]  # (M, c, lat, lon)
+            ensemble = frames[lead - 1][:, :, channels]  # (M, members, c, lat, lon)
+            mean = ensemble.mean(axis=1)
+            rmse = math.sqrt(weighted((mean - truth) ** 2))
+            spread = math.sqrt(weighted(ensemble.var(axis=1, ddof=1)))
+            rows["rmse"].append(rmse)
+            rows["spread"].append(spread)
+            rows["ratio"].append(math.sqrt((n + 1) / n) * spread / rmse)
+            rows["crps"].append(
+                float(np.mean([crps(ensemble[m], truth[m], area) for m in range(len(start))]))
+            )
+            persistence = held_out[start][:, channels]
+            rows["rmse_persistence"].append(math.sqrt(weighted((persistence - truth) ** 2)))
+            rows["crps_persistence"].append(weighted(np.abs(persistence - truth)))
+            clim_mean, clim_std = zonal_mean[channels], zonal_std[channels]
+            rows["rmse_climatology"].append(math.sqrt(weighted((clim_mean - truth) ** 2)))
+            rows["crps_climatology"].append(weighted(gaussian_crps(clim_mean, clim_std, truth)))
+        for name, values in rows.items():
+            scores[f"{name}_{variable}"] = [round(x, 6) for x in values]
+    scores["forecast_seconds"] = round(seconds, 1)
+    return scores
+
+
+def _checkpoint_step(output: Path) -> int:
+    with np.load(output / "checkpoint.npz", allow_pickle=False) as data:
+        return int(data["step"])
+
+
+def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
+    """Load data, train (resuming), validate and write ``<name>.npz`` and ``<name>.toml``."""
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    train_ds = open_store(config.data.train)
+    held_ds = open_store(config.data.validation)
+    grid = grid_of(train_ds)
+    if grid != grid_of(held_ds):
+        raise ValueError(
+            f"{config.data.train} and {config.data.validation} have different grids or levels"
+        )
+    train = stack_channels(train_ds.load())
+    if config.data.max_train_states:
+        train = train[: config.data.max_train_states]
+    held_out = stack_channels(held_ds.load())
+    stats = channel_statistics(train)
+    hours = float(train_ds.attrs.get("save_hours", 12.0))
+    logger.info("data: %s train, %s held out", train.shape, held_out.shape)
+
+    network, losses, train_seconds = train_network(config, train, stats, grid)
+    emulator = AtmosphereEmulator(
+        EDMPreconditionedDenoiser(network, sigma_data=1.0),
+        mean=jnp.asarray(stats["mean"]),
+        std=jnp.asarray(stats["std"]),
+        diff_std=jnp.asarray(stats["diff_std"]),
+        grid=grid,
+        time_step_hours=hours,
+        name=config.name,
+    )
+    weights = output / f"{config.name}.npz"
+    digest = save_emulator(weights, emulator)
+    scores = validate(config, emulator, train, held_out)
+    num_params = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(network, eqx.is_array)))
+    attrs = train_ds.attrs
+    card = {
+        "name": config.name,
+        "description": config.description
+        or (
+            "GenCast-style diffusion emulator of coarse-grained Held-Suarez states (dinosaur), "
+            f"one {hours:g} h step conditioned on two previous states."
+        ),
+        "kind": "learned",
+        "family": "atmosphere",
+        "license": "Apache-2.0",
+        "weights": weights.name,
+        "sha256": digest,
+        "reference": "filtrax.emulators.atmosphere; trained by 'filtrax train'",
+        "data": {
+            "train": str(config.data.train),
+            "validation": str(config.data.validation),
+            "train_states": int(train.shape[0]),
+            "validation_states": int(held_out.shape[0]),
+            "time_step_hours": hours,
+            **{
+                k: (str(v) if not isinstance(v, int | float | str) else v)
+                for k, v in attrs.items()
+                if k
+                in (
+                    "truth_grid",
+                    "truth_levels",
+                    "time_step_minutes",
+                    "state_grid",
+                    "seed",
+                    "spin_up_days",
+                    "years",
+                    "source",
+                )
+            },
+            "validation_seed": held_ds.attrs.get("seed"),
+        },
+        "grid": {
+            "latitudes": list(grid.latitudes),
+            "longitudes": list(grid.longitudes),
+            "level_name": "sigma",
+            "levels": [float(x) for x in train_ds["level"].values],
+            "level_variables": list(LEVEL_VARIABLES),
+            "surface_variables": list(SURFACE_VARIABLES),
+        },
+        "statistics": {k: [float(x) for x in v] for k, v in stats.items()},
+        "network": {**dataclass_dict(config.network), "parameters": int(num_params)},
+        "training": {
+            **dataclass_dict(config.training),
+            "steps_completed": _checkpoint_step(output),
+            "final_loss": losses[-1] if losses else float("nan"),
+            "first_loss": losses[0] if losses else float("nan"),
+            "seconds": round(train_seconds, 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+            f"{jax.default_backend()}",
+        },
+        "sampler": dataclass_dict(config.sampler),
+        "validation": scores,
+    }
+    d = config.data
+    if d.truth_segment_length:
+        segment = output / f"{config.name}_truth.nc"
+        write_segment(d.validation, d.truth_segment_start, d.truth_segment_length, segment)
+        card["truth_segment"] = segment.name
+        card["truth_segment_source"] = (
+            f"states {d.truth_segment_start}..{d.truth_segment_start + d.truth_segment_length - 1}"
+            f" of {d.validation} (filtrax.dynamics.heldsuarez.write_segment)"
+        )
+    path = output / f"{config.name}.toml"
+    path.write_text(card_text(card))
+    return path

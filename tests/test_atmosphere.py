@@ -1,0 +1,263 @@
+"""The Held–Suarez truth, the sphere U-Net, the gridded emulator and its end-to-end path."""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from filtrax.cli import main
+from filtrax.diffusion.denoisers import EDMPreconditionedDenoiser
+from filtrax.dynamics.heldsuarez import HeldSuarezSetup, write_segment
+from filtrax.emulators.atmosphere import AtmosphereEmulator, load_emulator, save_emulator
+from filtrax.emulators.sphere_unet import SphereUNet, pad_sphere
+from filtrax.experiments.config import ConfigError, config_from_dict
+from filtrax.experiments.factory import build_experiment
+from filtrax.io.grid import Channel, GridSpec
+
+LAT = tuple((-90 + 22.5 * (np.arange(8) + 0.5)).tolist())
+LON = tuple((45.0 * np.arange(8)).tolist())
+
+
+def test_pad_sphere_continues_meridians_across_the_poles():
+    lat = np.deg2rad(np.asarray(LAT))
+    lon = np.deg2rad(np.asarray(LON))
+    # A smooth field on the sphere: the Cartesian x coordinate cos φ cos λ.
+    field = (np.cos(lat)[:, None] * np.cos(lon)[None, :])[..., None]
+    padded = np.asarray(pad_sphere(jnp.asarray(field), 2))
+    assert padded.shape == (12, 12, 1)
+    # Beyond the south pole, row -1-j is latitude j at longitude λ + 180°: cos φ cos(λ + π).
+    for j in range(2):
+        expected = np.cos(lat[j]) * np.cos(lon + np.pi)
+        np.testing.assert_allclose(padded[1 - j, 2:-2, 0], expected, atol=1e-6)
+        expected_north = np.cos(lat[-1 - j]) * np.cos(lon + np.pi)
+        np.testing.assert_allclose(padded[10 + j, 2:-2, 0], expected_north, atol=1e-6)
+    # Periodic in longitude.
+    np.testing.assert_allclose(padded[2:-2, 0, 0], field[:, -2, 0])
+    np.testing.assert_allclose(padded[2:-2, -1, 0], field[:, 1, 0])
+
+
+def _unet(key=0):
+    net = SphereUNet(
+        channels=3, condition_frames=2, widths=(8, 16), latitudes=LAT, key=jax.random.key(key)
+    )
+    # A non-zero head, so the equivariance test sees the whole network.
+    weight = jax.random.normal(jax.random.key(9), net.head.weight.shape) * 0.1
+    return eqx.tree_at(lambda n: n.head.weight, net, weight)
+
+
+def test_sphere_unet_is_equivariant_under_longitude_shifts():
+    net = _unet()
+    key1, key2 = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(key1, (3, 8, 8))
+    cond = jax.random.normal(key2, (2, 3, 8, 8))
+    out = net(x, jnp.asarray(0.3), cond)
+    shifted = net(jnp.roll(x, 2, axis=-1), jnp.asarray(0.3), jnp.roll(cond, 2, axis=-1))
+    np.testing.assert_allclose(np.asarray(shifted), np.roll(np.asarray(out), 2, axis=-1), atol=2e-5)
+    # ... and not trivially: a latitude flip is not a symmetry (Coriolis changes sign).
+    flipped = net(x[:, ::-1], jnp.asarray(0.3), cond[:, :, ::-1])
+    assert not np.allclose(np.asarray(flipped)[:, ::-1], np.asarray(out), atol=1e-3)
+
+
+def _emulator():
+    channels = (Channel("temperature", 0.5), Channel("u_component_of_wind", 0.5))
+    channels += (Channel("surface_pressure"),)
+    grid = GridSpec(LAT, LON, channels, level_name="sigma")
+    net = _unet()
+    return AtmosphereEmulator(
+        EDMPreconditionedDenoiser(net),
+        mean=jnp.asarray([250.0, 5.0, 1e5]),
+        std=jnp.asarray([10.0, 8.0, 700.0]),
+        diff_std=jnp.asarray([1.0, 3.0, 200.0]),
+        grid=grid,
+        name="tiny",
+    )
+
+
+def test_emulator_maps_latent_to_physical_residual_and_checks_shapes():
+    emulator = _emulator()
+    state = jnp.ones((2, 3, 8, 8))
+    z = jnp.ones((3, 8, 8))
+    frame = emulator.latent_to_frame(z, state)
+    np.testing.assert_allclose(np.asarray(frame[:, 0, 0]), [2.0, 4.0, 201.0])
+    with pytest.raises(ValueError, match=r"tiny: a particle state must have shape \(2, 3, 8, 8\)"):
+        emulator.condition(jnp.ones((3, 8, 8)))
+
+
+def test_weights_round_trip_and_tampering(tmp_path):
+    emulator = _emulator()
+    path = tmp_path / "tiny.npz"
+    digest = save_emulator(path, emulator)
+    card = {
+        "name": "tiny",
+        "sha256": digest,
+        "weights": path.name,
+        "data": {"time_step_hours": 12.0},
+        "network": {"widths": [8, 16], "embed": 64},
+        "grid": {
+            "latitudes": list(LAT),
+            "longitudes": list(LON),
+            "levels": [0.5],
+            "level_variables": ["temperature", "u_component_of_wind"],
+            "surface_variables": ["surface_pressure"],
+        },
+    }
+    import filtrax.training.engine as engine
+
+    path.with_suffix(".toml").write_text(engine.card_text(card))
+    loaded = load_emulator(None, path)
+    state = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))
+    a = emulator.denoiser(state[1], jnp.asarray(1.0), emulator.condition(state))
+    b = loaded.denoiser(state[1], jnp.asarray(1.0), loaded.condition(state))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_emulator(None, path)
+
+
+def test_setup_rejects_bad_levels_and_steps():
+    with pytest.raises(ValueError, match="state_levels"):
+        HeldSuarezSetup(state_levels=(1, 8))
+    with pytest.raises(ValueError, match="save_hours"):
+        HeldSuarezSetup(save_hours=12.25)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """Simulate 15 days, train the smoke config for 4 steps: a store and trained weights."""
+    root = tmp_path_factory.mktemp("hs")
+    store = root / "hs.zarr"
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        [
+            "heldsuarez-data",
+            "--years",
+            "0.04",
+            "--spin-up-days",
+            "10",
+            "--seed",
+            "3",
+            "--out",
+            str(store),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = Path(__file__).parents[1] / "configs" / "heldsuarez" / "train_smoke.toml"
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            str(config),
+            "--set",
+            f"data.train={store}",
+            "--set",
+            f"data.validation={store}",
+            "--set",
+            f"output={root / 'train'}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return store, root / "train" / "hs_smoke.npz"
+
+
+def test_data_store_has_cf_attributes_and_era5_names(smoke_run):
+    import xarray as xr
+
+    store, _ = smoke_run
+    ds = xr.open_zarr(store, consolidated=False)
+    assert ds.sizes["time"] == round(0.04 * 365.25 * 2)
+    for name, unit in (
+        ("temperature", "K"),
+        ("u_component_of_wind", "m s-1"),
+        ("v_component_of_wind", "m s-1"),
+        ("geopotential", "m2 s-2"),
+        ("surface_pressure", "Pa"),
+        ("near_surface_temperature", "K"),
+    ):
+        assert ds[name].attrs["units"] == unit
+        assert np.isfinite(ds[name].values).all()
+    assert "sigma" in ds["level"].attrs["long_name"]
+    assert ds.attrs["seed"] == 3 and ds.attrs["spin_up_days"] == 10
+    assert ds.attrs["truth_grid"] == "T21"
+    hours = np.diff(ds["time"].values).astype("timedelta64[h]").astype(int)
+    assert (hours == 12).all()
+
+
+def test_smoke_card_and_a_short_run(smoke_run, tmp_path):
+    store, weights = smoke_run
+    card = tomllib.loads(weights.with_suffix(".toml").read_text())
+    assert card["family"] == "atmosphere" and card["training"]["steps"] == 4
+    assert len(card["validation"]["rmse_temperature"]) == 2
+    emulator = load_emulator(None, weights)
+    assert emulator.grid.shape == (18, 16, 32)
+    segment = write_segment(store, 4, 8, tmp_path / "truth.nc")
+    import xarray as xr
+
+    times = xr.open_dataset(segment)["time"].values
+    config = {
+        "model": {"name": "heldsuarez", "weights": str(weights)},
+        "truth": {"source": "file", "path": str(segment)},
+        "observations": {
+            "variables": ["temperature", "near_surface_temperature"],
+            "stride": 4,
+            "error_std": 0.1,
+        },
+        "filter": {"particles": 3},
+        "sampler": {"levels": 3},
+        "run": {"cycles": 2, "start_time": str(np.datetime_as_string(times[1], "s"))},
+    }
+    experiment = build_experiment(config_from_dict(config))
+    assert experiment.truth.shape == (2, 18, 16, 32)
+    assert experiment.initial_particles.shape == (3, 2, 18, 16, 32)
+    # 4 temperature levels + the near-surface analog, on a 4 x 8 sub-grid.
+    assert experiment.observations.shape == (2, 5 * 4 * 8)
+    from filtrax.dynamics.heldsuarez import stack_channels
+
+    frames = stack_channels(xr.open_dataset(segment))
+    np.testing.assert_array_equal(np.asarray(experiment.initial_state), frames[0:2])
+    np.testing.assert_array_equal(experiment.truth, frames[2:4])
+
+    bad_variable = {**config, "observations": {**config["observations"], "variables": ["rh"]}}
+    with pytest.raises(ConfigError, match="available: temperature, u_component_of_wind"):
+        build_experiment(config_from_dict(bad_variable))
+    bad_level = {**config, "observations": {**config["observations"], "levels": [0.5]}}
+    with pytest.raises(ConfigError, match=r"available sigmas: 0\.1875, 0\.4375, 0\.6875, 0\.9375"):
+        build_experiment(config_from_dict(bad_level))
+    late = {**config, "run": {**config["run"], "cycles": 20}}
+    with pytest.raises(ConfigError, match="no state at the cycle times"):
+        build_experiment(config_from_dict(late))
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_convolution_vjp_matches_autodiff_of_the_plain_convolution():
+    from filtrax.emulators.sphere_unet import _conv_valid, _valid_conv
+
+    x = jax.random.normal(jax.random.key(0), (10, 12, 5))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 5, 7))
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+
+    expected = jax.grad(loss(_valid_conv), (0, 1))(x, w)
+    actual = jax.grad(loss(_conv_valid), (0, 1))(x, w)
+    for e, a in zip(expected, actual, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-4)
+
+
+def test_smoke_training_bundles_a_truth_segment(smoke_run):
+    _, weights = smoke_run
+    card = tomllib.loads(weights.with_suffix(".toml").read_text())
+    segment = weights.parent / card["truth_segment"]
+    import xarray as xr
+
+    assert xr.open_dataset(segment).sizes["time"] == 6
