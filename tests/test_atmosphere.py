@@ -261,3 +261,25 @@ def test_smoke_training_bundles_a_truth_segment(smoke_run):
     import xarray as xr
 
     assert xr.open_dataset(segment).sizes["time"] == 6
+
+
+def test_bundled_emulator_and_poster_config():
+    from filtrax.emulators.atmosphere import bundled_emulator
+    from filtrax.experiments.config import load_config
+
+    emulator = bundled_emulator("hs_t21_16x32")
+    assert emulator.grid.shape == (18, 16, 32)
+    assert emulator.time_step_hours == 12.0
+    root = Path(__file__).parents[1]
+    config = load_config(root / "configs/heldsuarez/poster.toml", ["filter.particles=2"])
+    experiment = build_experiment(config)
+    # 30 cycles of truth after (x^-1, x^0), from the held-out segment shipped with the card.
+    assert experiment.truth.shape == (30, 18, 16, 32)
+    assert np.isfinite(experiment.observations).all()
+    # Every particle starts as the true state.
+    np.testing.assert_array_equal(
+        np.asarray(experiment.initial_particles[1]), np.asarray(experiment.initial_state)
+    )
+    wrong_step = load_config(root / "configs/heldsuarez/poster.toml", ["run.cycle_hours=6"])
+    with pytest.raises(ConfigError, match=r"run.cycle_hours = 6.0 but emulator"):
+        build_experiment(wrong_step)

@@ -70,6 +70,8 @@ def config_digest(config) -> str:
         keep.pop(name, None)
     keep["training"].pop("checkpoint_every")
     keep["training"].pop("stop_after", None)
+    for name in ("truth_segment_start", "truth_segment_length"):  # outputs, not inputs
+        keep["data"].pop(name, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
