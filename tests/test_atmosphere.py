@@ -129,6 +129,12 @@ def test_setup_rejects_bad_levels_and_steps():
         HeldSuarezSetup(state_levels=(1, 8))
     with pytest.raises(ValueError, match="save_hours"):
         HeldSuarezSetup(save_hours=12.25)
+    from filtrax.dynamics.heldsuarez import generate_heldsuarez
+
+    with pytest.raises(ValueError, match="spin_up_days = 15"):
+        generate_heldsuarez("unused.zarr", years=1, spin_up_days=15)
+    with pytest.raises(ValueError, match="years = 0"):
+        generate_heldsuarez("unused.zarr", years=0)
 
 
 @pytest.fixture(scope="module")

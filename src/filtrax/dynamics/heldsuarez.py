@@ -338,8 +338,11 @@ def generate_heldsuarez(
     out = Path(out)
     if years <= 0:
         raise ValueError(f"years = {years!r}; expected a positive number")
-    if spin_up_days < 0:
-        raise ValueError(f"spin_up_days = {spin_up_days!r}; expected >= 0")
+    if spin_up_days < 0 or spin_up_days % 10:
+        raise ValueError(
+            f"spin_up_days = {spin_up_days!r}; expected a non-negative multiple of 10 (the "
+            f"spin-up runs in jitted 10-day blocks)"
+        )
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         import shutil
