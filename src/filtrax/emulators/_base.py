@@ -19,6 +19,7 @@ import abc
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import PyTree
 
 from .._typing import Key, State
@@ -53,3 +54,26 @@ class AbstractEmulator(eqx.Module):
     def noise(self, key: Key, template: State) -> State:
         """Unit noise in latent space (i.i.d. Gaussian; spherical emulators override this)."""
         return jax.random.normal(key, template.shape, template.dtype)
+
+
+class AbstractTwoFrameEmulator(AbstractEmulator):
+    r"""A second-order emulator whose particle state stacks :math:`(x^{k-1}, x^k)`.
+
+    GenCast's convention (method spec §1.1): the latent has the shape of one frame, the
+    state advances by dropping the older frame, and observations see :math:`x^k`.
+    Subclasses supply :meth:`condition` and :meth:`latent_to_frame`.
+    """
+
+    def latent_template(self, state: State) -> State:
+        return jnp.zeros_like(state[-1])
+
+    def advance(self, state: State, frame: State) -> State:
+        return jnp.stack([state[-1], frame])
+
+    def current_frame(self, state: State) -> State:
+        return state[-1]
+
+    @staticmethod
+    def initial_state(previous: State, current: State) -> State:
+        """The particle state :math:`(x^{k-1}, x^k)`."""
+        return jnp.stack([jnp.asarray(previous), jnp.asarray(current)])

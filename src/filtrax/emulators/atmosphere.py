@@ -36,14 +36,14 @@ from jaxtyping import Array, Float
 from .._typing import State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
 from ..io.grid import Channel, GridSpec
-from ._base import AbstractEmulator
+from ._base import AbstractTwoFrameEmulator
 from .cards import fill_module, load_card, load_weights, module_arrays, write_weights
 from .sphere_unet import SphereUNet
 
 STATISTICS_FIELDS = ("mean", "std", "diff_std")
 
 
-class AtmosphereEmulator(AbstractEmulator):
+class AtmosphereEmulator(AbstractTwoFrameEmulator):
     r"""A second-order gridded emulator of one ``time_step_hours`` transition.
 
     Attributes:
@@ -78,22 +78,8 @@ class AtmosphereEmulator(AbstractEmulator):
             )
         return (state - self._column(self.mean)[None]) / self._column(self.std)[None]
 
-    def latent_template(self, state: State) -> State:
-        return jnp.zeros_like(state[-1])
-
     def latent_to_frame(self, z: State, state: State) -> State:
         return state[-1] + self._column(self.diff_std) * z
-
-    def advance(self, state: State, frame: State) -> State:
-        return jnp.stack([state[-1], frame])
-
-    def current_frame(self, state: State) -> State:
-        return state[-1]
-
-    @staticmethod
-    def initial_state(previous: State, current: State) -> State:
-        """The particle state :math:`(x^{k-1}, x^k)`."""
-        return jnp.stack([jnp.asarray(previous), jnp.asarray(current)])
 
 
 # --------------------------------------------------------------------------------------------

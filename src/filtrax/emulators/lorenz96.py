@@ -41,7 +41,7 @@ from jaxtyping import Array, Float
 
 from .._typing import Key, State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
-from ._base import AbstractEmulator
+from ._base import AbstractTwoFrameEmulator
 from .cards import fill_module, load_card, load_weights, module_arrays, write_weights
 
 #: Architecture fields every learned Lorenz-96 card carries in its ``[network]`` table.
@@ -140,7 +140,7 @@ class CircularStencilNetwork(eqx.Module):
         return per_site(self.head, h)[:, 0]
 
 
-class Lorenz96Emulator(AbstractEmulator):
+class Lorenz96Emulator(AbstractTwoFrameEmulator):
     r"""The slow-variable emulator; a particle state is ``(2, K)`` = :math:`(X^{k-1}, X^k)`.
 
     Attributes:
@@ -171,22 +171,8 @@ class Lorenz96Emulator(AbstractEmulator):
             )
         return (state - self.mean) / self.std
 
-    def latent_template(self, state: State) -> State:
-        return jnp.zeros_like(state[-1])
-
     def latent_to_frame(self, z: State, state: State) -> State:
         return state[-1] + self.diff_std * z
-
-    def advance(self, state: State, frame: State) -> State:
-        return jnp.stack([state[-1], frame])
-
-    def current_frame(self, state: State) -> State:
-        return state[-1]
-
-    @staticmethod
-    def initial_state(previous: State, current: State) -> State:
-        """The particle state ``(X^{k-1}, X^k)``."""
-        return jnp.stack([jnp.asarray(previous), jnp.asarray(current)])
 
 
 def build_network(architecture: dict, key: Key) -> CircularStencilNetwork:
