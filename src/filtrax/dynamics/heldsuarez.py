@@ -177,7 +177,6 @@ class HeldSuarezSimulator:
 
         self.setup = setup
         units = scales.units
-        self._units = units
         grid = getattr(spherical_harmonic.Grid, setup.truth_grid)()
         vertical = sigma_coordinates.SigmaCoordinates.equidistant(setup.truth_levels)
         coords = coordinate_systems.CoordinateSystem(horizontal=grid, vertical=vertical)
@@ -250,11 +249,11 @@ class HeldSuarezSimulator:
         self._step = step
         self._to_coarse = to_coarse
         self._steps_per_save = round(setup.save_hours * 60 / setup.time_step_minutes)
-        self._steps_per_day = round(24 * 60 / setup.time_step_minutes)
+        steps_per_day = round(24 * 60 / setup.time_step_minutes)
         self.latitudes = np.degrees(np.asarray(target.latitudes))
         self.longitudes = np.degrees(np.asarray(target.longitudes))
         self._trajectories: dict[int, object] = {}
-        self._spin = jax.jit(time_integration.repeated(step, self._steps_per_day * 10))
+        self._spin = jax.jit(time_integration.repeated(step, steps_per_day * 10))
         self._time_integration = time_integration
 
     def initial_state(self, key: jax.Array):
