@@ -37,6 +37,10 @@ correlation_length_km = 900
 ar_coefficient = 0.75
 noise_std = 2.0
 weights = "weights/emulator.eqx"
+checkpoint = "params/GenCast 1p0deg Mini <2019.npz"
+statistics = "stats"
+gpu_attention = false
+noise = "spherical"
 
 [truth]
 source = "file"
@@ -93,6 +97,11 @@ start_time = "2020-01-01T06:00"
 output_format = "netcdf"
 record_ensemble = false
 baseline = false
+
+[parallel]
+devices = 4
+particle_batch_size = 16
+distributed = true
 """
 
 

@@ -56,6 +56,7 @@ def _validate(
     n = num_particles_of(particles)
     if n < 1:
         raise ValueError("initial_particles has no particle (leading axis of size 0)")
+    filter.particle_map.check(n)
     for leaf in jax.tree_util.tree_leaves(particles):
         if leaf.shape[0] != n:
             raise ValueError(
@@ -123,6 +124,8 @@ def assimilate(
     """
     _validate(filter, initial_particles, observations, observation)
     state = filter.init(initial_particles) if initial_state is None else initial_state
+    # Sharded layouts: put the particles on their devices before the first cycle.
+    state = eqx.tree_at(lambda s: s.particles, state, filter.particle_map.place(state.particles))
     final, (diagnostics, mean, spread, ensemble) = _run(
         filter, state, jnp.asarray(observations), observation, key, record_ensemble
     )

@@ -71,7 +71,7 @@ def phase_seconds(
 
     @eqx.filter_jit
     def propagate(p, particles, y, keys):
-        return _propagate(p, keys, particles, y, observation)
+        return _propagate(p, keys, particles, y, observation, filter_.particle_map)
 
     out["emulator"] = _median_seconds(
         propagate, unguided, state.particles, y, keys, repeats=repeats
@@ -90,7 +90,7 @@ def phase_seconds(
                 k = jax.random.fold_in(k, WEIGHT_STREAM)
                 return w.log_likelihood(k, emulator, observation, s, y)
 
-            return jax.vmap(one)(keys, particles)
+            return filter_.particle_map(one, keys, particles)
 
         out["weights"] = _median_seconds(
             weights, filter_.predictive_weight, state.particles, y, keys, repeats=repeats

@@ -42,6 +42,9 @@ class AbstractDenoiser(eqx.Module):
         """Return the denoised state ``E[x | x_t, cond]``, with the shape of ``x_t``."""
 
 
+NOISE_INPUTS = ("quarter_log_sigma", "sigma")
+
+
 class EDMPreconditionedDenoiser(AbstractDenoiser):
     r"""EDM preconditioning around a raw network :math:`F_\theta`.
 
@@ -53,11 +56,15 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
     with :math:`c_\text{skip} = \sigma_d^2/(\sigma^2+\sigma_d^2)`,
     :math:`c_\text{out} = \sigma\sigma_d/\sqrt{\sigma^2+\sigma_d^2}`,
     :math:`c_\text{in} = 1/\sqrt{\sigma^2+\sigma_d^2}` and
-    :math:`c_\text{noise} = \tfrac14 \log\sigma`.
+    :math:`c_\text{noise} = \tfrac14 \log\sigma` (Karras et al.), or :math:`\sigma` itself
+    for networks that encode the noise level themselves (GenCast's ``Denoiser`` takes
+    ``noise_levels`` and builds Fourier features of :math:`\log\sigma` internally).
 
     Attributes:
         network: ``network(x_scaled, c_noise, cond) -> raw output`` with the shape of ``x``.
         sigma_data: the standard deviation of the (normalised) data, 1 in GenCast.
+        noise_input: ``"quarter_log_sigma"`` (default) or ``"sigma"``: what the network
+            receives as :math:`c_\text{noise}`.
 
     References:
         Karras et al. (2022), arXiv:2206.00364, Table 1 and Appendix B.6.
@@ -65,6 +72,14 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
 
     network: Callable[[State, Float[Array, ""], PyTree], State]
     sigma_data: float = eqx.field(static=True, default=1.0)
+    noise_input: str = eqx.field(static=True, default="quarter_log_sigma")
+
+    def __check_init__(self) -> None:
+        if self.noise_input not in NOISE_INPUTS:
+            raise ValueError(
+                f"EDMPreconditionedDenoiser.noise_input is {self.noise_input!r}; expected one "
+                f"of {NOISE_INPUTS}"
+            )
 
     def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
         sigma = jnp.asarray(sigma, dtype=x_t.dtype)
@@ -73,7 +88,7 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
         c_skip = sigma_data_sq / total_var
         c_out = sigma * self.sigma_data / jnp.sqrt(total_var)
         c_in = 1.0 / jnp.sqrt(total_var)
-        c_noise = jnp.log(sigma) / 4.0
+        c_noise = jnp.log(sigma) / 4.0 if self.noise_input == "quarter_log_sigma" else sigma
         return c_skip * x_t + c_out * self.network(c_in * x_t, c_noise, cond)
 
 

@@ -13,6 +13,9 @@ GenCast's conventions (Price et al. 2025; method spec §1.1, §4), applied to an
 * **Denoiser.** EDM preconditioning (:math:`\sigma_\text{data} = 1`) around
   :class:`~filtrax.emulators.sphere_unet.SphereUNet`, trained on
   :math:`\sigma \in [0.02, 88]`.
+* **Noise.** Every diffusion draw comes from :attr:`AtmosphereEmulator.latent_noise`: i.i.d.
+  Gaussian by default, or GenCast's band-limited spherical white noise
+  (:class:`~filtrax.diffusion.latent_noise.SphericalWhiteNoise`, ``noise="spherical"``).
 
 The channel order is the grid's: every level of each level variable, variable by variable,
 then the surface variables (:func:`filtrax.dynamics.heldsuarez.stack_channels`). The
@@ -22,6 +25,7 @@ statistics.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from importlib import resources
@@ -33,8 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._typing import State
+from .._typing import Key, State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
+from ..diffusion.latent_noise import (
+    AbstractLatentNoise,
+    GaussianNoise,
+    SphericalWhiteNoise,
+    latent_noise_from_name,
+)
 from ..io.grid import Channel, GridSpec
 from ._base import AbstractTwoFrameEmulator
 from .cards import fill_module, load_card, load_weights, module_arrays, write_weights
@@ -53,6 +63,9 @@ class AtmosphereEmulator(AbstractTwoFrameEmulator):
         grid: latitudes, longitudes and channels (static).
         time_step_hours: the transition length.
         name: the card name or the weights file.
+        latent_noise: the unit noise of every diffusion draw (:meth:`noise`); i.i.d.
+            Gaussian by default, :class:`SphericalWhiteNoise` on :attr:`grid` for GenCast's.
+            A sampling choice, not part of the weights.
     """
 
     denoiser: EDMPreconditionedDenoiser
@@ -62,6 +75,19 @@ class AtmosphereEmulator(AbstractTwoFrameEmulator):
     grid: GridSpec = eqx.field(static=True)
     time_step_hours: float = eqx.field(static=True, default=12.0)
     name: str = eqx.field(static=True, default="atmosphere")
+    latent_noise: AbstractLatentNoise = GaussianNoise()
+
+    def __check_init__(self) -> None:
+        noise = self.latent_noise
+        if isinstance(noise, SphericalWhiteNoise) and not _same_grid(noise, self.grid):
+            raise ValueError(
+                f"{self.name}: latent_noise is spherical noise on {len(noise.latitudes)} "
+                f"latitudes {noise.latitudes[0]:g}..{noise.latitudes[-1]:g} and "
+                f"{len(noise.longitudes)} longitudes, expected the emulator's grid "
+                f"({len(self.grid.latitudes)} latitudes {self.grid.latitudes[0]:g}.."
+                f"{self.grid.latitudes[-1]:g}, {len(self.grid.longitudes)} longitudes); "
+                f"build it with SphericalWhiteNoise.from_grid(emulator.grid)"
+            )
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -80,6 +106,31 @@ class AtmosphereEmulator(AbstractTwoFrameEmulator):
 
     def latent_to_frame(self, z: State, state: State) -> State:
         return state[-1] + self._column(self.diff_std) * z
+
+    def noise(self, key: Key, template: State) -> State:
+        """Unit latent noise from :attr:`latent_noise` (one independent field per channel)."""
+        return self.latent_noise(key, template)
+
+
+def _same_grid(noise: SphericalWhiteNoise, grid: GridSpec) -> bool:
+    return (
+        len(noise.latitudes) == len(grid.latitudes)
+        and len(noise.longitudes) == len(grid.longitudes)
+        and np.allclose(noise.latitudes, grid.latitudes)
+        and np.allclose(noise.longitudes, grid.longitudes)
+    )
+
+
+def with_latent_noise(
+    emulator: AtmosphereEmulator, noise: str | AbstractLatentNoise
+) -> AtmosphereEmulator:
+    """``emulator`` drawing its diffusion noise from ``noise``: ``"gaussian"``,
+    ``"spherical"`` (GenCast's, on the emulator's grid) or a latent-noise module."""
+    return dataclasses.replace(emulator, latent_noise=_latent_noise(noise, emulator.grid))
+
+
+def _latent_noise(noise: str | AbstractLatentNoise, grid: GridSpec) -> AbstractLatentNoise:
+    return latent_noise_from_name(noise, grid) if isinstance(noise, str) else noise
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +172,13 @@ def save_emulator(path: str | Path, emulator: AtmosphereEmulator) -> str:
     return write_weights(path, arrays)
 
 
-def emulator_from_card(card: dict, arrays: dict[str, np.ndarray], source: str):
+def emulator_from_card(
+    card: dict,
+    arrays: dict[str, np.ndarray],
+    source: str,
+    *,
+    noise: str | AbstractLatentNoise = "gaussian",
+) -> AtmosphereEmulator:
     grid = grid_from_card(card)
     network = fill_module(build_network(card["network"], grid, jax.random.key(0)), arrays, source)
     stats = {}
@@ -146,13 +203,20 @@ def emulator_from_card(card: dict, arrays: dict[str, np.ndarray], source: str):
         grid=grid,
         time_step_hours=hours,
         name=card["name"],
+        latent_noise=_latent_noise(noise, grid),
         **stats,
     )
 
 
-def load_emulator(card: dict | None, weights: str | Path | None = None) -> AtmosphereEmulator:
+def load_emulator(
+    card: dict | None,
+    weights: str | Path | None = None,
+    *,
+    noise: str | AbstractLatentNoise = "gaussian",
+) -> AtmosphereEmulator:
     """The emulator of a bundled card, or of a ``filtrax train`` output (``weights``, whose
-    ``.toml`` card sits next to it); the sha256 is checked either way."""
+    ``.toml`` card sits next to it); the sha256 is checked either way. ``noise`` is its latent
+    noise (:func:`with_latent_noise`)."""
     if weights is None:
         path = Path(str(resources.files("filtrax.emulators") / "cards" / card["weights"]))
     else:
@@ -166,11 +230,15 @@ def load_emulator(card: dict | None, weights: str | Path | None = None) -> Atmos
     for section in ("grid", "network", "data"):
         if section not in card:
             raise ValueError(f"card {card.get('name')!r} lacks the [{section}] table")
-    return emulator_from_card(card, load_weights(path, card["sha256"]), str(path))
+    arrays = load_weights(path, card["sha256"])
+    return emulator_from_card(card, arrays, str(path), noise=noise)
 
 
-def bundled_emulator(name: str) -> AtmosphereEmulator:
+def bundled_emulator(
+    name: str, *, noise: str | AbstractLatentNoise = "gaussian"
+) -> AtmosphereEmulator:
+    """The emulator of the bundled card ``name``, drawing ``noise`` (:func:`with_latent_noise`)."""
     card = load_card(name)
     if card.get("family") != "atmosphere":
         raise ValueError(f"card {name!r} is not a gridded atmosphere emulator")
-    return load_emulator(card)
+    return load_emulator(card, noise=noise)

@@ -37,6 +37,7 @@ __all__ = [
     "GuidanceConfig",
     "ModelConfig",
     "ObservationsConfig",
+    "ParallelConfig",
     "RunConfig",
     "SamplerConfig",
     "TruthConfig",
@@ -169,7 +170,7 @@ class ModelConfig(_Validated):
     name: str = _field(
         "linear_gaussian",
         "model family",
-        choices=("linear_gaussian", "gaussian_field", "lorenz96", "heldsuarez"),
+        choices=("linear_gaussian", "gaussian_field", "lorenz96", "heldsuarez", "gencast"),
     )
     emulator: str = _field(
         "l96_wilks05_dt0.05",
@@ -196,6 +197,16 @@ class ModelConfig(_Validated):
     noise_std: float = _field(1.0, "model noise std", **POSITIVE)
     weights: str = _field(
         "", "weights trained by 'filtrax train' (empty = the card's shipped weights)"
+    )
+    checkpoint: str = _field("", "GenCast checkpoint file (.npz from dm_graphcast) [gencast]")
+    statistics: str = _field("", "directory of GenCast's *_by_level.nc statistics files [gencast]")
+    gpu_attention: bool = _field(
+        True, "switch GenCast's splash attention to the GPU kernels [gencast]"
+    )
+    noise: str = _field(
+        "gaussian",
+        "latent noise of the diffusion: i.i.d. or GenCast's spherical white noise [heldsuarez]",
+        choices=("gaussian", "spherical"),
     )
 
 
@@ -340,6 +351,21 @@ class RunConfig(_Validated):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ParallelConfig(_Validated):
+    """``[parallel]``: how particles are laid out over devices (never changes the result)."""
+
+    SECTION: ClassVar[str] = "parallel"
+
+    devices: int = _field(1, "devices to shard particles over (0 = every device JAX sees)", min=0)
+    particle_batch_size: int = _field(
+        0, "at most this many particles per device at once (0 = all)", min=0
+    )
+    distributed: bool = _field(
+        False, "call jax.distributed.initialize() first (multi-host, e.g. under srun)"
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExperimentConfig(_Validated):
     """A whole experiment; every field has a default, so an empty TOML file is valid."""
 
@@ -352,6 +378,7 @@ class ExperimentConfig(_Validated):
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples) in schema order; ``tomllib`` gives it back."""

@@ -52,6 +52,7 @@ from ..io.observation_files import (
 )
 from ..observations.model import ObservationModel
 from ..observations.operators import PointSelection
+from ..parallel import AbstractParticleMap, particle_map
 from .config import ConfigError, ExperimentConfig, SamplerConfig
 
 
@@ -135,18 +136,43 @@ def build_tempering(config: ExperimentConfig) -> AbstractTempering:
     return FixedTempering(f.alpha)
 
 
+def build_particle_map(config: ExperimentConfig) -> AbstractParticleMap:
+    """``[parallel]``: one device (optionally batched) or particles sharded over a mesh."""
+    p = config.parallel
+    devices = "all" if p.devices == 0 else p.devices
+    batch_size = p.particle_batch_size or None
+    try:
+        layout = particle_map(devices, batch_size)
+    except ValueError as error:
+        raise ConfigError(f"parallel.devices: {error}") from None
+    try:
+        layout.check(config.filter.particles)
+    except ValueError as error:
+        raise ConfigError(f"filter.particles: {error}") from None
+    return layout
+
+
 def build_filter(
-    config: ExperimentConfig, emulator: AbstractEmulator, method: str
+    config: ExperimentConfig,
+    emulator: AbstractEmulator,
+    method: str,
+    layout: AbstractParticleMap | None = None,
 ) -> AbstractFilter:
+    """The filter ``method`` of ``config``; ``layout`` defaults to :func:`build_particle_map`."""
     f = config.filter
     sampler = build_sampler(config)
+    layout = build_particle_map(config) if layout is None else layout
     if method == "free":
-        return FreeEnsemble(EmulatorProposal(emulator, sampler))
+        return FreeEnsemble(EmulatorProposal(emulator, sampler), particle_map=layout)
     if method == "enkf":
-        return EnsembleKalmanFilter(EmulatorProposal(emulator, sampler), f.inflation)
+        return EnsembleKalmanFilter(
+            EmulatorProposal(emulator, sampler), f.inflation, particle_map=layout
+        )
     if method == "bootstrap":
         proposal = EmulatorProposal(emulator, sampler)
-        return BootstrapParticleFilter(proposal, build_tempering(config), f.resampling)
+        return BootstrapParticleFilter(
+            proposal, build_tempering(config), f.resampling, particle_map=layout
+        )
     if method == "fa_apf":
         proposal = EmulatorProposal(emulator, sampler, build_guidance(config))
         if f.weights == "dirac":
@@ -154,7 +180,12 @@ def build_filter(
         else:
             weight = MomentMatchedPredictiveWeight(f.weight_sigma_max, f.cg_iterations)
         return AuxiliaryParticleFilter(
-            proposal, weight, build_tempering(config), f.resampling, f.skip_first_selection
+            proposal,
+            weight,
+            build_tempering(config),
+            f.resampling,
+            f.skip_first_selection,
+            particle_map=layout,
         )
     raise ConfigError(f"filter.method = {method!r} has no builder")
 
@@ -302,7 +333,8 @@ def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
 
 
 def load_atmosphere_emulator(config: ExperimentConfig):
-    """The configured gridded atmosphere emulator (card or trained weights) and its card."""
+    """The configured gridded atmosphere emulator (card or trained weights, drawing the
+    ``model.noise`` latent noise) and its card."""
     import tomllib
 
     from ..emulators.atmosphere import load_emulator as load_atmosphere
@@ -311,7 +343,7 @@ def load_atmosphere_emulator(config: ExperimentConfig):
     try:
         if m.weights:
             card = tomllib.loads(Path(m.weights).with_suffix(".toml").read_text())
-            return load_atmosphere(None, m.weights), card
+            return load_atmosphere(None, m.weights, noise=m.noise), card
         card = load_card(m.emulator)
     except (OSError, ValueError, KeyError) as error:
         field = "model.weights" if m.weights else "model.emulator"
@@ -321,7 +353,7 @@ def load_atmosphere_emulator(config: ExperimentConfig):
             f"model.emulator = {m.emulator!r} is not a gridded atmosphere emulator "
             f"(family {card.get('family')!r}); see 'filtrax models'"
         )
-    return load_atmosphere(card), card
+    return load_atmosphere(card, noise=m.noise), card
 
 
 def bundled_truth_path(card: dict) -> Path:
@@ -364,22 +396,76 @@ def _heldsuarez(config: ExperimentConfig):
     return emulator, grid, frames[2:], x0
 
 
-def initial_particles(config: ExperimentConfig, x0: jax.Array, num_particles: int) -> jax.Array:
+def _gencast(config: ExperimentConfig):
+    """GenCast from a checkpoint, its initial state and truth from ERA5 (``truth.path``).
+
+    Not run on our machines (no graphcast code, weights or ERA5 here); every step but
+    :func:`~filtrax.emulators.gencast.load_gencast_network` is exercised by the tests.
+    """
+    from ..emulators import gencast as gc
+
+    m = config.model
+    if config.truth.source != "file":
+        raise ConfigError(
+            "model.name = 'gencast' reads its initial state and truth from ERA5: set "
+            "truth.source = 'file' and truth.path to an ERA5 zarr/netCDF on GenCast's grid"
+        )
+    if not math.isclose(config.run.cycle_hours, 12.0):
+        raise ConfigError(f"run.cycle_hours = {config.run.cycle_hours} but GenCast steps 12 h")
+    for field in ("checkpoint", "statistics"):
+        if not getattr(m, field):
+            raise ConfigError(f"model.{field} must be set for model.name = 'gencast'")
+    network, grid = gc.load_gencast_network(m.checkpoint, use_gpu_attention=m.gpu_attention)
+    statistics = gc.read_statistics(m.statistics, grid.channels)
+    path = Path(config.truth.path)
+    if not path.exists():
+        raise ConfigError(f"truth.path = {str(path)!r}: file not found")
+    dataset = gc.open_era5(path)
+    start = np.datetime64(datetime.fromisoformat(config.run.start_time), "s")
+    step = np.timedelta64(12 * 3600, "s")
+    times = np.concatenate([[start - step, start], cycle_times(config)])
+    frames = gc.era5_frames(dataset, grid, times)
+    emulator = gc.gencast_emulator(
+        network,
+        statistics,
+        grid,
+        sst_missing=gc.sst_missing_mask(frames[1], grid),
+        statics=gc.era5_statics(dataset, grid, statistics),
+        name=Path(m.checkpoint).stem,
+    )
+    x0 = emulator.initial_state(frames[0], frames[1], start)
+    # Scores compare finite fields: the truth's SST over land takes the same fill value.
+    truth = np.stack([np.asarray(emulator.fill_missing(jnp.asarray(f))) for f in frames[2:]])
+    return emulator, grid, truth, x0
+
+
+def initial_particles(config: ExperimentConfig, x0, num_particles: int):
     """``num_particles`` copies of the initial state, perturbed by ``model.initial_spread``.
 
-    Member ``i``'s perturbation uses ``fold_in(init_key, i)``: it does not depend on N.
+    ``x0`` may be a pytree (GenCast's state carries its valid time); only floating-point
+    leaves are perturbed. Member ``i``'s perturbation uses ``fold_in(init_key, i)``: it
+    does not depend on N.
     """
-    particles = jnp.broadcast_to(x0, (num_particles, *x0.shape))
+    x0 = jax.tree_util.tree_map(jnp.asarray, x0)
+    particles = jax.tree_util.tree_map(
+        lambda leaf: jnp.broadcast_to(leaf, (num_particles, *leaf.shape)), x0
+    )
     spread = config.model.initial_spread
     if spread == 0:
         return particles
     init_key = jax.random.fold_in(jax.random.key(config.seed), 103)
 
-    def perturbation(i):
-        k = jax.random.fold_in(init_key, i)
-        return spread * jax.random.normal(k, x0.shape, particles.dtype)
+    def perturb(leaf):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf
 
-    return particles + jax.vmap(perturbation)(jnp.arange(num_particles))
+        def perturbation(i):
+            k = jax.random.fold_in(init_key, i)
+            return spread * jax.random.normal(k, leaf.shape[1:], leaf.dtype)
+
+        return leaf + jax.vmap(perturbation)(jnp.arange(num_particles))
+
+    return jax.tree_util.tree_map(perturb, particles)
 
 
 def build_experiment(config: ExperimentConfig) -> Experiment:
@@ -403,7 +489,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
             f"truth.source = 'bundled' needs a learned gridded model (model.name = "
             f"'heldsuarez'), got {m.name!r}"
         )
-    if config.truth.source == "file" and m.name not in ("gaussian_field", "heldsuarez"):
+    if config.truth.source == "file" and m.name not in ("gaussian_field", "heldsuarez", "gencast"):
         raise ConfigError(
             f"truth.source = 'file' needs a gridded model; model.name = {m.name!r} is "
             f"site-indexed and simulates its own truth"
@@ -411,6 +497,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     if config.observations.source in ("gridded", "stations") and m.name not in (
         "gaussian_field",
         "heldsuarez",
+        "gencast",
     ):
         raise ConfigError(
             f"observations.source = {config.observations.source!r} needs a gridded model; "
@@ -468,6 +555,12 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         emulator, grid, truth, x0 = _heldsuarez(config)
         frame_shape = grid.shape
         units = tuple(UNITS.get(c.variable, "1") for c in grid.channels)
+    elif m.name == "gencast":
+        from ..emulators.gencast import UNITS as GENCAST_UNITS
+
+        emulator, grid, truth, x0 = _gencast(config)
+        frame_shape = grid.shape
+        units = tuple(GENCAST_UNITS.get(c.variable, "1") for c in grid.channels)
     else:
         raise ConfigError(f"model.name = {m.name!r} has no builder")
 
@@ -514,7 +607,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         observations=observations,
         observation=observation,
         observation_labels=labels,
-        initial_state=jnp.asarray(x0),
+        initial_state=jax.tree_util.tree_map(jnp.asarray, x0),
         initial_particles=particles,
         filter=build_filter(config, emulator, method),
         baseline=(

@@ -15,10 +15,16 @@ preallocated zarr region, then atomically replaces the checkpoint (write + fsync
 ``os.replace``). A run killed at any point resumes from its last finished cycle with the
 same keys (cycle ``k`` always uses ``fold_in(root, k)``), so the outputs equal those of an
 uninterrupted run bit for bit on the same machine.
+
+``[parallel]`` only lays the particles out over devices: it is left out of the config
+digest, so a run may resume on another number of devices. In a multi-host run
+(``parallel.distributed``) every process runs the filter and only process 0 writes; the
+run directory must be on a filesystem that every host sees.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -37,8 +43,9 @@ from ..filters.particle import AbstractFilter, FilterState, FreeEnsemble
 from ..filters.proposals import EmulatorProposal
 from ..io.atomic import atomic_savez, atomic_write_bytes
 from ..io.datasets import dataset_to_frames, frames_to_dataset
+from ..parallel import initialize_distributed, is_main_process, to_host
 from ..profiling import PHASES, phase_seconds
-from .config import ExperimentConfig, config_from_dict
+from .config import ExperimentConfig, ParallelConfig, config_from_dict
 from .factory import Experiment, build_experiment, build_sampler
 
 logger = logging.getLogger(__name__)
@@ -59,16 +66,20 @@ class RunDirectoryError(ValueError):
 
 
 def config_digest(config: ExperimentConfig) -> str:
-    return hashlib.sha256(config.to_toml().encode()).hexdigest()
+    """The sha256 of the config without ``[parallel]`` (the layout does not change results)."""
+    layout_free = dataclasses.replace(config, parallel=ParallelConfig())
+    return hashlib.sha256(layout_free.to_toml().encode()).hexdigest()
 
 
 def _save_checkpoint(path: Path, state: FilterState, history: dict, digest: str) -> None:
+    state = to_host(state)  # every host takes part in gathering shards; only one writes
+    if not is_main_process():
+        return
     arrays = {
-        f"particles_{i}": np.asarray(leaf)
-        for i, leaf in enumerate(jax.tree_util.tree_leaves(state.particles))
+        f"particles_{i}": leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(state.particles))
     }
-    arrays["log_weights"] = np.asarray(state.log_weights)
-    arrays["cycle"] = np.asarray(state.cycle)
+    arrays["log_weights"] = state.log_weights
+    arrays["cycle"] = state.cycle
     arrays["config_sha256"] = np.frombuffer(digest.encode(), dtype=np.uint8)
     arrays.update({f"history_{k}": v for k, v in history.items()})
     atomic_savez(path, arrays)
@@ -134,7 +145,10 @@ def _write_cycle(store: Path, experiment: Experiment, k: int, ensemble: np.ndarr
 
 def _forecast_filter(experiment: Experiment) -> AbstractFilter:
     """The filter used on cycles with no observation: a pure forecast (p(y|x) is flat)."""
-    return FreeEnsemble(EmulatorProposal(experiment.emulator, build_sampler(experiment.config)))
+    return FreeEnsemble(
+        EmulatorProposal(experiment.emulator, build_sampler(experiment.config)),
+        particle_map=experiment.filter.particle_map,
+    )
 
 
 def _run_member(
@@ -156,7 +170,7 @@ def _run_member(
     if resume and checkpoint.exists():
         state, history = _load_checkpoint(checkpoint, state, digest)
         logger.info("%s: resuming at cycle %d of %d", name, int(state.cycle), num_cycles)
-    if not store.exists() or not (resume and checkpoint.exists()):
+    if is_main_process() and (not store.exists() or not (resume and checkpoint.exists())):
         _preallocate(store, experiment, state.log_weights.shape[0])
     forecast = _forecast_filter(experiment)
     start = int(state.cycle)
@@ -181,14 +195,15 @@ def _run_member(
             key=root,
             initial_state=state,
         )
-        ensemble = np.asarray(jax.block_until_ready(result.analysis))[0]
+        ensemble = to_host(jax.block_until_ready(result.analysis))[0]
         seconds = time.perf_counter() - tic
         state = result.final_state
         diagnostics = result.diagnostics
         for field in HISTORY_FIELDS[:-1]:
             history[field][k] = float(np.asarray(getattr(diagnostics, field))[0])
         history["seconds"][k] = seconds
-        _write_cycle(store, experiment, k, ensemble)
+        if is_main_process():
+            _write_cycle(store, experiment, k, ensemble)
         _save_checkpoint(checkpoint, state, history, digest)
         postfix = {"ESS": f"{history['ess'][k]:.1f}", "alpha": f"{history['alpha'][k]:.2g}"}
         if experiment.truth is not None:
@@ -374,6 +389,8 @@ def run_experiment(
     report: bool = True,
 ) -> Path:
     """Run ``config`` into ``run_dir`` (see the module docstring); returns the directory."""
+    if config.parallel.distributed:
+        initialize_distributed()
     run_dir = Path(run_dir)
     config_path = run_dir / "config.toml"
     digest = config_digest(config)
@@ -392,15 +409,22 @@ def run_experiment(
         raise RunDirectoryError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(config_path, config.to_toml().encode())
+    main = is_main_process()
+    if main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(config_path, config.to_toml().encode())
     experiment = build_experiment(config)
-    _write_inputs(experiment, run_dir)
+    if main:
+        _write_inputs(experiment, run_dir)
     members = [("analysis", experiment.filter)]
     if experiment.baseline is not None:
         members.append(("baseline", experiment.baseline))
     for name, filter_ in members:
-        _run_member(name, filter_, experiment, run_dir, digest, resume=resume, quiet=quiet)
+        _run_member(
+            name, filter_, experiment, run_dir, digest, resume=resume, quiet=quiet or not main
+        )
+    if not main:
+        return run_dir
     metrics = compute_metrics(experiment, run_dir)
     metrics = metrics.assign(_phase_profile(experiment, members, metrics))
     metrics.to_netcdf(run_dir / "metrics.nc")

@@ -61,7 +61,7 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
             raise ValueError(f"EnsembleKalmanFilter needs at least 2 members, got {n}")
         keys = particle_keys(key, n)
         emulator = self.emulator
-        forecast = _propagate(self.proposal, keys, particles, y, observation)
+        forecast = _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
         frames = jax.vmap(emulator.current_frame)(forecast)
         shape = frames.shape[1:]
         flat = frames.reshape(n, -1)
@@ -86,7 +86,7 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
         factor = jax.scipy.linalg.cho_factor(cov_yy)
         increments = jax.scipy.linalg.cho_solve(factor, innovations.T).T @ cov_xy.T
         analysis = (flat + increments).reshape(n, *shape)
-        new_particles = jax.vmap(emulator.advance)(particles, analysis)
+        new_particles = self.particle_map.constrain(jax.vmap(emulator.advance)(particles, analysis))
 
         diagnostics = self._unweighted_diagnostics(
             new_particles, state.log_weights.dtype, observation.num_observations

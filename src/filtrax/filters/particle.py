@@ -40,6 +40,7 @@ from jaxtyping import Array, Float, Int, PyTree
 from .._typing import Key, LogWeights, Observation, Scalar
 from ..emulators._base import AbstractEmulator
 from ..observations.model import ObservationModel
+from ..parallel import AbstractParticleMap, VectorisedParticles
 from ..resampling import RESAMPLERS, effective_sample_size, get_resampler, normalize_log_weights
 from .proposals import EmulatorProposal
 from .tempering import AbstractTempering, ESSBandTempering, FixedTempering
@@ -114,13 +115,20 @@ def _temper(log_likelihoods: Array, alpha: Scalar) -> Array:
     return jnp.where(alpha > 0, alpha * log_likelihoods, 0.0)
 
 
-def _propagate(proposal: EmulatorProposal, keys, particles, y, observation):
+def _propagate(
+    proposal: EmulatorProposal,
+    keys,
+    particles,
+    y,
+    observation,
+    particle_map: AbstractParticleMap,
+):
     """Move every particle with its own key (stream :data:`PROPOSAL_STREAM`)."""
 
     def one(k, s):
         return proposal(jax.random.fold_in(k, PROPOSAL_STREAM), s, y, observation)
 
-    return jax.vmap(one)(keys, particles)
+    return particle_map.constrain(particle_map(one, keys, particles))
 
 
 def _select(
@@ -153,7 +161,15 @@ def _uniform_log_weights(n: int, dtype: jnp.dtype) -> LogWeights:
 
 
 class AbstractFilter(eqx.Module):
-    """One assimilation cycle as a pure function of explicit state and key."""
+    """One assimilation cycle as a pure function of explicit state and key.
+
+    Attributes:
+        particle_map: how per-particle work is laid out (keyword-only): vectorised on one
+            device (default), in batches of ``batch_size``, or sharded over a device mesh
+            (:mod:`filtrax.parallel`). The result does not depend on it.
+    """
+
+    particle_map: AbstractParticleMap = eqx.field(default=VectorisedParticles(), kw_only=True)
 
     @property
     @abc.abstractmethod
@@ -251,7 +267,8 @@ class AuxiliaryParticleFilter(AbstractFilter):
             k = jax.random.fold_in(k, WEIGHT_STREAM)
             return self.predictive_weight.log_likelihood(k, emulator, observation, s, y)
 
-        log_likelihoods, bad = _sanitize(jax.vmap(weight)(keys, particles))
+        log_likelihoods = self.particle_map.replicate(self.particle_map(weight, keys, particles))
+        log_likelihoods, bad = _sanitize(log_likelihoods)
         ancestors, alpha, ess, evidence = _select(
             log_likelihoods,
             state.log_weights,
@@ -260,8 +277,10 @@ class AuxiliaryParticleFilter(AbstractFilter):
             key,
             uniform_selection=self.skip_first_selection & (state.cycle == 0),
         )
-        parents = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
-        children = _propagate(self.proposal, keys, parents, y, observation)
+        parents = self.particle_map.constrain(
+            jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
+        )
+        children = _propagate(self.proposal, keys, parents, y, observation, self.particle_map)
         nonfinite = jnp.sum(bad | _nonfinite_particles(children))
         uniform = _uniform_log_weights(n, state.log_weights.dtype)
         new_state = FilterState(children, uniform, state.cycle + 1)
@@ -311,16 +330,19 @@ class BootstrapParticleFilter(AbstractFilter):
         keys = particle_keys(key, n)
         emulator = self.emulator
 
-        children = _propagate(self.proposal, keys, particles, y, observation)
+        children = _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
 
         def likelihood(s):
             return observation.log_likelihood(y, emulator.current_frame(s))
 
-        log_likelihoods, bad = _sanitize(jax.vmap(likelihood)(children))
+        log_likelihoods = self.particle_map.replicate(self.particle_map(likelihood, children))
+        log_likelihoods, bad = _sanitize(log_likelihoods)
         ancestors, alpha, ess, evidence = _select(
             log_likelihoods, state.log_weights, self.tempering, self.resampling, key
         )
-        selected = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], children)
+        selected = self.particle_map.constrain(
+            jax.tree_util.tree_map(lambda leaf: leaf[ancestors], children)
+        )
         nonfinite = jnp.sum(bad | _nonfinite_particles(children))
         uniform = _uniform_log_weights(n, state.log_weights.dtype)
         new_state = FilterState(selected, uniform, state.cycle + 1)
@@ -376,7 +398,7 @@ class FreeEnsemble(UnguidedEnsembleFilter):
         n = num_particles_of(particles)
         keys = particle_keys(key, n)
 
-        children = _propagate(self.proposal, keys, particles, y, observation)
+        children = _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
         new_state = FilterState(children, state.log_weights, state.cycle + 1)
         diagnostics = self._unweighted_diagnostics(
             children, state.log_weights.dtype, observation.num_observations

@@ -1,0 +1,167 @@
+"""Particle layouts: batched and sharded maps give the single-device analysis.
+
+The multi-device checks run in a subprocess with ``XLA_FLAGS`` asking for 4 host
+devices (the flag must be set before JAX starts, and the rest of the suite runs on one
+device). The reference is computed here, in this one-device process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from filtrax import assimilate
+from filtrax.experiments.config import ConfigError, load_config
+from filtrax.experiments.factory import build_experiment, build_filter, build_particle_map
+from filtrax.parallel import (
+    ShardedParticles,
+    VectorisedParticles,
+    particle_map,
+    particle_mesh,
+)
+
+CONFIG = "configs/lorenz96/wilks05.toml"
+OVERRIDES = ["filter.particles=8", "run.cycles=3", "run.burn_in=0"]
+METHODS = ("fa_apf", "bootstrap", "enkf")
+# float32 round-off: batched kernels and partitioned programs may sum in another order.
+ROUND_OFF = 1e-5
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax
+    import numpy as np
+    from filtrax import assimilate
+    from filtrax.experiments.config import load_config
+    from filtrax.experiments.factory import build_experiment, build_filter
+    from filtrax.parallel import ShardedParticles, particle_mesh
+
+    assert len(jax.devices()) == 4, jax.devices()
+    cfg = load_config({config!r}, {overrides!r})
+    exp = build_experiment(cfg)
+    layouts = {{
+        "4": ShardedParticles(particle_mesh(4)),
+        "2": ShardedParticles(particle_mesh(2)),
+        "4_batch1": ShardedParticles(particle_mesh(4), batch_size=1),
+    }}
+    out = {{}}
+    for method in {methods!r}:
+        for name, layout in layouts.items():
+            if method != "fa_apf" and name != "4":
+                continue
+            f = build_filter(cfg, exp.emulator, method, layout)
+            r = assimilate(
+                f, exp.initial_particles, exp.observations[:3], exp.observation,
+                key=jax.random.key(0),
+            )
+            sharding = r.final_state.particles.sharding
+            assert len(sharding.device_set) == int(name[0]), sharding
+            out[f"{{method}}/{{name}}/analysis"] = np.asarray(r.analysis)
+            out[f"{{method}}/{{name}}/alpha"] = np.asarray(r.diagnostics.alpha)
+            out[f"{{method}}/{{name}}/ess"] = np.asarray(r.diagnostics.ess)
+    try:
+        ShardedParticles(particle_mesh(4)).place(exp.initial_particles[:6])
+    except ValueError as error:
+        out["error"] = np.asarray(str(error))
+    np.savez(sys.argv[1], **out)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    cfg = load_config(CONFIG, OVERRIDES)
+    return cfg, build_experiment(cfg)
+
+
+def run(cfg, exp, method, layout):
+    f = build_filter(cfg, exp.emulator, method, layout)
+    return assimilate(
+        f, exp.initial_particles, exp.observations[:3], exp.observation, key=jax.random.key(0)
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(setting):
+    cfg, exp = setting
+    return {method: run(cfg, exp, method, VectorisedParticles()) for method in METHODS}
+
+
+def assert_same_analysis(result_analysis, reference_result, alpha=None):
+    expected = np.asarray(reference_result.analysis)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(result_analysis, expected, rtol=0, atol=ROUND_OFF * scale)
+    if alpha is not None:
+        # The discrete decisions (α by bisection, the resampled ancestors) are identical.
+        np.testing.assert_array_equal(alpha, np.asarray(reference_result.diagnostics.alpha))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_particle_batch_size_does_not_change_the_analysis(setting, reference, batch_size):
+    cfg, exp = setting
+    result = run(cfg, exp, "fa_apf", VectorisedParticles(batch_size))
+    assert_same_analysis(
+        np.asarray(result.analysis), reference["fa_apf"], np.asarray(result.diagnostics.alpha)
+    )
+
+
+def test_analysis_is_the_same_on_one_and_four_devices(setting, reference, tmp_path):
+    out = tmp_path / "sharded.npz"
+    code = SCRIPT.format(config=CONFIG, overrides=OVERRIDES, methods=METHODS)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = np.load(out)
+    for method in METHODS:
+        assert_same_analysis(
+            data[f"{method}/4/analysis"], reference[method], data[f"{method}/4/alpha"]
+        )
+    for name in ("2", "4_batch1"):
+        assert_same_analysis(
+            data[f"fa_apf/{name}/analysis"], reference["fa_apf"], data[f"fa_apf/{name}/alpha"]
+        )
+    assert "num_particles = 6" in str(data["error"]) and "multiple of 4" in str(data["error"])
+
+
+class _MisalignedKeys(VectorisedParticles):
+    """A wrong layout: each particle gets its neighbour's key, as a sharded map would if
+    it re-derived the keys from shard-local indices."""
+
+    def __call__(self, fn, *trees):
+        keys, *rest = trees
+        return super().__call__(fn, jax.numpy.roll(keys, 2, axis=0), *rest)
+
+
+def test_the_comparison_catches_a_key_mix_up(setting, reference):
+    cfg, exp = setting
+    result = run(cfg, exp, "fa_apf", _MisalignedKeys())
+    with pytest.raises(AssertionError):
+        assert_same_analysis(np.asarray(result.analysis), reference["fa_apf"])
+
+
+def test_layout_errors_name_the_field():
+    with pytest.raises(ValueError, match="batch_size must be None or an integer >= 1, got 0"):
+        VectorisedParticles(0)
+    with pytest.raises(ValueError, match="axis_name is 'members'"):
+        ShardedParticles(particle_mesh(1), axis_name="members")
+    with pytest.raises(ValueError, match="num_devices = 3 but JAX sees 1 device"):
+        particle_mesh(3)
+    with pytest.raises(ValueError, match="devices must be an integer or 'all'"):
+        particle_map("some")
+    assert isinstance(particle_map("all"), VectorisedParticles)  # one device here
+
+
+def test_parallel_config_is_checked_and_builds_the_layout():
+    cfg = load_config(CONFIG, [*OVERRIDES, "parallel.particle_batch_size=4"])
+    layout = build_particle_map(cfg)
+    assert isinstance(layout, VectorisedParticles) and layout.batch_size == 4
+    with pytest.raises(ConfigError, match=r"parallel\.devices: num_devices = 2"):
+        build_particle_map(load_config(CONFIG, [*OVERRIDES, "parallel.devices=2"]))
