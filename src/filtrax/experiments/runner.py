@@ -335,6 +335,12 @@ def _phase_profile(experiment: Experiment, members, metrics: xr.Dataset) -> dict
     y = jnp.asarray(experiment.observations[k])
     profiles = {phase: [] for phase in PHASES}
     for name, filter_ in members:
+        if jax.process_count() > 1:
+            # Profiling runs on process 0 alone, so it cannot run sharded programs that
+            # span the other hosts: a multi-host run records no phase split.
+            for phase in PHASES:
+                profiles[phase].append(np.nan)
+            continue
         state = filter_.init(experiment.initial_particles)
         key = jax.random.fold_in(jax.random.key(experiment.config.seed), RUN_STREAMS[name])
         seconds = phase_seconds(filter_, state, y, experiment.observation, key)

@@ -301,7 +301,9 @@ class BootstrapParticleFilter(AbstractFilter):
     """
 
     proposal: EmulatorProposal
-    tempering: AbstractTempering = FixedTempering(1.0)
+    # A factory, not an instance: FixedTempering holds a JAX array, and creating one at import
+    # would start the XLA backend before jax.distributed.initialize() can run.
+    tempering: AbstractTempering = eqx.field(default_factory=lambda: FixedTempering(1.0))
     resampling: str = eqx.field(static=True, default="systematic")
 
     def __check_init__(self) -> None:
