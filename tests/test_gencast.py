@@ -253,3 +253,112 @@ def test_the_authors_config_parses_and_stops_at_the_missing_package():
     assert cfg.run.start_time.startswith("2019-03-29")
     with pytest.raises(ImportError, match="graphcast"):
         build_experiment(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# The thin layer, against stand-ins for graphcast's modules (the real package cannot be
+# installed here). They check the calls the adapter makes, as graphcast documents them.
+# --------------------------------------------------------------------------------------------
+
+
+def _fake_graphcast(monkeypatch, levels, calls):
+    import sys
+    import types
+
+    @dataclasses.dataclass(frozen=True)
+    class Transformer:
+        attention_type: str = "splash_mha"
+        mask_type: str = "lazy"
+
+    @dataclasses.dataclass(frozen=True)
+    class Architecture:
+        sparse_transformer_config: Transformer = Transformer()
+        node_output_size: int | None = None
+
+    surface_inputs = [v for v in gc.SURFACE_VARIABLES if v not in gc.TARGET_ONLY_VARIABLES]
+    task = types.SimpleNamespace(
+        pressure_levels=levels,
+        input_variables=(
+            *surface_inputs,
+            *gc.LEVEL_VARIABLES,
+            *gc.FORCING_VARIABLES,
+            *gc.STATIC_VARIABLES,
+        ),
+    )
+    ckpt = types.SimpleNamespace(
+        params={"w": jnp.float32(0.5)},
+        task_config=task,
+        denoiser_architecture_config=Architecture(),
+        noise_encoder_config="noise-encoder",
+    )
+
+    class Denoiser:
+        def __init__(self, noise_encoder_config, architecture):
+            calls["architecture"] = architecture
+            assert noise_encoder_config == "noise-encoder"
+
+        def __call__(self, inputs, noisy_targets, noise_levels, forcings):
+            calls["inputs"] = inputs
+            calls["forcings"] = forcings
+            calls["noise_levels"] = noise_levels
+            t = inputs["2m_temperature"].isel(time=-1)
+            return noisy_targets * 0.5 + 0.01 * t
+
+    def transform(fn):
+        return types.SimpleNamespace(apply=lambda params, rng, *args: fn(*args))
+
+    def data_array(values, dims, coords=None):
+        return xr.DataArray(np.asarray(values), dims=dims, coords=coords)
+
+    modules = {
+        "haiku": types.SimpleNamespace(transform=transform),
+        "graphcast": types.ModuleType("graphcast"),
+        "graphcast.checkpoint": types.SimpleNamespace(load=lambda f, cls: ckpt),
+        "graphcast.gencast": types.SimpleNamespace(CheckPoint=object),
+        "graphcast.denoiser": types.SimpleNamespace(Denoiser=Denoiser),
+        "graphcast.xarray_jax": types.SimpleNamespace(
+            DataArray=data_array, unwrap_data=lambda da: jnp.asarray(da.values)
+        ),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    for name in ("checkpoint", "gencast", "denoiser", "xarray_jax"):
+        setattr(modules["graphcast"], name, modules[f"graphcast.{name}"])
+
+
+def test_thin_layer_builds_gencasts_datasets_and_maps_back(monkeypatch, tmp_path):
+    calls = {}
+    _fake_graphcast(monkeypatch, LEVELS, calls)
+    (tmp_path / "ckpt.npz").write_bytes(b"stand-in")
+    network, grid = gc.load_gencast_network(tmp_path / "ckpt.npz", resolution_degrees=22.5)
+    assert grid.shape == small_grid().shape and grid.channels == small_grid().channels
+    assert "architecture" not in calls  # the module is built inside the transform, per call
+    statistics_dir = tmp_path / "stats"
+    statistics_dir.mkdir()
+    synthetic_statistics(grid.channels, statistics_dir)
+    emulator = gc.gencast_emulator(network, gc.read_statistics(statistics_dir, grid.channels), grid)
+    times = np.array(["2019-03-28T12:00", "2019-03-29T00:00"], "datetime64[s]")
+    _, frames = era5_like(grid, times)
+    state = emulator.initial_state(frames[0], frames[1], times[1])
+    cond = emulator.condition(state)
+    z = jnp.asarray(np.random.default_rng(4).normal(size=grid.shape), jnp.float32)
+    out = network(z, jnp.float32(3.0), cond)
+
+    architecture = calls["architecture"]
+    assert architecture.node_output_size == len(grid.channels)
+    assert architecture.sparse_transformer_config.attention_type == "triblockdiag_mha"
+    inputs, forcings = calls["inputs"], calls["forcings"]
+    assert "total_precipitation_12hr" not in inputs
+    assert inputs["temperature"].dims == ("batch", "time", "level", "lat", "lon")
+    assert inputs["temperature"].sizes["time"] == 2
+    assert list(inputs["temperature"]["level"].values) == list(LEVELS)
+    np.testing.assert_allclose(inputs["lat"].values, grid.latitudes)
+    assert inputs["year_progress_sin"].dims == ("batch", "time")
+    assert inputs["day_progress_cos"].dims == ("batch", "time", "lon")
+    assert inputs["land_sea_mask"].dims == ("lat", "lon")
+    assert forcings["day_progress_sin"].sizes["time"] == 1
+    assert calls["noise_levels"].dims == ("batch",)
+    # The stand-in returns 0.5 z + 0.01 t2m_input: check the stacking round trip.
+    t2m = grid.channel_index("2m_temperature")
+    expected = 0.5 * z + 0.01 * cond["inputs"][1, t2m][None]
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)

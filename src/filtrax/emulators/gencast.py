@@ -554,47 +554,62 @@ class GraphcastNetwork(eqx.Module):
 
     def __call__(self, z_scaled: State, sigma: Array, cond: PyTree) -> State:
         _, _, _, _, xarray_jax = _import_graphcast()
+        grid = self.grid
         input_grid = dataclasses.replace(
-            self.grid, channels=tuple(self.grid.channels[i] for i in self.input_channels)
+            grid, channels=tuple(grid.channels[i] for i in self.input_channels)
         )
-        inputs = _to_dataset(xarray_jax, cond["inputs"], input_grid, time=True)
-        forcing_names = [v for v in FORCING_VARIABLES if v in self.input_variables]
-        for i, variable in enumerate(FORCING_VARIABLES):
-            if variable in forcing_names:
-                inputs[variable] = _data_array(xarray_jax, cond["input_forcings"][:, i], True)
+        inputs = _to_dataset(xarray_jax, cond["inputs"], input_grid)
+        inputs.update(_forcings_dataset(xarray_jax, cond["input_forcings"], grid))
+        inputs = inputs.drop_vars([v for v in FORCING_VARIABLES if v not in self.input_variables])
         for i, variable in enumerate(STATIC_VARIABLES):
             if variable in self.input_variables:
-                inputs[variable] = xarray_jax.DataArray(cond["statics"][i], dims=("lat", "lon"))
-        forcings = xr.Dataset(
-            {
-                v: _data_array(xarray_jax, cond["target_forcings"][i][None], True)
-                for i, v in enumerate(FORCING_VARIABLES)
-            }
-        )
-        noisy = _to_dataset(xarray_jax, z_scaled[None], self.grid, time=True)
+                inputs[variable] = xarray_jax.DataArray(
+                    cond["statics"][i], dims=("lat", "lon"), coords=_lat_lon(grid)
+                )
+        forcings = _forcings_dataset(xarray_jax, cond["target_forcings"][None], grid)
+        noisy = _to_dataset(xarray_jax, z_scaled[None], grid)
         noise_levels = xarray_jax.DataArray(jnp.reshape(sigma, (1,)), dims=("batch",))
         out = self.apply.value(self.params, None, inputs, noisy, noise_levels, forcings)
-        return _from_dataset(out, self.grid)
+        return _from_dataset(out, grid)
 
 
-def _data_array(xarray_jax, values, time: bool):
-    dims = ("batch", "time", "lat", "lon") if time else ("batch", "lat", "lon")
-    return xarray_jax.DataArray(values[None], dims=dims)
+def _lat_lon(grid: GridSpec) -> dict:
+    # The denoiser builds its grid-to-mesh graph from these coordinates.
+    return {"lat": np.asarray(grid.latitudes), "lon": np.asarray(grid.longitudes)}
 
 
-def _to_dataset(xarray_jax, frames, grid: GridSpec, *, time: bool) -> xr.Dataset:
+def _forcings_dataset(xarray_jax, forcings, grid: GridSpec) -> xr.Dataset:
+    """``(time, 4, lat, lon)`` progress features → GenCast's shapes: year progress
+    ``(batch, time)``, day progress ``(batch, time, lon)``."""
+    lon = {"lon": np.asarray(grid.longitudes)}
+    data = {}
+    for i, variable in enumerate(FORCING_VARIABLES):
+        if variable.startswith("year"):
+            values = forcings[None, :, i, 0, 0]
+            data[variable] = xarray_jax.DataArray(values, dims=("batch", "time"))
+        else:
+            data[variable] = xarray_jax.DataArray(
+                forcings[None, :, i, 0, :], dims=("batch", "time", "lon"), coords=lon
+            )
+    return xr.Dataset(data)
+
+
+def _to_dataset(xarray_jax, frames, grid: GridSpec) -> xr.Dataset:
     """Stacked ``(time, channel, lat, lon)`` → a batch-1 Dataset with GenCast's dims."""
     data = {}
+    coords = _lat_lon(grid)
     for variable in grid.variables:
-        indices = [grid.channel_index(variable, level) for level in grid.levels_of(variable)]
-        values = frames[:, jnp.asarray(indices)]
-        if grid.levels_of(variable) == (None,):
-            data[variable] = _data_array(xarray_jax, values[:, 0], time)
+        levels = grid.levels_of(variable)
+        values = frames[:, jnp.asarray([grid.channel_index(variable, lev) for lev in levels])]
+        if levels == (None,):
+            data[variable] = xarray_jax.DataArray(
+                values[None, :, 0], dims=("batch", "time", "lat", "lon"), coords=coords
+            )
         else:
             data[variable] = xarray_jax.DataArray(
                 values[None],
                 dims=("batch", "time", "level", "lat", "lon"),
-                coords={"level": list(grid.levels_of(variable))},
+                coords={**coords, "level": list(levels)},
             )
     return xr.Dataset(data)
 

@@ -166,7 +166,8 @@ class AbstractFilter(eqx.Module):
     Attributes:
         particle_map: how per-particle work is laid out (keyword-only): vectorised on one
             device (default), in batches of ``batch_size``, or sharded over a device mesh
-            (:mod:`filtrax.parallel`). The result does not depend on it.
+            (:mod:`filtrax.parallel`). α and the ancestors do not depend on it; the
+            analysis agrees to float32 round-off.
     """
 
     particle_map: AbstractParticleMap = eqx.field(default=VectorisedParticles(), kw_only=True)
