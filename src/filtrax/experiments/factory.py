@@ -399,8 +399,8 @@ def _heldsuarez(config: ExperimentConfig):
 def _gencast(config: ExperimentConfig):
     """GenCast from a checkpoint, its initial state and truth from ERA5 (``truth.path``).
 
-    Not run on our machines (no graphcast code, weights or ERA5 here); every step but
-    :func:`~filtrax.emulators.gencast.load_gencast_network` is exercised by the tests.
+    Not run on our machines (no graphcast code, weights or ERA5 here): the functions it
+    calls are tested one by one (``tests/test_gencast.py``), this assembly is not.
     """
     from ..emulators import gencast as gc
 
