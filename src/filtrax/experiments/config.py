@@ -352,7 +352,8 @@ class RunConfig(_Validated):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ParallelConfig(_Validated):
-    """``[parallel]``: how particles are laid out over devices (never changes the result)."""
+    """``[parallel]``: how particles are laid out over devices (α and ancestors unchanged;
+    fields agree to float32 round-off)."""
 
     SECTION: ClassVar[str] = "parallel"
 
