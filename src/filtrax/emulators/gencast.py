@@ -48,6 +48,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 from .._typing import Key, State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
 from ..diffusion.latent_noise import AbstractLatentNoise, SphericalWhiteNoise
+from ..io.datasets import check_grid_coordinates, frames_at_times
 from ..io.grid import Channel, GridSpec
 from ._base import AbstractEmulator
 
@@ -196,16 +197,8 @@ def statistics_vector(
     return np.asarray(values, np.float32)
 
 
-def open_era5(path: str | Path) -> xr.Dataset:
-    """An ERA5 zarr store or netCDF file, opened lazily."""
-    path = Path(path)
-    if path.suffix == ".zarr" or (path / ".zgroup").exists() or (path / "zarr.json").exists():
-        return xr.open_zarr(path, consolidated=None)
-    return xr.open_dataset(path)
-
-
-def _canonical_era5(dataset: xr.Dataset, grid: GridSpec) -> xr.Dataset:
-    """``lat``/``lon`` ascending, no ``batch``, a ``time`` axis of datetimes, on ``grid``.
+def _canonical_era5(dataset: xr.Dataset) -> xr.Dataset:
+    """``lat``/``lon`` ascending, no ``batch``, a ``time`` axis of datetimes.
 
     Accepts WeatherBench-2 names (``latitude``, ``longitude``, descending latitudes) and
     GenCast's example files (``batch`` of size 1, ``datetime`` coordinate on ``time``).
@@ -216,39 +209,21 @@ def _canonical_era5(dataset: xr.Dataset, grid: GridSpec) -> xr.Dataset:
         dataset = dataset.isel(batch=0)
     if "datetime" in dataset.coords and "time" in dataset.dims:
         dataset = dataset.drop_vars("time").rename({"datetime": "time"})
-    dataset = dataset.sortby("lat")
-    for name, expected in (("lat", grid.latitudes), ("lon", grid.longitudes)):
-        if dataset.sizes.get(name) != len(expected) or not np.allclose(
-            dataset[name].values, expected, atol=1e-6
-        ):
-            raise ValueError(
-                f"ERA5 coordinate {name!r} does not match the {len(grid.latitudes)} x "
-                f"{len(grid.longitudes)} GenCast grid"
-            )
-    return dataset
+    return dataset.sortby("lat")
 
 
 def era5_frames(dataset: xr.Dataset, grid: GridSpec, times: np.ndarray) -> np.ndarray:
     """ERA5 as frames ``(time, channel, lat, lon)`` on ``grid`` (SST NaNs kept)."""
-    from ..io.datasets import dataset_to_frames
-
-    dataset = _canonical_era5(dataset, grid)
-    missing = [v for v in grid.variables if v not in dataset]
-    if missing:
-        raise ValueError(f"the ERA5 dataset lacks the variables {missing}")
-    file_times = np.asarray(dataset["time"].values, "datetime64[s]")
-    absent = [str(t) for t in np.asarray(times, "datetime64[s]") if t not in file_times]
-    if absent:
-        raise ValueError(f"the ERA5 dataset has no state at the times {absent[:3]}")
-    selected = dataset.sel(time=np.asarray(times, "datetime64[ns]"))
-    return dataset_to_frames(selected.load(), grid).astype(np.float32)
+    frames = frames_at_times(_canonical_era5(dataset), grid, times, source="the ERA5 dataset")
+    return frames.astype(np.float32)
 
 
 def era5_statics(
     dataset: xr.Dataset, grid: GridSpec, statistics: dict[str, np.ndarray]
 ) -> np.ndarray:
     """``geopotential_at_surface`` and ``land_sea_mask``, normalised, ``(2, lat, lon)``."""
-    dataset = _canonical_era5(dataset, grid)
+    dataset = _canonical_era5(dataset)
+    check_grid_coordinates(dataset, grid, source="the ERA5 dataset")
     fields = []
     for i, variable in enumerate(STATIC_VARIABLES):
         if variable not in dataset:

@@ -14,7 +14,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 
 from ..diffusion.noise_levels import karras_noise_levels
 from ..diffusion.samplers import (
@@ -43,7 +42,7 @@ from ..filters.proposals import EmulatorProposal
 from ..filters.tempering import AbstractTempering, ESSBandTempering, FixedTempering
 from ..filters.weights import DiracPredictiveWeight, MomentMatchedPredictiveWeight
 from ..guidance.guided import AbstractGuidance, DPSGuidance, MMPSGuidance, SDAGuidance
-from ..io.datasets import dataset_to_frames
+from ..io.datasets import frames_at_times, open_gridded
 from ..io.grid import Channel, GridSpec
 from ..io.observation_files import (
     read_gridded_observations,
@@ -315,21 +314,12 @@ def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
     """
     if not path.exists():
         raise ConfigError(f"truth.path = {str(path)!r}: file not found")
-    dataset = (
-        xr.open_zarr(path, consolidated=False) if path.suffix == ".zarr" else xr.open_dataset(path)
-    )
-    missing = [v for v in grid.variables if v not in dataset]
-    if missing:
-        raise ConfigError(f"truth file {path} lacks the variables {missing}")
-    file_times = np.asarray(dataset["time"].values, "datetime64[s]")
-    absent = [str(t) for t in times if t not in file_times]
-    if absent:
-        raise ConfigError(f"truth file {path} has no state at the cycle times {absent[:3]}")
-    selected = dataset.sel(time=times.astype("datetime64[ns]"))
-    for name, expected in (("lat", grid.latitudes), ("lon", grid.longitudes)):
-        if not np.allclose(selected[name].values, expected, atol=1e-6):
-            raise ConfigError(f"truth file {path}: coordinate {name!r} differs from the model grid")
-    return dataset_to_frames(selected.load(), grid)
+    try:
+        return frames_at_times(
+            open_gridded(path), grid, times, source=f"truth file {path}", time_label="cycle times"
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def load_atmosphere_emulator(config: ExperimentConfig):
@@ -420,7 +410,7 @@ def _gencast(config: ExperimentConfig):
     path = Path(config.truth.path)
     if not path.exists():
         raise ConfigError(f"truth.path = {str(path)!r}: file not found")
-    dataset = gc.open_era5(path)
+    dataset = open_gridded(path)
     start = np.datetime64(datetime.fromisoformat(config.run.start_time), "s")
     step = np.timedelta64(12 * 3600, "s")
     times = np.concatenate([[start - step, start], cycle_times(config)])

@@ -9,6 +9,7 @@ variable ``x`` with dims ``(cycle, particle, site)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -105,3 +106,44 @@ def dataset_to_frames(dataset: xr.Dataset, grid: GridSpec | None) -> np.ndarray:
             values = values.sel(level=channel.level)
         channels.append(np.asarray(values.values))
     return np.stack(channels, axis=-3)
+
+
+def open_gridded(path: Path) -> xr.Dataset:
+    """A zarr store (``.zarr`` or a directory) or a netCDF file, opened lazily."""
+    if path.suffix == ".zarr" or path.is_dir():
+        return xr.open_zarr(path, consolidated=False)
+    return xr.open_dataset(path)
+
+
+def check_grid_coordinates(dataset: xr.Dataset, grid: GridSpec, *, source: str) -> None:
+    """``lat``/``lon`` of ``dataset`` must be ``grid``'s (same size, same values)."""
+    for name, expected in (("lat", grid.latitudes), ("lon", grid.longitudes)):
+        if dataset.sizes.get(name) != len(expected) or not np.allclose(
+            dataset[name].values, expected, atol=1e-6
+        ):
+            raise ValueError(f"{source}: coordinate {name!r} differs from the model grid")
+
+
+def frames_at_times(
+    dataset: xr.Dataset,
+    grid: GridSpec,
+    times: np.ndarray,
+    *,
+    source: str,
+    time_label: str = "times",
+) -> np.ndarray:
+    """Frames ``(time, *frame)`` of ``dataset`` at ``times`` on ``grid``.
+
+    ``dataset`` holds one variable per grid variable with dims ``(time, [level,] lat, lon)``;
+    a missing variable, time or grid mismatch is a ``ValueError`` naming ``source``.
+    """
+    missing = [v for v in grid.variables if v not in dataset]
+    if missing:
+        raise ValueError(f"{source} lacks the variables {missing}")
+    file_times = np.asarray(dataset["time"].values, "datetime64[s]")
+    absent = [str(t) for t in np.asarray(times, "datetime64[s]") if t not in file_times]
+    if absent:
+        raise ValueError(f"{source} has no state at the {time_label} {absent[:3]}")
+    selected = dataset.sel(time=np.asarray(times, "datetime64[ns]"))
+    check_grid_coordinates(selected, grid, source=source)
+    return dataset_to_frames(selected.load(), grid)
