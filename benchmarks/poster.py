@@ -44,6 +44,12 @@ METHODS = {
         "FA-APF (moment-matched+α)",
         ["filter.method=fa_apf", "filter.weights=moment_matched"],
     ),
+    # The guided proposal alone: α = 0 makes the weights uniform, so nothing is selected.
+    # It separates what the proposal does from what the selection step does.
+    "guided": (
+        "guided ensemble (FA-APF, α = 0)",
+        ["filter.method=fa_apf", "filter.tempering=fixed", "filter.alpha=0.0"],
+    ),
     "bootstrap": ("bootstrap PF (ESS-band α)", ["filter.method=bootstrap"]),
     "enkf": ("EnKF (emulator)", ["filter.method=enkf"]),
     "free": ("free ensemble", ["filter.method=free"]),
@@ -93,7 +99,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster.toml")
     parser.add_argument("--particles", type=int, default=64)
     parser.add_argument("--cycles", type=int, default=0, help="0 = the config's")
-    parser.add_argument("--methods", default="fa_apf_dirac,fa_apf_mm,bootstrap,enkf,free")
+    parser.add_argument("--methods", default="fa_apf_dirac,fa_apf_mm,guided,bootstrap,enkf,free")
     parser.add_argument("--burn-in", type=int, default=5)
     parser.add_argument("--unweighted", action="store_true")
     parser.add_argument("--set", dest="overrides", action="append", default=[])

@@ -17,10 +17,11 @@ weights, ESS, tempering exponent and the resampling indices are computed on the 
 inserts the collectives). Particle ``i``'s key is ``fold_in(cycle_key, i)`` with the
 *global* index ``i``, and the selection runs on a replicated copy of the log-likelihoods,
 so for a given key the tempering exponents and ancestors are identical whatever the
-number of devices or the batch size, and the analysis agrees to float32 round-off. It is
-not always bit-identical: XLA compiles a batched or partitioned program with other
-fusions, and we measured differences of at most 2 ulp (1.9e-6 on values near 10) between
-1, 2 and 4 host devices (``tests/test_parallel.py`` checks all of this).
+number of devices or the batch size. With the same ``batch_size`` on every device the
+particle filters' analysis is bit for bit the same on 1, 2 or 4 devices. Two things
+still round differently, by at most 2 ulp (1.9e-6 on values near 10): another batch width
+(XLA's CPU matrix kernels accumulate differently for other widths), and the EnKF, whose
+ensemble means are sums across shards (``tests/test_parallel.py`` checks all of this).
 
 **Multi-host.** With ``jax.distributed.initialize()`` run first (see
 :func:`initialize_distributed`), ``jax.devices()`` lists every process's devices and a

@@ -24,6 +24,7 @@ import abc
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
@@ -86,8 +87,12 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
         sigma_data_sq = jnp.asarray(self.sigma_data**2, dtype=x_t.dtype)
         total_var = sigma**2 + sigma_data_sq
         c_skip = sigma_data_sq / total_var
-        c_out = sigma * self.sigma_data / jnp.sqrt(total_var)
-        c_in = 1.0 / jnp.sqrt(total_var)
+        # One explicit rsqrt, so that every layout rounds alike: XLA rewrites x / sqrt(v) into
+        # x * rsqrt(v) only while the sqrt has one user, and a partitioned (shard_map)
+        # program merges two sqrts before that rewrite; rsqrt is not correctly rounded on
+        # CPU, so the two programs would differ by an ulp.
+        c_in = jax.lax.rsqrt(total_var)
+        c_out = sigma * self.sigma_data * c_in
         c_noise = jnp.log(sigma) / 4.0 if self.noise_input == "quarter_log_sigma" else sigma
         return c_skip * x_t + c_out * self.network(c_in * x_t, c_noise, cond)
 

@@ -167,7 +167,8 @@ class AbstractFilter(eqx.Module):
         particle_map: how per-particle work is laid out (keyword-only): vectorised on one
             device (default), in batches of ``batch_size``, or sharded over a device mesh
             (:mod:`filtrax.parallel`). α and the ancestors do not depend on it; the
-            analysis agrees to float32 round-off.
+            analysis is bit-identical across device counts at a fixed batch size, and
+            agrees to float32 round-off across batch sizes.
     """
 
     particle_map: AbstractParticleMap = eqx.field(default=VectorisedParticles(), kw_only=True)
