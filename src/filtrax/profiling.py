@@ -40,20 +40,36 @@ from .filters.proposals import EmulatorProposal
 PHASES = ("emulator", "guidance", "weights", "filter", "selection", "cycle")
 
 
-def _median_seconds(fn, *args, repeats: int) -> float:
+def _median_seconds(fn, *args, repeats: int, budget: float | None = None) -> float:
+    """Median of up to ``repeats`` timed calls after a compiling call; with ``budget`` it
+    stops early once the timed calls have taken that many seconds (at least one call)."""
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         tic = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - tic)
+        if budget is not None and sum(times) >= budget:
+            break
     return float(np.median(times))
 
 
 def phase_seconds(
-    filter_: AbstractFilter, state, y, observation, key, *, repeats: int = 3
+    filter_: AbstractFilter,
+    state,
+    y,
+    observation,
+    key,
+    *,
+    repeats: int = 3,
+    budget: float | None = None,
 ) -> dict[str, float]:
-    """Seconds per phase (see the module docstring) of one cycle of ``filter_``."""
+    """Seconds per phase (see the module docstring) of one cycle of ``filter_``.
+
+    Each phase is the median of up to ``repeats`` calls; with ``budget`` (seconds) a phase
+    stops repeating once its timed calls have taken that long, so that profiling a run
+    whose cycles take seconds does not cost several extra cycles per phase.
+    """
     n = state.log_weights.shape[0]
     keys = particle_keys(key, n)
     proposal = getattr(filter_, "proposal", None)
@@ -63,7 +79,7 @@ def phase_seconds(
     def cycle(f, s, y, k):
         return f.step(s, y, observation, k)
 
-    out["cycle"] = _median_seconds(cycle, filter_, state, y, key, repeats=repeats)
+    out["cycle"] = _median_seconds(cycle, filter_, state, y, key, repeats=repeats, budget=budget)
     if not isinstance(proposal, EmulatorProposal):
         out["filter"] = out["cycle"]
         return out
@@ -74,11 +90,13 @@ def phase_seconds(
         return _propagate(p, keys, particles, y, observation, filter_.particle_map)
 
     out["emulator"] = _median_seconds(
-        propagate, unguided, state.particles, y, keys, repeats=repeats
+        propagate, unguided, state.particles, y, keys, repeats=repeats, budget=budget
     )
     spent = out["emulator"]
     if proposal.is_guided:
-        guided = _median_seconds(propagate, proposal, state.particles, y, keys, repeats=repeats)
+        guided = _median_seconds(
+            propagate, proposal, state.particles, y, keys, repeats=repeats, budget=budget
+        )
         out["guidance"] = max(guided - out["emulator"], 0.0)
         spent = guided
     if isinstance(filter_, AuxiliaryParticleFilter):
@@ -93,7 +111,13 @@ def phase_seconds(
             return filter_.particle_map(one, keys, particles)
 
         out["weights"] = _median_seconds(
-            weights, filter_.predictive_weight, state.particles, y, keys, repeats=repeats
+            weights,
+            filter_.predictive_weight,
+            state.particles,
+            y,
+            keys,
+            repeats=repeats,
+            budget=budget,
         )
         spent += out["weights"]
     if isinstance(filter_, AuxiliaryParticleFilter | BootstrapParticleFilter):
@@ -112,6 +136,7 @@ def phase_seconds(
             state.particles,
             key,
             repeats=repeats,
+            budget=budget,
         )
     out["filter"] = max(out["cycle"] - spent, 0.0)
     return out

@@ -59,6 +59,8 @@ HISTORY_FIELDS = (
     "seconds",
 )
 RUN_STREAMS = {"analysis": 1, "baseline": 2}
+# Seconds of timed calls per phase in a run's phase profile (filtrax.profiling).
+PROFILE_BUDGET_SECONDS = 1.0
 
 
 class RunDirectoryError(ValueError):
@@ -343,7 +345,11 @@ def _phase_profile(experiment: Experiment, members, metrics: xr.Dataset) -> dict
             continue
         state = filter_.init(experiment.initial_particles)
         key = jax.random.fold_in(jax.random.key(experiment.config.seed), RUN_STREAMS[name])
-        seconds = phase_seconds(filter_, state, y, experiment.observation, key)
+        # A budget of one second per phase: gridded cycles take seconds, and three timed
+        # calls of each phase would cost the run several extra cycles.
+        seconds = phase_seconds(
+            filter_, state, y, experiment.observation, key, budget=PROFILE_BUDGET_SECONDS
+        )
         for phase in PHASES:
             profiles[phase].append(seconds[phase])
     order = [name for name, _ in members]
