@@ -97,6 +97,7 @@ start_time = "2020-01-01T06:00"
 output_format = "netcdf"
 record_ensemble = false
 baseline = false
+profile = false
 
 [parallel]
 devices = 4

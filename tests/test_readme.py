@@ -50,4 +50,4 @@ def test_atmosphere_demo_config_is_the_poster_config_shortened():
         assert DEMO_CONFIG[section] == poster[section], section
     expected_filter = {**poster["filter"], "particles": 16}
     assert DEMO_CONFIG["filter"] == expected_filter
-    assert DEMO_CONFIG["run"] == {**poster["run"], "cycles": 10}
+    assert DEMO_CONFIG["run"] == {**poster["run"], "cycles": 10, "profile": False}

@@ -344,6 +344,9 @@ class RunConfig(_Validated):
     output_format: str = _field("zarr", "output format", choices=("zarr", "netcdf"))
     record_ensemble: bool = _field(True, "store the analysis ensemble")
     baseline: bool = _field(True, "also run a free ensemble for comparison")
+    profile: bool = _field(
+        True, "after the run, time each phase of a cycle on its own (seconds_* in metrics.nc)"
+    )
 
     def _check(self) -> None:
         if not self.burn_in < self.cycles:

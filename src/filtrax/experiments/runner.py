@@ -17,7 +17,8 @@ same keys (cycle ``k`` always uses ``fold_in(root, k)``), so the outputs equal t
 uninterrupted run bit for bit on the same machine.
 
 ``[parallel]`` only lays the particles out over devices: it is left out of the config
-digest, so a run may resume on another number of devices. In a multi-host run
+digest, so a run may resume on another number of devices (``run.profile``, which only
+times phases after the run, is left out too). In a multi-host run
 (``parallel.distributed``) every process runs the filter and only process 0 writes; the
 run directory must be on a filesystem that every host sees.
 """
@@ -68,9 +69,12 @@ class RunDirectoryError(ValueError):
 
 
 def config_digest(config: ExperimentConfig) -> str:
-    """The sha256 of the config without ``[parallel]`` (the layout does not change results)."""
-    layout_free = dataclasses.replace(config, parallel=ParallelConfig())
-    return hashlib.sha256(layout_free.to_toml().encode()).hexdigest()
+    """The sha256 of the config without ``[parallel]`` and ``run.profile`` (neither changes
+    the results: one lays particles out, the other only times phases after the run)."""
+    neutral = dataclasses.replace(
+        config, parallel=ParallelConfig(), run=dataclasses.replace(config.run, profile=True)
+    )
+    return hashlib.sha256(neutral.to_toml().encode()).hexdigest()
 
 
 def _save_checkpoint(path: Path, state: FilterState, history: dict, digest: str) -> None:
@@ -337,9 +341,10 @@ def _phase_profile(experiment: Experiment, members, metrics: xr.Dataset) -> dict
     y = jnp.asarray(experiment.observations[k])
     profiles = {phase: [] for phase in PHASES}
     for name, filter_ in members:
-        if jax.process_count() > 1:
+        if jax.process_count() > 1 or not experiment.config.run.profile:
             # Profiling runs on process 0 alone, so it cannot run sharded programs that
-            # span the other hosts: a multi-host run records no phase split.
+            # span the other hosts: a multi-host run records no phase split, nor does a
+            # run that asked for none (run.profile = false).
             for phase in PHASES:
                 profiles[phase].append(np.nan)
             continue
