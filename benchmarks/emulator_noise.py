@@ -67,8 +67,7 @@ def main() -> None:
     proposal = build_filter(config, emulator, "free").proposal
     labels = [c.label() for c in grid.channels]
     variables = [label.split("@")[0] for label in labels]
-    weights = np.cos(np.deg2rad(np.asarray(grid.latitudes)))[:, None]
-    weights = weights / weights.mean()
+    weights = grid.area_weights()
     sigma_max = jnp.asarray(config.sampler.sigma_max, jnp.float32)
 
     @jax.jit
