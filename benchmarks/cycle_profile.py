@@ -26,12 +26,18 @@ from filtrax.experiments.factory import build_experiment, build_filter, initial_
 from filtrax.profiling import phase_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
+# Global selection and no inflation unless the row says otherwise, whatever the config says.
+GLOBAL = ["filter.localisation_block=[]", "filter.inflation=1.0"]
 METHODS = {
-    "FA-APF (Dirac+α)": ("fa_apf", ["filter.weights=dirac"]),
-    "FA-APF (moment-matched)": ("fa_apf", ["filter.weights=moment_matched"]),
-    "bootstrap PF": ("bootstrap", []),
-    "EnKF": ("enkf", []),
-    "free ensemble": ("free", []),
+    "FA-APF (Dirac+α)": ("fa_apf", [*GLOBAL, "filter.weights=dirac"]),
+    "FA-APF (blocks of 2, λ = 1.1, Dirac+α)": (
+        "fa_apf",
+        ["filter.weights=dirac", "filter.localisation_block=[2]", "filter.inflation=1.1"],
+    ),
+    "FA-APF (moment-matched)": ("fa_apf", [*GLOBAL, "filter.weights=moment_matched"]),
+    "bootstrap PF": ("bootstrap", GLOBAL),
+    "EnKF": ("enkf", GLOBAL),
+    "free ensemble": ("free", GLOBAL),
 }
 
 

@@ -50,7 +50,17 @@ METHODS = {
         "guided ensemble (FA-APF, α = 0)",
         ["filter.method=fa_apf", "filter.tempering=fixed", "filter.alpha=0.0"],
     ),
+    # Block-local selection (filtrax.filters.localisation): weights, α and ancestors per
+    # block of 4 × 8 grid points (16 blocks on the 16 × 32 grid).
+    "fa_apf_local": (
+        "FA-APF (block-local, Dirac+α)",
+        ["filter.method=fa_apf", "filter.weights=dirac", "filter.localisation_block=[4, 8]"],
+    ),
     "bootstrap": ("bootstrap PF (ESS-band α)", ["filter.method=bootstrap"]),
+    "bootstrap_local": (
+        "bootstrap PF (block-local, ESS-band α)",
+        ["filter.method=bootstrap", "filter.localisation_block=[4, 8]"],
+    ),
     "enkf": ("EnKF (emulator)", ["filter.method=enkf"]),
     "free": ("free ensemble", ["filter.method=free"]),
     "fa_apf_authors": (

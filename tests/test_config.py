@@ -68,6 +68,9 @@ noise_draws = 4
 cg_iterations = 8
 skip_first_selection = false
 inflation = 1.05
+localisation_block = [2, 4]
+adaptive_inflation = true
+inflation_max = 1.5
 
 [sampler]
 name = "adams_bashforth"

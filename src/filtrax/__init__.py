@@ -25,6 +25,10 @@ from .dynamics.lorenz96 import TwoScaleLorenz96 as TwoScaleLorenz96
 from .emulators._base import AbstractEmulator as AbstractEmulator
 from .emulators.lorenz96 import Lorenz96Emulator as Lorenz96Emulator
 from .filters.enkf import EnsembleKalmanFilter as EnsembleKalmanFilter
+from .filters.inflation import AbstractInflation as AbstractInflation
+from .filters.inflation import FixedInflation as FixedInflation
+from .filters.inflation import InnovationInflation as InnovationInflation
+from .filters.localisation import BlockLocalisation as BlockLocalisation
 from .filters.particle import AbstractFilter as AbstractFilter
 from .filters.particle import AuxiliaryParticleFilter as AuxiliaryParticleFilter
 from .filters.particle import BootstrapParticleFilter as BootstrapParticleFilter

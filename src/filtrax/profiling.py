@@ -33,6 +33,7 @@ from .filters.particle import (
     BootstrapParticleFilter,
     _propagate,
     _select,
+    _select_from_predictions,
     particle_keys,
 )
 from .filters.proposals import EmulatorProposal
@@ -120,7 +121,32 @@ def phase_seconds(
             budget=budget,
         )
         spent += out["weights"]
-    if isinstance(filter_, AuxiliaryParticleFilter | BootstrapParticleFilter):
+    particle_filter = isinstance(filter_, AuxiliaryParticleFilter | BootstrapParticleFilter)
+    if particle_filter and (filter_.localisation is not None or not filter_.inflation.is_identity):
+        # Block-local selection and inflation work on predicted observations: time that path
+        # (inflation, per-observation terms, per-block α and resampling, the stitch).
+
+        @eqx.filter_jit
+        def local_selection(f, predictions, log_weights, particles, y, key):
+            return _select_from_predictions(
+                f, particles, predictions, log_weights, y, observation, key
+            )[0]
+
+        dtype = state.log_weights.dtype
+        observed = jnp.where(jnp.isfinite(y), y, 0.0).astype(dtype)
+        offsets = jnp.linspace(0.0, 3.0, n, dtype=dtype)[:, None]
+        out["selection"] = _median_seconds(
+            local_selection,
+            filter_,
+            observed[None, :] + offsets,
+            state.log_weights,
+            state.particles,
+            y,
+            key,
+            repeats=repeats,
+            budget=budget,
+        )
+    elif particle_filter:
 
         @eqx.filter_jit
         def selection(f, log_likelihoods, log_weights, particles, key):

@@ -279,9 +279,43 @@ class FilterConfig(_Validated):
     noise_draws: int = _field(1, "noise draws per weight evaluation", min=1)
     cg_iterations: int = _field(4, "CG iterations [moment-matched weights]", min=1)
     skip_first_selection: bool = _field(True, "skip the selection step in the first cycle")
-    inflation: float = _field(1.0, "multiplicative inflation of the forecast [enkf]", min=1.0)
+    inflation: float = _field(
+        1.0,
+        "multiplicative inflation of the forecast [enkf, fa_apf, bootstrap]; the floor when "
+        "adaptive",
+        min=1.0,
+    )
+    adaptive_inflation: bool = _field(
+        False, "re-choose the inflation every cycle from the innovation [fa_apf, bootstrap]"
+    )
+    inflation_max: float = _field(2.0, "largest adaptive inflation", min=1.0)
+    localisation_block: tuple[int, ...] = _field(
+        [], "sites per selection block along the frame's last axes [fa_apf, bootstrap]; [] = global"
+    )
 
     def _check(self) -> None:
+        block = self.localisation_block
+        if any(b < 1 for b in block):
+            raise ConfigError(
+                f"filter.localisation_block = {_display(block)} is invalid: every entry must be "
+                f"an integer >= 1 (sites per block), or [] for global selection"
+            )
+        if self.adaptive_inflation and self.method not in ("fa_apf", "bootstrap"):
+            raise ConfigError(
+                f"filter.adaptive_inflation = true applies to fa_apf and bootstrap, not "
+                f"filter.method = {self.method!r}"
+            )
+        if self.adaptive_inflation and self.inflation_max < self.inflation:
+            raise ConfigError(
+                f"filter.inflation_max = {self.inflation_max!r} is below filter.inflation = "
+                f"{self.inflation!r} (the floor of the adaptive inflation)"
+            )
+        uses_predictions = bool(block) or self.adaptive_inflation or self.inflation != 1.0
+        if uses_predictions and self.method == "fa_apf" and self.weights != "dirac":
+            raise ConfigError(
+                f"filter.weights = {self.weights!r} cannot be combined with localisation or "
+                f"inflation in the FA-APF: use filter.weights = 'dirac'"
+            )
         band = self.ess_band
         if not (len(band) == 2 and 0 < band[0] <= band[1] <= 1):
             raise ConfigError(

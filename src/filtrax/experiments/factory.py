@@ -32,6 +32,8 @@ from ..emulators.atmosphere import AtmosphereEmulator
 from ..emulators.cards import load_card
 from ..emulators.lorenz96 import Lorenz96Emulator, load_emulator
 from ..filters.enkf import EnsembleKalmanFilter
+from ..filters.inflation import FixedInflation, InnovationInflation
+from ..filters.localisation import BlockLocalisation
 from ..filters.particle import (
     AbstractFilter,
     AuxiliaryParticleFilter,
@@ -167,10 +169,20 @@ def build_filter(
         return EnsembleKalmanFilter(
             EmulatorProposal(emulator, sampler), f.inflation, particle_map=layout
         )
+    localisation = BlockLocalisation(f.localisation_block) if f.localisation_block else None
+    if f.adaptive_inflation:
+        inflation = InnovationInflation(f.inflation, f.inflation_max)
+    else:
+        inflation = FixedInflation(f.inflation)
     if method == "bootstrap":
         proposal = EmulatorProposal(emulator, sampler)
         return BootstrapParticleFilter(
-            proposal, build_tempering(config), f.resampling, particle_map=layout
+            proposal,
+            build_tempering(config),
+            f.resampling,
+            localisation,
+            inflation,
+            particle_map=layout,
         )
     if method == "fa_apf":
         proposal = EmulatorProposal(emulator, sampler, build_guidance(config))
@@ -184,6 +196,8 @@ def build_filter(
             build_tempering(config),
             f.resampling,
             f.skip_first_selection,
+            localisation,
+            inflation,
             particle_map=layout,
         )
     raise ConfigError(f"filter.method = {method!r} has no builder")

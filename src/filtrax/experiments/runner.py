@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 HISTORY_FIELDS = (
     "ess",
     "alpha",
+    "inflation",
     "log_evidence_increment",
     "forward_calls",
     "backward_calls",
@@ -305,6 +306,7 @@ def compute_metrics(experiment: Experiment, run_dir: Path) -> xr.Dataset:
         "crps": "fair CRPS, cos-latitude weighted",
         "ess": "effective sample size before resampling",
         "alpha": "tempering exponent of the weights",
+        "inflation": "multiplicative inflation factor of the forecast ensemble",
         "log_evidence_increment": "log p(y_k | y_{1:k-1}) estimate",
         "forward_calls": "denoiser forward evaluations in the cycle",
         "backward_calls": "denoiser vector-Jacobian products in the cycle",

@@ -89,6 +89,6 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
         new_particles = self.particle_map.constrain(jax.vmap(emulator.advance)(particles, analysis))
 
         diagnostics = self._unweighted_diagnostics(
-            new_particles, state.log_weights.dtype, observation.num_observations
+            new_particles, state.log_weights.dtype, observation.num_observations, self.inflation
         )
         return FilterState(new_particles, state.log_weights, state.cycle + 1), diagnostics

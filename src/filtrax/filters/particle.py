@@ -23,6 +23,12 @@ weighted:
 **Bootstrap PF** (Gordon, Salmond & Smith 1993): propagate with the unguided emulator,
 weight by :math:`p(y\mid x^{k+1})` (optionally tempered), resample.
 
+**Block-local selection and inflation** (both optional, off by default): with a
+:class:`~.localisation.BlockLocalisation` the FA-APF and the bootstrap PF weigh, temper and
+resample per block of sites and stitch each particle from its blocks' ancestors; with an
+:mod:`.inflation` strategy they widen the weighted ensemble (and its predicted observations)
+about its mean first. Both work on per-observation log-likelihoods of the predictions.
+
 The log-evidence increment is :math:`\log\sum_i w^k_i\,\hat p_i` with the *untempered*
 :math:`\hat p_i` (:math:`\exp\ell_i`); it is unbiased for the bootstrap PF and for the
 FA-APF with exact predictive weights.
@@ -35,6 +41,7 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
 from .._typing import Key, LogWeights, Observation, Scalar
@@ -42,6 +49,8 @@ from ..emulators._base import AbstractEmulator
 from ..observations.model import ObservationModel
 from ..parallel import AbstractParticleMap, VectorisedParticles
 from ..resampling import RESAMPLERS, effective_sample_size, get_resampler, normalize_log_weights
+from .inflation import AbstractInflation, FixedInflation, inflate
+from .localisation import BlockLocalisation
 from .proposals import EmulatorProposal
 from .tempering import AbstractTempering, ESSBandTempering, FixedTempering
 from .weights import AbstractPredictiveWeight, DiracPredictiveWeight
@@ -74,6 +83,7 @@ class CycleDiagnostics(eqx.Module):
         log_evidence_increment: ``log p̂(y^{k+1} | y^{1:k})`` (NaN where not estimated).
         forward_calls, backward_calls: denoiser evaluations and VJPs in this cycle.
         num_nonfinite: particles whose log-likelihood or new state was not finite.
+        inflation: the multiplicative inflation λ applied in this cycle (1 when none).
     """
 
     ess: Scalar
@@ -82,6 +92,7 @@ class CycleDiagnostics(eqx.Module):
     forward_calls: Int[Array, ""]
     backward_calls: Int[Array, ""]
     num_nonfinite: Int[Array, ""]
+    inflation: Scalar
 
 
 def particle_keys(cycle_key: Key, num_particles: int) -> Key:
@@ -156,6 +167,92 @@ def _select(
     return ancestors, alpha, ess, evidence
 
 
+def _select_blocks(
+    terms: Float[Array, "particle obs"],
+    log_weights: LogWeights,
+    localisation: BlockLocalisation,
+    observation: ObservationModel,
+    frame_template: Array,
+    tempering: AbstractTempering,
+    resampling: str,
+    key: Key,
+    *,
+    uniform_selection: Array | bool = False,
+) -> tuple[Array, Scalar, Scalar, Scalar, Array, np.ndarray]:
+    """:func:`_select` per block of sites (:mod:`.localisation`).
+
+    Block ``b`` resamples with the key ``fold_in(fold_in(key, RESAMPLING_STREAM), b)``.
+    Returns ``(ancestors (B, N), mean α, mean ESS, log-evidence, NaN flags, site blocks)``;
+    the log-evidence is the global one, from the summed log-likelihoods.
+    """
+    site_blocks, num_blocks = localisation.site_blocks(frame_template.shape)
+    observation_blocks = localisation.observation_blocks(observation, frame_template)
+    block_ll = localisation.block_log_likelihoods(terms, observation_blocks, num_blocks)
+    block_ll, bad = _sanitize(block_ll)
+    block_keys = particle_keys(jax.random.fold_in(key, RESAMPLING_STREAM), num_blocks)
+
+    def one_block(ll, block_key):
+        return _select(
+            ll, log_weights, tempering, resampling, block_key, uniform_selection=uniform_selection
+        )
+
+    ancestors, alpha, ess, _ = jax.vmap(one_block, in_axes=(1, 0))(block_ll, block_keys)
+    previous = normalize_log_weights(log_weights)
+    evidence = jax.scipy.special.logsumexp(previous + jnp.sum(block_ll, axis=1))
+    return ancestors, jnp.mean(alpha), jnp.mean(ess), evidence, jnp.any(bad, axis=1), site_blocks
+
+
+def _select_from_predictions(
+    filter_,
+    particles: PyTree,
+    predictions: Float[Array, "particle obs"],
+    log_weights: LogWeights,
+    y: Observation,
+    observation: ObservationModel,
+    key: Key,
+    *,
+    uniform_selection: Array | bool = False,
+):
+    """Inflate, weight by ``log N(y; ŷ_i, R)`` per observation, select globally or per block.
+
+    Returns ``(selected particles, α, ESS, log-evidence, NaN flags, λ)``.
+    """
+    dtype = predictions.dtype
+    if filter_.inflation.is_identity:
+        factor = jnp.ones((), dtype)
+    else:
+        factor = filter_.inflation.factor(predictions, y, observation)
+        particles = filter_.particle_map.constrain(inflate(particles, factor))
+        predictions = inflate(predictions, factor)
+    terms = jax.vmap(lambda p: observation.log_likelihood_terms(y, p))(predictions)
+    if filter_.localisation is None:
+        log_likelihoods, bad = _sanitize(jnp.sum(terms, axis=1))
+        ancestors, alpha, ess, evidence = _select(
+            log_likelihoods,
+            log_weights,
+            filter_.tempering,
+            filter_.resampling,
+            key,
+            uniform_selection=uniform_selection,
+        )
+        selected = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
+    else:
+        template = filter_.emulator.current_frame(jax.tree_util.tree_map(lambda x: x[0], particles))
+        ancestors, alpha, ess, evidence, bad, site_blocks = _select_blocks(
+            terms,
+            log_weights,
+            filter_.localisation,
+            observation,
+            template,
+            filter_.tempering,
+            filter_.resampling,
+            key,
+            uniform_selection=uniform_selection,
+        )
+        selected = filter_.localisation.stitch(particles, ancestors, site_blocks)
+    return filter_.particle_map.constrain(selected), alpha, ess, evidence, bad, factor
+
+
 def _uniform_log_weights(n: int, dtype: jnp.dtype) -> LogWeights:
     return jnp.full((n,), -jnp.log(jnp.asarray(n, dtype)), dtype)
 
@@ -200,7 +297,9 @@ class AbstractFilter(eqx.Module):
     ) -> tuple[FilterState, CycleDiagnostics]:
         """Assimilate ``y`` (the observation at the end of this cycle)."""
 
-    def _diagnostics(self, ess, alpha, evidence, num_nonfinite, num_particles, num_obs):
+    def _diagnostics(
+        self, ess, alpha, evidence, num_nonfinite, num_particles, num_obs, inflation=1.0
+    ):
         forward, backward = self.call_counts(num_particles, num_obs)
         dtype = jnp.asarray(ess).dtype
         return CycleDiagnostics(
@@ -210,6 +309,7 @@ class AbstractFilter(eqx.Module):
             forward_calls=jnp.asarray(forward, jnp.int32),
             backward_calls=jnp.asarray(backward, jnp.int32),
             num_nonfinite=jnp.asarray(num_nonfinite, jnp.int32),
+            inflation=jnp.asarray(inflation, dtype),
         )
 
 
@@ -219,7 +319,7 @@ def _check_resampling(name: str, owner: str) -> None:
 
 
 class AuxiliaryParticleFilter(AbstractFilter):
-    """The fully adapted auxiliary particle filter (FA-APF) with a guided-diffusion proposal.
+    r"""The fully adapted auxiliary particle filter (FA-APF) with a guided-diffusion proposal.
 
     Attributes:
         proposal: an :class:`EmulatorProposal` with guidance (MMPS for the method).
@@ -230,6 +330,16 @@ class AuxiliaryParticleFilter(AbstractFilter):
             ``"multinomial"``.
         skip_first_selection: use α = 0 in cycle 0, as the authors do when all particles
             start as copies of one state (their weights differ only by noise).
+        localisation: ``None`` (the paper's global selection) or a
+            :class:`~filtrax.filters.localisation.BlockLocalisation`: weights, α and
+            ancestors per block of sites, parents stitched from the blocks' ancestors. It
+            needs Dirac weights (their log-likelihood is a sum over observations). The
+            diagnostics' α and ESS are then means over blocks.
+        inflation: λ ≥ 1 on the particles at ``k`` about their mean, and on their predicted
+            observations, before the weights (:mod:`.inflation`; fixed or re-chosen every
+            cycle from the innovation). It compensates an emulator whose spread
+            under-represents its error. Anything but ``FixedInflation(1)`` needs Dirac
+            weights.
     """
 
     proposal: EmulatorProposal
@@ -237,14 +347,32 @@ class AuxiliaryParticleFilter(AbstractFilter):
     tempering: AbstractTempering = ESSBandTempering()
     resampling: str = eqx.field(static=True, default="systematic")
     skip_first_selection: bool = eqx.field(static=True, default=False)
+    localisation: BlockLocalisation | None = None
+    inflation: AbstractInflation = FixedInflation()
 
     def __check_init__(self) -> None:
         _check_resampling(self.resampling, "AuxiliaryParticleFilter")
+        dirac = isinstance(self.predictive_weight, DiracPredictiveWeight)
+        if self.localisation is not None and not dirac:
+            raise ValueError(
+                "AuxiliaryParticleFilter.localisation needs DiracPredictiveWeight, got "
+                f"{type(self.predictive_weight).__name__}: the moment-matched log-likelihood "
+                "couples observations and does not split into blocks"
+            )
+        if not self.inflation.is_identity and not dirac:
+            raise ValueError(
+                "AuxiliaryParticleFilter.inflation needs DiracPredictiveWeight, got "
+                f"{type(self.predictive_weight).__name__}: it widens the predicted observations"
+            )
         if not self.proposal.is_guided:
             raise ValueError(
                 "AuxiliaryParticleFilter.proposal must be guided (the FA-APF samples the "
                 "optimal proposal); use BootstrapParticleFilter for an unguided proposal"
             )
+
+    @property
+    def _selects_from_predictions(self) -> bool:
+        return self.localisation is not None or not self.inflation.is_identity
 
     @property
     def emulator(self) -> AbstractEmulator:
@@ -264,42 +392,71 @@ class AuxiliaryParticleFilter(AbstractFilter):
         n = num_particles_of(particles)
         keys = particle_keys(key, n)
         emulator = self.emulator
+        first = self.skip_first_selection & (state.cycle == 0)
 
-        def weight(k, s):
-            k = jax.random.fold_in(k, WEIGHT_STREAM)
-            return self.predictive_weight.log_likelihood(k, emulator, observation, s, y)
+        if not self._selects_from_predictions:
 
-        log_likelihoods = self.particle_map.replicate(self.particle_map(weight, keys, particles))
-        log_likelihoods, bad = _sanitize(log_likelihoods)
-        ancestors, alpha, ess, evidence = _select(
-            log_likelihoods,
-            state.log_weights,
-            self.tempering,
-            self.resampling,
-            key,
-            uniform_selection=self.skip_first_selection & (state.cycle == 0),
-        )
-        parents = self.particle_map.constrain(
-            jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
-        )
+            def weight(k, s):
+                k = jax.random.fold_in(k, WEIGHT_STREAM)
+                return self.predictive_weight.log_likelihood(k, emulator, observation, s, y)
+
+            log_likelihoods = self.particle_map.replicate(
+                self.particle_map(weight, keys, particles)
+            )
+            log_likelihoods, bad = _sanitize(log_likelihoods)
+            ancestors, alpha, ess, evidence = _select(
+                log_likelihoods,
+                state.log_weights,
+                self.tempering,
+                self.resampling,
+                key,
+                uniform_selection=first,
+            )
+            parents = self.particle_map.constrain(
+                jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
+            )
+            factor = 1.0
+        else:
+
+            def predict(k, s):
+                k = jax.random.fold_in(k, WEIGHT_STREAM)
+                frame = self.predictive_weight.predicted_frame(k, emulator, s)
+                return observation.predict(frame)
+
+            predictions = self.particle_map.replicate(self.particle_map(predict, keys, particles))
+            parents, alpha, ess, evidence, bad, factor = _select_from_predictions(
+                self,
+                particles,
+                predictions,
+                state.log_weights,
+                y,
+                observation,
+                key,
+                uniform_selection=first,
+            )
         children = _propagate(self.proposal, keys, parents, y, observation, self.particle_map)
         nonfinite = jnp.sum(bad | _nonfinite_particles(children))
         uniform = _uniform_log_weights(n, state.log_weights.dtype)
         new_state = FilterState(children, uniform, state.cycle + 1)
         diagnostics = self._diagnostics(
-            ess, alpha, evidence, nonfinite, n, observation.num_observations
+            ess, alpha, evidence, nonfinite, n, observation.num_observations, factor
         )
         return new_state, diagnostics
 
 
 class BootstrapParticleFilter(AbstractFilter):
-    """Propagate with the unguided emulator, weight by ``p(y | x)``, resample.
+    r"""Propagate with the unguided emulator, weight by ``p(y | x)``, resample.
 
     Attributes:
         proposal: an unguided :class:`EmulatorProposal`.
         tempering: α on ``log p(y | x)``; ``FixedTempering(1.0)`` (default) is the textbook
             filter.
         resampling: the resampling scheme's name.
+        localisation: ``None`` (global selection) or a
+            :class:`~filtrax.filters.localisation.BlockLocalisation` (the block particle
+            filter of Rebeschini & van Handel 2015).
+        inflation: λ ≥ 1 on the propagated particles about their mean, before the
+            weights (:mod:`.inflation`; ``FixedInflation(1)``: none).
     """
 
     proposal: EmulatorProposal
@@ -307,6 +464,8 @@ class BootstrapParticleFilter(AbstractFilter):
     # would start the XLA backend before jax.distributed.initialize() can run.
     tempering: AbstractTempering = eqx.field(default_factory=lambda: FixedTempering(1.0))
     resampling: str = eqx.field(static=True, default="systematic")
+    localisation: BlockLocalisation | None = None
+    inflation: AbstractInflation = FixedInflation()
 
     def __check_init__(self) -> None:
         _check_resampling(self.resampling, "BootstrapParticleFilter")
@@ -336,22 +495,34 @@ class BootstrapParticleFilter(AbstractFilter):
 
         children = _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
 
-        def likelihood(s):
-            return observation.log_likelihood(y, emulator.current_frame(s))
+        if self.localisation is None and self.inflation.is_identity:
 
-        log_likelihoods = self.particle_map.replicate(self.particle_map(likelihood, children))
-        log_likelihoods, bad = _sanitize(log_likelihoods)
-        ancestors, alpha, ess, evidence = _select(
-            log_likelihoods, state.log_weights, self.tempering, self.resampling, key
-        )
-        selected = self.particle_map.constrain(
-            jax.tree_util.tree_map(lambda leaf: leaf[ancestors], children)
-        )
+            def likelihood(s):
+                return observation.log_likelihood(y, emulator.current_frame(s))
+
+            log_likelihoods = self.particle_map.replicate(self.particle_map(likelihood, children))
+            log_likelihoods, bad = _sanitize(log_likelihoods)
+            ancestors, alpha, ess, evidence = _select(
+                log_likelihoods, state.log_weights, self.tempering, self.resampling, key
+            )
+            selected = self.particle_map.constrain(
+                jax.tree_util.tree_map(lambda leaf: leaf[ancestors], children)
+            )
+            factor = 1.0
+        else:
+
+            def predict(s):
+                return observation.predict(emulator.current_frame(s))
+
+            predictions = self.particle_map.replicate(self.particle_map(predict, children))
+            selected, alpha, ess, evidence, bad, factor = _select_from_predictions(
+                self, children, predictions, state.log_weights, y, observation, key
+            )
         nonfinite = jnp.sum(bad | _nonfinite_particles(children))
         uniform = _uniform_log_weights(n, state.log_weights.dtype)
         new_state = FilterState(selected, uniform, state.cycle + 1)
         diagnostics = self._diagnostics(
-            ess, alpha, evidence, nonfinite, n, observation.num_observations
+            ess, alpha, evidence, nonfinite, n, observation.num_observations, factor
         )
         return new_state, diagnostics
 
@@ -381,7 +552,7 @@ class UnguidedEnsembleFilter(AbstractFilter):
         pf, pb = self.proposal.call_counts()
         return num_particles * pf, num_particles * pb
 
-    def _unweighted_diagnostics(self, particles, dtype, num_observations):
+    def _unweighted_diagnostics(self, particles, dtype, num_observations, inflation=1.0):
         """No weights: ESS = N, α = 0, no evidence estimate."""
         n = num_particles_of(particles)
         return self._diagnostics(
@@ -391,6 +562,7 @@ class UnguidedEnsembleFilter(AbstractFilter):
             jnp.sum(_nonfinite_particles(particles)),
             n,
             num_observations,
+            inflation,
         )
 
 

@@ -82,7 +82,8 @@ class DiracPredictiveWeight(AbstractPredictiveWeight):
     def call_counts(self, num_observations: int) -> tuple[int, int]:
         return self.num_noise_draws, 0
 
-    def log_likelihood(self, key, emulator, observation, state, y):
+    def predicted_frame(self, key, emulator, state):
+        """``Φ(ẑ)``: the frame of the one-call (or ``M``-call) conditional mean."""
         cond = emulator.condition(state)
         template = emulator.latent_template(state)
         sigma = jnp.asarray(self.sigma_max, template.dtype)
@@ -92,8 +93,10 @@ class DiracPredictiveWeight(AbstractPredictiveWeight):
             return emulator.denoiser(sigma * eps, sigma, cond)
 
         z_mean = jnp.mean(jax.vmap(denoised)(jnp.arange(self.num_noise_draws)), axis=0)
-        frame = emulator.latent_to_frame(z_mean, state)
-        return observation.log_likelihood(y, frame)
+        return emulator.latent_to_frame(z_mean, state)
+
+    def log_likelihood(self, key, emulator, observation, state, y):
+        return observation.log_likelihood(y, self.predicted_frame(key, emulator, state))
 
 
 class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):

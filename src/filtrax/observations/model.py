@@ -75,13 +75,17 @@ class ObservationModel(eqx.Module):
     def predict(self, x: State) -> Observation:
         return self.operator(x)
 
-    def log_likelihood_of_prediction(self, y: Observation, y_pred: Observation) -> Scalar:
-        """``log N(y; y_pred, diag r)`` over the observed (finite) entries of ``y``."""
+    def log_likelihood_terms(self, y: Observation, y_pred: Observation) -> Observation:
+        """``log N(y_j; y_pred_j, r_j)`` per observation, 0 where ``y_j`` is not observed."""
         mask = observation_mask(y)
         variance = self.noise_variance.astype(y_pred.dtype)
         residual = jnp.where(mask, y - y_pred, 0.0)
         terms = residual**2 / variance + jnp.log(2.0 * math.pi * variance)
-        return -0.5 * jnp.sum(jnp.where(mask, terms, 0.0))
+        return -0.5 * jnp.where(mask, terms, 0.0)
+
+    def log_likelihood_of_prediction(self, y: Observation, y_pred: Observation) -> Scalar:
+        """``log N(y; y_pred, diag r)`` over the observed (finite) entries of ``y``."""
+        return jnp.sum(self.log_likelihood_terms(y, y_pred))
 
     def log_likelihood(self, y: Observation, x: State) -> Scalar:
         """``log p(y | x)`` over the observed entries of ``y``."""
