@@ -5,7 +5,8 @@ devices (the flag must be set before JAX starts, and the rest of the suite runs 
 device). The reference is computed here, in this one-device process.
 
 What is exact and what is round-off: with the same ``particle_batch_size`` on every device
-the FA-APF and bootstrap analyses are bit for bit the same on 1, 2 and 4 devices. Changing
+the FA-APF (global or block-local) and bootstrap analyses are bit for bit the same on 1, 2
+and 4 devices. Changing
 the batch width changes the bits (XLA's CPU matrix kernels round differently for different
 widths), and the EnKF's ensemble means are sums across shards, so those agree to float32
 round-off only.
@@ -34,7 +35,14 @@ from filtrax.parallel import (
 
 CONFIG = "configs/lorenz96/wilks05.toml"
 OVERRIDES = ["filter.particles=8", "run.cycles=3", "run.burn_in=0"]
-METHODS = ("fa_apf", "bootstrap", "enkf")
+METHODS = ("fa_apf", "bootstrap", "enkf", "fa_apf_local")
+# Each method's filter and config overrides; "fa_apf_local" selects per block of 2 sites.
+METHOD_SETTINGS = {
+    "fa_apf": ("fa_apf", []),
+    "bootstrap": ("bootstrap", []),
+    "enkf": ("enkf", []),
+    "fa_apf_local": ("fa_apf", ["filter.localisation_block=[2]"]),
+}
 # float32 round-off: batched kernels of another width, and sums across shards, round
 # differently.
 ROUND_OFF = 1e-5
@@ -54,6 +62,7 @@ SCRIPT = textwrap.dedent(
     assert len(jax.devices()) == 4, jax.devices()
     cfg = load_config({config!r}, {overrides!r})
     exp = build_experiment(cfg)
+    settings = {settings!r}
     layouts = {{
         "4": ShardedParticles(particle_mesh(4)),
         "2": ShardedParticles(particle_mesh(2)),
@@ -69,7 +78,9 @@ SCRIPT = textwrap.dedent(
                 continue
             if method != "fa_apf" and name not in ("4", *exact):
                 continue
-            f = build_filter(cfg, exp.emulator, method, layout)
+            kind, extra = settings[method]
+            method_cfg = load_config({config!r}, [*{overrides!r}, *extra])
+            f = build_filter(method_cfg, exp.emulator, kind, layout)
             r = assimilate(
                 f, exp.initial_particles, exp.observations[:3], exp.observation,
                 key=jax.random.key(0),
@@ -95,7 +106,9 @@ def setting():
 
 
 def run(cfg, exp, method, layout):
-    f = build_filter(cfg, exp.emulator, method, layout)
+    kind, extra = METHOD_SETTINGS[method]
+    method_cfg = load_config(CONFIG, [*OVERRIDES, *extra]) if extra else cfg
+    f = build_filter(method_cfg, exp.emulator, kind, layout)
     return assimilate(
         f, exp.initial_particles, exp.observations[:3], exp.observation, key=jax.random.key(0)
     )
@@ -129,7 +142,11 @@ def test_analysis_is_the_same_on_one_and_four_devices(setting, reference, tmp_pa
     cfg, exp = setting
     out = tmp_path / "sharded.npz"
     code = SCRIPT.format(
-        config=CONFIG, overrides=OVERRIDES, methods=METHODS, exact_batch=EXACT_BATCH
+        config=CONFIG,
+        overrides=OVERRIDES,
+        methods=METHODS,
+        settings=METHOD_SETTINGS,
+        exact_batch=EXACT_BATCH,
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     done = subprocess.run(
@@ -147,7 +164,7 @@ def test_analysis_is_the_same_on_one_and_four_devices(setting, reference, tmp_pa
         )
     assert "num_particles = 6" in str(data["error"]) and "multiple of 4" in str(data["error"])
     # Same batch width on every device: bit for bit, for the particle filters.
-    for method in ("fa_apf", "bootstrap"):
+    for method in ("fa_apf", "bootstrap", "fa_apf_local"):
         single = run(cfg, exp, method, VectorisedParticles(EXACT_BATCH))
         for name in ("4_batch2", "2_batch2"):
             np.testing.assert_array_equal(
