@@ -16,9 +16,11 @@ import xarray as xr
 
 from filtrax import (
     AuxiliaryParticleFilter,
+    BlockLocalisation,
     DiracPredictiveWeight,
     DPMSolverPlusPlus2SSampler,
     EmulatorProposal,
+    FixedInflation,
     MMPSGuidance,
     ObservationModel,
     PointSelection,
@@ -194,8 +196,11 @@ def test_phi_is_the_residual_map_and_precipitation_is_absolute(emulator):
     np.testing.assert_array_equal(nxt.frames[0], frames[1])
 
 
-def test_a_full_fa_apf_cycle_runs_on_the_adapter(emulator):
-    """Spherical noise, MMPS guidance, Dirac weights and resampling on GenCastState pytrees."""
+@pytest.mark.parametrize("local", [False, True], ids=["global", "blocks-inflation"])
+def test_a_full_fa_apf_cycle_runs_on_the_adapter(emulator, local):
+    """Spherical noise, MMPS guidance, Dirac weights and resampling on GenCastState pytrees;
+    also with block-local selection and inflation (the int32 valid time is stitched from one
+    ancestor and not inflated)."""
     grid = emulator.grid
     assert isinstance(emulator.latent_noise, SphericalWhiteNoise)
     times = np.array(["2019-03-28T12:00", "2019-03-29T00:00"], "datetime64[s]")
@@ -210,7 +215,12 @@ def test_a_full_fa_apf_cycle_runs_on_the_adapter(emulator):
     proposal = EmulatorProposal(
         emulator, DPMSolverPlusPlus2SSampler(levels), MMPSGuidance(iterations=2)
     )
-    filter_ = AuxiliaryParticleFilter(proposal, DiracPredictiveWeight())
+    extras = (
+        {"localisation": BlockLocalisation((4, 8)), "inflation": FixedInflation(1.1)}
+        if local
+        else {}
+    )
+    filter_ = AuxiliaryParticleFilter(proposal, DiracPredictiveWeight(), **extras)
     result = assimilate(filter_, particles, y, observation, key=jax.random.key(0))
     final = result.final_state.particles
     assert np.isfinite(np.asarray(final.frames)).all()

@@ -76,6 +76,10 @@ def test_stitch_takes_each_block_from_its_ancestor():
             )
     with pytest.raises(ValueError, match="does not end with the frame's site axes"):
         localisation.stitch(jnp.zeros((n, sites, 2)), ancestors, site_blocks)
+    # A per-particle scalar (a valid time, as in GenCastState) follows block 0's ancestor.
+    times = jnp.array([10, 20, 30], jnp.int32)
+    _, stitched_times = localisation.stitch((particles, times), ancestors, site_blocks)
+    np.testing.assert_array_equal(stitched_times, [30, 30, 10])
 
 
 def test_inflation_scales_anomalies_about_the_mean():
@@ -85,6 +89,10 @@ def test_inflation_scales_anomalies_about_the_mean():
     np.testing.assert_allclose(mean_y, mean_x, atol=1e-6)
     np.testing.assert_allclose(y - mean_y, 1.5 * (x - mean_x), atol=1e-5)
     assert fx.FixedInflation(1.0).is_identity and not fx.FixedInflation(1.1).is_identity
+    seconds = jnp.arange(8, dtype=jnp.int32)
+    _, inflated_seconds = inflate((x, seconds), 1.5)
+    assert inflated_seconds.dtype == jnp.int32
+    np.testing.assert_array_equal(inflated_seconds, seconds)
 
 
 def test_innovation_inflation_solves_the_innovation_identity():

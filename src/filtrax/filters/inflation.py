@@ -44,9 +44,12 @@ def inflate(particles: PyTree, factor: Scalar | float) -> PyTree:
     r""":math:`\bar x + \lambda(x_i - \bar x)` on every leaf (leading particle axis).
 
     The mean is unweighted: the particle filters here carry equal weights between cycles.
+    Integer leaves (e.g. a valid time in seconds) are left as they are.
     """
 
     def one(leaf):
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            return leaf
         mean = jnp.mean(leaf, axis=0, keepdims=True)
         return mean + jnp.asarray(factor, leaf.dtype) * (leaf - mean)
 

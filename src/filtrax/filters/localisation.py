@@ -128,11 +128,17 @@ class BlockLocalisation(eqx.Module):
     def stitch(
         self, particles: PyTree, ancestors: Int[Array, "block particle"], site_blocks: np.ndarray
     ) -> PyTree:
-        """Particle ``i`` takes block ``b``'s sites from particle ``ancestors[b, i]``."""
+        """Particle ``i`` takes block ``b``'s sites from particle ``ancestors[b, i]``.
+
+        A leaf with one value per particle (shape ``(N,)``, e.g. a valid time) takes block 0's
+        ancestor's value; every other leaf must end with the frame's site axes.
+        """
         site_ancestors = jnp.moveaxis(ancestors[jnp.asarray(site_blocks)], -1, 0)
         site_shape = site_blocks.shape
 
         def gather(leaf):
+            if leaf.ndim == 1:
+                return leaf[ancestors[0]]
             if leaf.ndim < 1 + len(site_shape) or tuple(leaf.shape[-len(site_shape) :]) != (
                 site_shape
             ):
