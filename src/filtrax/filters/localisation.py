@@ -144,7 +144,8 @@ class BlockLocalisation(eqx.Module):
             ):
                 raise ValueError(
                     f"BlockLocalisation: a particle-state leaf of shape {leaf.shape} does not end "
-                    f"with the frame's site axes {site_shape}; every leaf must, to be stitched"
+                    f"with the frame's site axes {site_shape}; to be stitched, a leaf must end "
+                    f"with them or hold one value per particle"
                 )
             lead = leaf.ndim - 1 - len(site_shape)
             index = site_ancestors.reshape((leaf.shape[0],) + (1,) * lead + site_shape)
