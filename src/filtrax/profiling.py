@@ -19,6 +19,7 @@ bisection count), so one profile stands for every cycle. Each time is the median
 
 from __future__ import annotations
 
+import functools
 import time
 
 import equinox as eqx
@@ -35,6 +36,7 @@ from .filters.particle import (
     _select,
     _select_from_predictions,
     particle_keys,
+    selects_from_predictions,
 )
 from .filters.proposals import EmulatorProposal
 
@@ -73,6 +75,7 @@ def phase_seconds(
     """
     n = state.log_weights.shape[0]
     keys = particle_keys(key, n)
+    timed = functools.partial(_median_seconds, repeats=repeats, budget=budget)
     proposal = getattr(filter_, "proposal", None)
     out = dict.fromkeys(PHASES, 0.0)
 
@@ -80,7 +83,7 @@ def phase_seconds(
     def cycle(f, s, y, k):
         return f.step(s, y, observation, k)
 
-    out["cycle"] = _median_seconds(cycle, filter_, state, y, key, repeats=repeats, budget=budget)
+    out["cycle"] = timed(cycle, filter_, state, y, key)
     if not isinstance(proposal, EmulatorProposal):
         out["filter"] = out["cycle"]
         return out
@@ -90,14 +93,10 @@ def phase_seconds(
     def propagate(p, particles, y, keys):
         return _propagate(p, keys, particles, y, observation, filter_.particle_map)
 
-    out["emulator"] = _median_seconds(
-        propagate, unguided, state.particles, y, keys, repeats=repeats, budget=budget
-    )
+    out["emulator"] = timed(propagate, unguided, state.particles, y, keys)
     spent = out["emulator"]
     if proposal.is_guided:
-        guided = _median_seconds(
-            propagate, proposal, state.particles, y, keys, repeats=repeats, budget=budget
-        )
+        guided = timed(propagate, proposal, state.particles, y, keys)
         out["guidance"] = max(guided - out["emulator"], 0.0)
         spent = guided
     if isinstance(filter_, AuxiliaryParticleFilter):
@@ -111,18 +110,10 @@ def phase_seconds(
 
             return filter_.particle_map(one, keys, particles)
 
-        out["weights"] = _median_seconds(
-            weights,
-            filter_.predictive_weight,
-            state.particles,
-            y,
-            keys,
-            repeats=repeats,
-            budget=budget,
-        )
+        out["weights"] = timed(weights, filter_.predictive_weight, state.particles, y, keys)
         spent += out["weights"]
     particle_filter = isinstance(filter_, AuxiliaryParticleFilter | BootstrapParticleFilter)
-    if particle_filter and (filter_.localisation is not None or not filter_.inflation.is_identity):
+    if particle_filter and selects_from_predictions(filter_):
         # Block-local selection and inflation work on predicted observations: time that path
         # (inflation, per-observation terms, per-block α and resampling, the stitch).
 
@@ -135,7 +126,7 @@ def phase_seconds(
         dtype = state.log_weights.dtype
         observed = jnp.where(jnp.isfinite(y), y, 0.0).astype(dtype)
         offsets = jnp.linspace(0.0, 3.0, n, dtype=dtype)[:, None]
-        out["selection"] = _median_seconds(
+        out["selection"] = timed(
             local_selection,
             filter_,
             observed[None, :] + offsets,
@@ -143,8 +134,6 @@ def phase_seconds(
             state.particles,
             y,
             key,
-            repeats=repeats,
-            budget=budget,
         )
     elif particle_filter:
 
@@ -154,15 +143,13 @@ def phase_seconds(
             return jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
 
         log_likelihoods = -jnp.linspace(0.0, 50.0, n, dtype=state.log_weights.dtype)
-        out["selection"] = _median_seconds(
+        out["selection"] = timed(
             selection,
             filter_,
             log_likelihoods,
             state.log_weights,
             state.particles,
             key,
-            repeats=repeats,
-            budget=budget,
         )
     out["filter"] = max(out["cycle"] - spent, 0.0)
     return out

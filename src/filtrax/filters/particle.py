@@ -202,6 +202,12 @@ def _select_blocks(
     return ancestors, jnp.mean(alpha), jnp.mean(ess), evidence, jnp.any(bad, axis=1), site_blocks
 
 
+def selects_from_predictions(filter_) -> bool:
+    """Whether a particle filter selects from per-observation predictions (block-local
+    selection or inflation) rather than from one log-likelihood per particle."""
+    return filter_.localisation is not None or not filter_.inflation.is_identity
+
+
 def _select_from_predictions(
     filter_,
     particles: PyTree,
@@ -371,10 +377,6 @@ class AuxiliaryParticleFilter(AbstractFilter):
             )
 
     @property
-    def _selects_from_predictions(self) -> bool:
-        return self.localisation is not None or not self.inflation.is_identity
-
-    @property
     def emulator(self) -> AbstractEmulator:
         return self.proposal.emulator
 
@@ -394,7 +396,7 @@ class AuxiliaryParticleFilter(AbstractFilter):
         emulator = self.emulator
         first = self.skip_first_selection & (state.cycle == 0)
 
-        if not self._selects_from_predictions:
+        if not selects_from_predictions(self):
 
             def weight(k, s):
                 k = jax.random.fold_in(k, WEIGHT_STREAM)
@@ -495,7 +497,7 @@ class BootstrapParticleFilter(AbstractFilter):
 
         children = _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
 
-        if self.localisation is None and self.inflation.is_identity:
+        if not selects_from_predictions(self):
 
             def likelihood(s):
                 return observation.log_likelihood(y, emulator.current_frame(s))
