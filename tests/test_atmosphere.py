@@ -100,7 +100,7 @@ def test_weights_round_trip_and_tampering(tmp_path):
         "sha256": digest,
         "weights": path.name,
         "data": {"time_step_hours": 12.0},
-        "network": {"widths": [8, 16], "embed": 64},
+        "network": {"widths": [8, 16], "embed": 64, "sigma_data": [1.0]},
         "grid": {
             "latitudes": list(LAT),
             "longitudes": list(LON),
@@ -117,6 +117,15 @@ def test_weights_round_trip_and_tampering(tmp_path):
     a = emulator.denoiser(state[1], jnp.asarray(1.0), emulator.condition(state))
     b = loaded.denoiser(state[1], jnp.asarray(1.0), loaded.condition(state))
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    # A card with one σ_data per channel builds the per-channel preconditioning; a card with
+    # another count is refused.
+    card["network"]["sigma_data"] = [0.5, 0.6, 0.7]
+    path.with_suffix(".toml").write_text(engine.card_text(card))
+    assert load_emulator(None, path).denoiser.sigma_data == (0.5, 0.6, 0.7)
+    card["network"]["sigma_data"] = [0.5, 0.6]
+    path.with_suffix(".toml").write_text(engine.card_text(card))
+    with pytest.raises(ValueError, match=r"network.sigma_data has 2 values, expected 1 or 3"):
+        load_emulator(None, path)
     data = bytearray(path.read_bytes())
     data[-100] ^= 1
     path.write_bytes(bytes(data))
@@ -206,6 +215,7 @@ def test_smoke_card_and_a_short_run(smoke_run, tmp_path):
     assert len(card["validation"]["rmse_temperature"]) == 2
     emulator = load_emulator(None, weights)
     assert emulator.grid.shape == (18, 16, 32)
+    assert card["network"]["sigma_data"] == [0.5] and emulator.denoiser.sigma_data == 0.5
     segment = write_segment(store, 4, 8, tmp_path / "truth.nc")
     import xarray as xr
 
@@ -258,6 +268,16 @@ def test_convolution_vjp_matches_autodiff_of_the_plain_convolution():
     actual = jax.grad(loss(_conv_valid), (0, 1))(x, w)
     for e, a in zip(expected, actual, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-4)
+
+
+def test_training_checks_the_sigma_data_count_against_the_channels():
+    from filtrax.training.atmosphere import sigma_data_of
+
+    grid = _emulator().grid
+    assert sigma_data_of([0.5], grid) == 0.5
+    assert sigma_data_of([0.5, 0.6, 0.7], grid) == (0.5, 0.6, 0.7)
+    with pytest.raises(ValueError, match=r"sigma_data has 2 values; expected 1 .* or 3, one per"):
+        sigma_data_of([0.5, 0.6], grid)
 
 
 def test_smoke_training_bundles_a_truth_segment(smoke_run):

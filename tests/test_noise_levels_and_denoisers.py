@@ -117,6 +117,78 @@ def test_edm_preconditioning_limits():
     np.testing.assert_allclose(denoiser(x, jnp.asarray(1e12), None), [3.5, 3.5], rtol=1e-10)
 
 
+@pytest.mark.x64
+def test_per_channel_sigma_data_makes_a_mean_only_network_the_gaussian_denoiser():
+    """A network that ignores its noisy input and returns the (scaled) conditional mean μ gives
+    ``c_skip x + (1 - c_skip) μ``; with per-channel σ_data that is exactly the denoiser of
+    N(μ, diag σ_data²) (the analytic Gaussian denoiser). With GenCast's σ_data = 1 the same
+    kind of network lets through noise of the marginal spread: the control must differ."""
+    sigma_data = np.array([0.3, 0.5, 1.2])
+    mean = np.array([[0.4, -1.0], [2.0, 0.1], [-0.3, 0.7]])  # (channel, site)
+
+    def mean_only(sd):
+        def network(x_scaled, c_noise, cond):
+            sigma = jnp.exp(4.0 * c_noise)  # c_noise = log(σ)/4
+            scale = jnp.asarray(sd).reshape(-1, 1)
+            return cond * sigma / (scale * jnp.sqrt(sigma**2 + scale**2))
+
+        return network
+
+    per_channel = EDMPreconditionedDenoiser(mean_only(sigma_data), sigma_data=tuple(sigma_data))
+    oracle = GaussianDenoiser(np.diag(np.repeat(sigma_data**2, 2)))
+    control = EDMPreconditionedDenoiser(mean_only(np.ones(3)), sigma_data=1.0)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 2)))
+    for sigma in (0.05, 0.4, 1.0, 3.0, 30.0):
+        s = jnp.asarray(sigma)
+        expected = np.asarray(oracle(x, s, jnp.asarray(mean)))
+        np.testing.assert_allclose(
+            np.asarray(per_channel(x, s, jnp.asarray(mean))), expected, rtol=1e-12, atol=1e-12
+        )
+        if sigma > 10:  # both denoisers return the mean when the noise swamps the data
+            continue
+        gap = np.abs(np.asarray(control(x, s, jnp.asarray(mean))) - expected).max()
+        assert gap > 1e-2, f"σ = {sigma}: σ_data = 1 should not give the N(μ, diag σ_d²) denoiser"
+
+
+@pytest.mark.x64
+def test_per_channel_sigma_data_equals_the_scalar_preconditioning_channel_by_channel():
+    sigma_data = (0.4, 2.0)
+
+    def network(x_scaled, c_noise, cond):  # elementwise, so channels do not mix
+        return jnp.tanh(1.3 * x_scaled) + c_noise * cond
+
+    x = jnp.asarray([[1.5, -0.2, 0.3], [0.7, 2.5, -1.0]])
+    cond = jnp.asarray([[0.1, 0.2, 0.3], [-0.4, 0.5, 0.6]])
+    together = EDMPreconditionedDenoiser(network, sigma_data=list(sigma_data))
+    assert together.sigma_data == sigma_data  # converted to a hashable tuple
+    for sigma in (0.01, 0.8, 20.0):
+        s = jnp.asarray(sigma)
+        out = np.asarray(together(x, s, cond))
+        for c, sd in enumerate(sigma_data):
+            alone = EDMPreconditionedDenoiser(network, sigma_data=sd)
+            np.testing.assert_allclose(out[c], np.asarray(alone(x, s, cond))[c], rtol=1e-13)
+
+
+def test_sigma_data_errors_name_the_value_and_the_expected_shape():
+    network = lambda u, c, cond: u  # noqa: E731
+    for bad in (0.0, -1.0, (), (0.5, float("nan"))):
+        with pytest.raises(ValueError, match=r"sigma_data is .*expected a positive number"):
+            EDMPreconditionedDenoiser(network, sigma_data=bad)
+    denoiser = EDMPreconditionedDenoiser(network, sigma_data=(0.5, 0.6, 0.7))
+    with pytest.raises(ValueError, match=r"3 per-channel values, but the state has shape \(2, 4\)"):
+        denoiser(jnp.ones((2, 4)), jnp.asarray(1.0), None)
+
+
+def test_edm_loss_weight_is_gencasts_at_unit_sigma_data():
+    from filtrax.training.engine import loss_weight
+
+    sigma = np.array([0.02, 0.5, 3.0, 88.0])
+    np.testing.assert_allclose(loss_weight(sigma), (sigma**2 + 1) / sigma**2, rtol=1e-14)
+    np.testing.assert_allclose(
+        loss_weight(sigma, 0.4), (sigma**2 + 0.16) / (0.16 * sigma**2), rtol=1e-14
+    )
+
+
 def test_edm_preconditioning_keeps_float32_and_jits():
     denoiser = EDMPreconditionedDenoiser(lambda u, c, cond: u * c, sigma_data=1.0)
     x = jnp.ones((2, 3), jnp.float32)

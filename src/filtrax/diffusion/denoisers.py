@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 
 import equinox as eqx
@@ -46,6 +47,13 @@ class AbstractDenoiser(eqx.Module):
 NOISE_INPUTS = ("quarter_log_sigma", "sigma")
 
 
+def _sigma_data_value(value) -> float | tuple[float, ...]:
+    """A number stays a float; a sequence becomes a tuple of floats (hashable, static)."""
+    if isinstance(value, int | float):
+        return float(value)
+    return tuple(float(v) for v in value)
+
+
 class EDMPreconditionedDenoiser(AbstractDenoiser):
     r"""EDM preconditioning around a raw network :math:`F_\theta`.
 
@@ -61,9 +69,19 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
     for networks that encode the noise level themselves (GenCast's ``Denoiser`` takes
     ``noise_levels`` and builds Fourier features of :math:`\log\sigma` internally).
 
+    **Per-channel** :math:`\sigma_\text{data}`. ``sigma_data`` may hold one value per entry of
+    the state's leading (channel) axis; every coefficient is then taken per channel. For a
+    conditional model the data the network has to model around its conditional mean have the
+    conditional spread, not the marginal one, and a network that has not yet learned to use
+    its noisy input returns :math:`c_\text{skip} x + (1-c_\text{skip})\,\mu`, the exact
+    denoiser of :math:`\mathcal N(\mu, \sigma_\text{data}^2)`: matching
+    :math:`\sigma_\text{data}` to the conditional spread keeps such a network's samples
+    calibrated (method spec §3.7).
+
     Attributes:
         network: ``network(x_scaled, c_noise, cond) -> raw output`` with the shape of ``x``.
-        sigma_data: the standard deviation of the (normalised) data, 1 in GenCast.
+        sigma_data: the standard deviation of the (normalised) data, 1 in GenCast; a float,
+            or a tuple with one value per channel (the state's leading axis).
         noise_input: ``"quarter_log_sigma"`` (default) or ``"sigma"``: what the network
             receives as :math:`c_\text{noise}`.
 
@@ -72,10 +90,18 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
     """
 
     network: Callable[[State, Float[Array, ""], PyTree], State]
-    sigma_data: float = eqx.field(static=True, default=1.0)
+    sigma_data: float | tuple[float, ...] = eqx.field(
+        static=True, default=1.0, converter=_sigma_data_value
+    )
     noise_input: str = eqx.field(static=True, default="quarter_log_sigma")
 
     def __check_init__(self) -> None:
+        values = self.sigma_data if isinstance(self.sigma_data, tuple) else (self.sigma_data,)
+        if not values or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(
+                f"EDMPreconditionedDenoiser.sigma_data is {self.sigma_data!r}; expected a "
+                f"positive number or a non-empty tuple of them (one per channel)"
+            )
         if self.noise_input not in NOISE_INPUTS:
             raise ValueError(
                 f"EDMPreconditionedDenoiser.noise_input is {self.noise_input!r}; expected one "
@@ -84,7 +110,8 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
 
     def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
         sigma = jnp.asarray(sigma, dtype=x_t.dtype)
-        sigma_data_sq = jnp.asarray(self.sigma_data**2, dtype=x_t.dtype)
+        sigma_data = self.sigma_data_like(x_t)
+        sigma_data_sq = sigma_data**2
         total_var = sigma**2 + sigma_data_sq
         c_skip = sigma_data_sq / total_var
         # One explicit rsqrt, so that every layout rounds alike: XLA rewrites x / sqrt(v) into
@@ -92,9 +119,23 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
         # program merges two sqrts before that rewrite; rsqrt is not correctly rounded on
         # CPU, so the two programs would differ by an ulp.
         c_in = jax.lax.rsqrt(total_var)
-        c_out = sigma * self.sigma_data * c_in
+        c_out = sigma * sigma_data * c_in
         c_noise = jnp.log(sigma) / 4.0 if self.noise_input == "quarter_log_sigma" else sigma
         return c_skip * x_t + c_out * self.network(c_in * x_t, c_noise, cond)
+
+    def sigma_data_like(self, x_t: State) -> Float[Array, "..."]:
+        r""":math:`\sigma_\text{data}` broadcastable against ``x_t`` (a scalar, or one value
+        per leading-axis entry)."""
+        if not isinstance(self.sigma_data, tuple):
+            return jnp.asarray(self.sigma_data, dtype=x_t.dtype)
+        if x_t.ndim == 0 or x_t.shape[0] != len(self.sigma_data):
+            raise ValueError(
+                f"EDMPreconditionedDenoiser: sigma_data has {len(self.sigma_data)} per-channel "
+                f"values, but the state has shape {x_t.shape}; expected {len(self.sigma_data)} "
+                f"entries on its leading (channel) axis"
+            )
+        values = jnp.asarray(self.sigma_data, dtype=x_t.dtype)
+        return values.reshape(-1, *([1] * (x_t.ndim - 1)))
 
 
 class GaussianDenoiser(AbstractDenoiser):

@@ -10,9 +10,12 @@ GenCast's conventions (Price et al. 2025; method spec §1.1, §4), applied to an
 * **Latent.** The residual normalised by the standard deviation of 12-hour differences,
   :math:`z = (x^{k+1} - x^k)/s_\Delta` (``diffs_stddev_by_level``), and
   :math:`\Phi_s(z) = x^k + s_\Delta z`, affine in :math:`z` as the guidance requires.
-* **Denoiser.** EDM preconditioning (:math:`\sigma_\text{data} = 1`) around
+* **Denoiser.** EDM preconditioning around
   :class:`~filtrax.emulators.sphere_unet.SphereUNet`, trained on
-  :math:`\sigma \in [0.02, 88]`.
+  :math:`\sigma \in [0.02, 88]`. GenCast takes :math:`\sigma_\text{data} = 1`; a card may
+  give one :math:`\sigma_\text{data}` per channel (``network.sigma_data``), the conditional
+  spread of the normalised residual, which keeps a small network's members from carrying
+  the marginal spread as noise (method spec §3.7).
 * **Noise.** Every diffusion draw comes from :attr:`AtmosphereEmulator.latent_noise`: i.i.d.
   Gaussian by default, or GenCast's band-limited spherical white noise
   (:class:`~filtrax.diffusion.latent_noise.SphericalWhiteNoise`, ``noise="spherical"``).
@@ -198,8 +201,16 @@ def emulator_from_card(
             f"{source}: weights were trained for {hours} h steps, the card says "
             f"{card['data']['time_step_hours']} h"
         )
+    sigma_data = card["network"].get("sigma_data", [1.0])
+    if len(sigma_data) not in (1, len(grid.channels)):
+        raise ValueError(
+            f"{source}: the card's network.sigma_data has {len(sigma_data)} values, expected 1 "
+            f"or {len(grid.channels)} (one per channel)"
+        )
     return AtmosphereEmulator(
-        EDMPreconditionedDenoiser(network, sigma_data=1.0),
+        EDMPreconditionedDenoiser(
+            network, sigma_data=sigma_data[0] if len(sigma_data) == 1 else sigma_data
+        ),
         grid=grid,
         time_step_hours=hours,
         name=card["name"],

@@ -10,11 +10,13 @@ of the states and the standard deviation of 12-hour differences, over the traini
 **Loss** (:mod:`filtrax.training.engine`): with :math:`z = (x^{k+1} - x^k)/s_\Delta`,
 
 .. math::
-    \mathcal L = \mathbb E\, \lambda(\sigma)\,\overline{w_\text{lat}\,
-        (D_\theta(z + \sigma\epsilon; \sigma, c) - z)^2},
+    \mathcal L = \mathbb E\, \frac{1}{C}\sum_c \lambda_c(\sigma)\,\overline{w_\text{lat}\,
+        (D_\theta(z + \sigma\epsilon; \sigma, c)_c - z_c)^2},
 
 where :math:`w_\text{lat} \propto \cos\phi` (mean 1) weights grid cells by area, as GenCast's
-loss does.
+loss does, and :math:`\lambda_c(\sigma) = (\sigma^2 + \sigma_{d,c}^2)/(\sigma\sigma_{d,c})^2`
+with the per-channel :math:`\sigma_\text{data}` of ``network.sigma_data`` (GenCast:
+:math:`\sigma_d = 1` for every channel).
 
 **Validation** on the held-out store, for each variable (all its levels, cos-lat weighted,
 physical units) and lead: the free ensemble's ensemble-mean RMSE, fair CRPS and spread/skill
@@ -107,10 +109,25 @@ def denoising_loss(network, batch, key, stats, area, opt: dict) -> jax.Array:
         jax.random.uniform(u_key, (z.shape[0],)), opt["sigma_min"], opt["sigma_max"], opt["rho"]
     )
     noisy = z + sigma[:, None, None, None] * jax.random.normal(noise_key, z.shape)
-    denoiser = EDMPreconditionedDenoiser(network, sigma_data=1.0)
+    denoiser = EDMPreconditionedDenoiser(network, sigma_data=opt["sigma_data"])
     denoised = jax.vmap(denoiser)(noisy, sigma, cond)
-    error = jnp.mean(area[None, None] * (denoised - z) ** 2, axis=(1, 2, 3))
-    return jnp.mean(loss_weight(sigma) * error)
+    error = jnp.mean(area[None, None] * (denoised - z) ** 2, axis=(2, 3))  # (batch, channel)
+    sigma_data = jnp.asarray(opt["sigma_data"], error.dtype)
+    return jnp.mean(loss_weight(sigma[:, None], sigma_data[None, :]) * error)
+
+
+def sigma_data_of(values, grid: GridSpec) -> float | tuple[float, ...]:
+    """``network.sigma_data`` for ``grid``: one value for all channels, or one per channel."""
+    values = tuple(float(v) for v in values)
+    if len(values) == 1:
+        return values[0]
+    if len(values) != len(grid.channels):
+        labels = ", ".join(c.label() for c in grid.channels)
+        raise ValueError(
+            f"network.sigma_data has {len(values)} values; expected 1 (all channels) or "
+            f"{len(grid.channels)}, one per channel in this order: {labels}"
+        )
+    return values
 
 
 def train_network(config: AtmosphereTrainingConfig, data: np.ndarray, stats, grid: GridSpec):
@@ -122,7 +139,11 @@ def train_network(config: AtmosphereTrainingConfig, data: np.ndarray, stats, gri
     states = jnp.asarray(data, jnp.float32)
     stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
     area = jnp.asarray(grid.area_weights(), jnp.float32)
+    num_channels = len(grid.channels)
+    sigma_data = sigma_data_of(config.network.sigma_data, grid)
+    per_channel = np.broadcast_to(np.asarray(sigma_data, np.float32), (num_channels,))
     opt = {"sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "rho": t.rho}
+    opt["sigma_data"] = tuple(float(v) for v in per_channel)
     length = states.shape[0]
 
     def loss_fn(network, key, states):
@@ -227,9 +248,10 @@ def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
     hours = float(train_ds.attrs.get("save_hours", 12.0))
     logger.info("data: %s train, %s held out", train.shape, held_out.shape)
 
+    sigma_data = sigma_data_of(config.network.sigma_data, grid)  # checked before training
     network, losses, train_seconds = train_network(config, train, stats, grid)
     emulator = AtmosphereEmulator(
-        EDMPreconditionedDenoiser(network, sigma_data=1.0),
+        EDMPreconditionedDenoiser(network, sigma_data=sigma_data),
         mean=jnp.asarray(stats["mean"]),
         std=jnp.asarray(stats["std"]),
         diff_std=jnp.asarray(stats["diff_std"]),

@@ -150,6 +150,12 @@ class UNetConfig(_Validated):
 
     widths: tuple[int, ...] = _field([32, 64, 128], "features per resolution level", min=1)
     embed: int = _field(64, "noise-embedding width", min=1)
+    sigma_data: tuple[float, ...] = _field(
+        [1.0],
+        "EDM sigma_data of the normalised residual: one value for every channel (GenCast: 1), "
+        "or one per channel in the grid's order",
+        **POSITIVE,
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

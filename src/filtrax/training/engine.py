@@ -43,9 +43,12 @@ def noise_levels(u, sigma_min, sigma_max, rho):
     return (low + u * (high - low)) ** rho
 
 
-def loss_weight(sigma):
-    r""":math:`\lambda(\sigma) = (\sigma^2 + 1)/\sigma^2`."""
-    return (sigma**2 + 1.0) / sigma**2
+def loss_weight(sigma, sigma_data=1.0):
+    r""":math:`\lambda(\sigma) = (\sigma^2 + \sigma_\text{data}^2)/(\sigma\,\sigma_\text{data})^2`,
+    EDM's weight (Karras et al. 2022, Table 1), which makes the loss of the raw network output
+    unit-scaled at every σ; with :math:`\sigma_\text{data} = 1` it is GenCast's
+    :math:`(\sigma^2 + 1)/\sigma^2`. ``sigma`` and ``sigma_data`` broadcast."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
 def make_optimizer(t) -> optax.GradientTransformation:
