@@ -62,6 +62,12 @@ METHODS = {
         ["filter.method=bootstrap", "filter.localisation_block=[4, 8]"],
     ),
     "enkf": ("EnKF (emulator)", ["filter.method=enkf"]),
+    # Gaspari–Cohn covariance localisation (filtrax.filters.covariance_localisation): zero
+    # beyond 2c = 4000 km, about the 45° spacing of the observed columns at the equator.
+    "enkf_local": (
+        "EnKF (Gaspari–Cohn, c = 2000 km)",
+        ["filter.method=enkf", "filter.localisation_half_width=2000"],
+    ),
     "free": ("free ensemble", ["filter.method=free"]),
     "fa_apf_authors": (
         "FA-APF, authors' sampler (AB3, 32 levels, 2 Langevin, BiCGSTAB 3)",

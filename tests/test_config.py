@@ -69,6 +69,7 @@ cg_iterations = 8
 skip_first_selection = false
 inflation = 1.05
 localisation_block = [2, 4]
+localisation_half_width = 0.0
 adaptive_inflation = true
 inflation_max = 1.5
 

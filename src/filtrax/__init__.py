@@ -24,6 +24,9 @@ from .dynamics.linear_gaussian import random_linear_gaussian_model as random_lin
 from .dynamics.lorenz96 import TwoScaleLorenz96 as TwoScaleLorenz96
 from .emulators._base import AbstractEmulator as AbstractEmulator
 from .emulators.lorenz96 import Lorenz96Emulator as Lorenz96Emulator
+from .filters.covariance_localisation import (
+    GaspariCohnLocalisation as GaspariCohnLocalisation,
+)
 from .filters.enkf import EnsembleKalmanFilter as EnsembleKalmanFilter
 from .filters.inflation import AbstractInflation as AbstractInflation
 from .filters.inflation import FixedInflation as FixedInflation

@@ -292,6 +292,12 @@ class FilterConfig(_Validated):
     localisation_block: tuple[int, ...] = _field(
         [], "sites per selection block along the frame's last axes [fa_apf, bootstrap]; [] = global"
     )
+    localisation_half_width: float = _field(
+        0.0,
+        "Gaspari-Cohn half-width c of the covariance localisation (zero beyond 2c): km on a "
+        "latitude-longitude grid, sites on the Lorenz-96 ring; 0 = global [enkf]",
+        min=0.0,
+    )
 
     def _check(self) -> None:
         block = self.localisation_block
@@ -299,6 +305,12 @@ class FilterConfig(_Validated):
             raise ConfigError(
                 f"filter.localisation_block = {_display(block)} is invalid: every entry must be "
                 f"an integer >= 1 (sites per block), or [] for global selection"
+            )
+        if self.localisation_half_width > 0 and self.method != "enkf":
+            raise ConfigError(
+                f"filter.localisation_half_width = {self.localisation_half_width!r} applies to "
+                f"enkf, not filter.method = {self.method!r}; the particle filters localise "
+                f"their selection with filter.localisation_block"
             )
         if self.adaptive_inflation and self.method not in ("fa_apf", "bootstrap"):
             raise ConfigError(

@@ -31,6 +31,7 @@ from ..emulators._base import AbstractEmulator
 from ..emulators.atmosphere import AtmosphereEmulator
 from ..emulators.cards import load_card
 from ..emulators.lorenz96 import Lorenz96Emulator, load_emulator
+from ..filters.covariance_localisation import GaspariCohnLocalisation
 from ..filters.enkf import EnsembleKalmanFilter
 from ..filters.inflation import FixedInflation, InnovationInflation
 from ..filters.localisation import BlockLocalisation
@@ -153,6 +154,25 @@ def build_particle_map(config: ExperimentConfig) -> AbstractParticleMap:
     return layout
 
 
+def build_covariance_localisation(
+    config: ExperimentConfig, emulator: AbstractEmulator
+) -> GaspariCohnLocalisation | None:
+    """The EnKF's Gaspari–Cohn localisation of ``filter.localisation_half_width`` (km on a
+    latitude–longitude grid, sites on the Lorenz-96 ring), or ``None`` when it is 0."""
+    half_width = config.filter.localisation_half_width
+    if half_width == 0:
+        return None
+    grid = getattr(emulator, "grid", None)
+    if isinstance(grid, GridSpec):
+        return GaspariCohnLocalisation.on_sphere(grid.latitudes, grid.longitudes, half_width)
+    if isinstance(emulator, Lorenz96Emulator):
+        return GaspariCohnLocalisation.on_ring(emulator.num_sites, half_width)
+    raise ConfigError(
+        f"filter.localisation_half_width = {half_width!r} needs a latitude-longitude grid or "
+        f"the Lorenz-96 ring; model.name = {config.model.name!r} has neither"
+    )
+
+
 def build_filter(
     config: ExperimentConfig,
     emulator: AbstractEmulator,
@@ -167,7 +187,10 @@ def build_filter(
         return FreeEnsemble(EmulatorProposal(emulator, sampler), particle_map=layout)
     if method == "enkf":
         return EnsembleKalmanFilter(
-            EmulatorProposal(emulator, sampler), f.inflation, particle_map=layout
+            EmulatorProposal(emulator, sampler),
+            f.inflation,
+            build_covariance_localisation(config, emulator),
+            particle_map=layout,
         )
     localisation = BlockLocalisation(f.localisation_block) if f.localisation_block else None
     if f.adaptive_inflation:

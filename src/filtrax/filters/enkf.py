@@ -12,6 +12,11 @@ perturbed observations (Burgers, van Leeuwen & Evensen 1998; Houtekamer & Mitche
     x^a_i &= x^f_i + C_{xy} C_{yy}^{-1}\big(y + \varepsilon_i - h(x^f_i)\big),
     \qquad \varepsilon_i \sim \mathcal N(0, R).
 
+With a :class:`~filtrax.filters.covariance_localisation.GaspariCohnLocalisation`, both
+covariances are tapered entry-wise before the gain is formed,
+:math:`C_{xy} \to \rho_{xy} \circ C_{xy}` and the ensemble part of :math:`C_{yy}` by
+:math:`\rho_{yy}` (covariance localisation; Houtekamer & Mitchell 2001).
+
 The observation operator enters only through :math:`h(x^f_i)` (the ensemble-space form),
 so nonlinear operators work too. A NaN in ``y`` gives that row zero gain. Only the frame
 that the emulator produced is updated; the state is rebuilt with
@@ -29,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from ..observations.model import observation_mask
+from .covariance_localisation import GaspariCohnLocalisation
 from .particle import (
     FilterState,
     UnguidedEnsembleFilter,
@@ -46,9 +52,12 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
     Attributes:
         proposal: an unguided :class:`EmulatorProposal` (the forecast).
         inflation: :math:`\\lambda \\ge 1`, applied to the forecast anomalies.
+        localisation: Gaspari–Cohn covariance localisation, or ``None`` for the global
+            EnKF.
     """
 
     inflation: float = eqx.field(static=True, default=1.0)
+    localisation: GaspariCohnLocalisation | None = None
 
     def __check_init__(self) -> None:
         if not self.inflation >= 1.0:
@@ -74,8 +83,12 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
         anomalies_x = (flat - mean) / jnp.sqrt(n - 1.0)
         predicted_anomalies = predicted - predicted.mean(axis=0, keepdims=True)
         anomalies_y = jnp.where(mask[None, :], predicted_anomalies, 0.0) / jnp.sqrt(n - 1.0)
-        cov_yy = anomalies_y.T @ anomalies_y + jnp.diag(jnp.where(mask, variance, 1.0))
+        ensemble_yy = anomalies_y.T @ anomalies_y
         cov_xy = anomalies_x.T @ anomalies_y
+        if self.localisation is not None:
+            rho_xy, rho_yy = self.localisation.factors(observation, frames[0])
+            ensemble_yy, cov_xy = rho_yy * ensemble_yy, rho_xy * cov_xy
+        cov_yy = ensemble_yy + jnp.diag(jnp.where(mask, variance, 1.0))
 
         def perturbation(k):
             k = jax.random.fold_in(k, PERTURBATION_STREAM)
