@@ -115,7 +115,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster.toml")
     parser.add_argument("--particles", type=int, default=64)
     parser.add_argument("--cycles", type=int, default=0, help="0 = the config's")
-    parser.add_argument("--methods", default="fa_apf_dirac,fa_apf_mm,guided,bootstrap,enkf,free")
+    parser.add_argument(
+        "--methods", default="fa_apf_dirac,fa_apf_mm,guided,bootstrap,enkf,enkf_local,free"
+    )
     parser.add_argument("--burn-in", type=int, default=5)
     parser.add_argument("--unweighted", action="store_true")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
