@@ -295,6 +295,9 @@ def test_bundled_emulator_and_poster_config():
 
     emulator = bundled_emulator("hs_t21_16x32")
     assert emulator.grid.shape == (18, 16, 32)
+    # σ_data per channel: the conditional spread of the residual, not GenCast's 1.
+    sigma_data = emulator.denoiser.sigma_data
+    assert len(sigma_data) == 18 and all(0.2 < v < 0.7 for v in sigma_data)
     assert emulator.time_step_hours == 12.0
     root = Path(__file__).parents[1]
     config = load_config(root / "configs/heldsuarez/poster.toml", ["filter.particles=2"])
