@@ -132,9 +132,12 @@ def atmosphere_demo(out: str, particles: int, cycles: int) -> None:
             worse.append(variable)
     if worse:
         note = (
-            f"The FA-APF ends worse than the free ensemble for {', '.join(worse)}. On this "
-            "emulator that is expected: its members carry extra noise that the free "
-            "ensemble's mean averages away and the filter's selection step keeps. The "
+            f"The FA-APF ends worse than the free ensemble for {', '.join(worse)}. With "
+            "observed columns 45 degrees apart every filter we ran on this small emulator "
+            "does, the localised EnKF included: the observations hardly reach the "
+            "unobserved points, while selection keeps fewer distinct members than the free "
+            "ensemble averages over. With every column observed (observations.stride = 1) "
+            "the FA-APF beats the free ensemble on the unobserved variables. The "
             "measurements are in the README, section 'Held–Suarez atmosphere'."
         )
         print("\n" + textwrap.fill(note, width=90))
