@@ -135,7 +135,11 @@ def main() -> None:
         parser.error(f"unknown methods {unknown}; available: {', '.join(METHODS)}")
     if "free" not in slugs and not args.runs_only:
         slugs.append("free")
-    overrides = [f"filter.particles={args.particles}", *args.overrides]
+    # No per-phase profile (benchmarks/cycle_profile.py does that): it compiles every phase on
+    # its own, which took more than 6 minutes for the authors' 32-level sampler. run.profile
+    # is outside the run digest, so runs made with it are reused; --set run.profile=true
+    # turns it back on.
+    overrides = [f"filter.particles={args.particles}", "run.profile=false", *args.overrides]
     if args.cycles:
         overrides.append(f"run.cycles={args.cycles}")
     rmse_name = "rmse_unweighted" if args.unweighted else "rmse"
