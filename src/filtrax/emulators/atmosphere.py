@@ -155,6 +155,20 @@ def grid_from_card(card: dict) -> GridSpec:
     )
 
 
+def sigma_data_of(values, grid: GridSpec) -> float | tuple[float, ...]:
+    """``network.sigma_data`` for ``grid``: one value for all channels, or one per channel."""
+    values = tuple(float(v) for v in values)
+    if len(values) == 1:
+        return values[0]
+    if len(values) != len(grid.channels):
+        labels = ", ".join(c.label() for c in grid.channels)
+        raise ValueError(
+            f"network.sigma_data has {len(values)} values; expected 1 (all channels) or "
+            f"{len(grid.channels)}, one per channel in this order: {labels}"
+        )
+    return values
+
+
 def build_network(architecture: dict, grid: GridSpec, key) -> SphereUNet:
     return SphereUNet(
         channels=len(grid.channels),
@@ -201,16 +215,12 @@ def emulator_from_card(
             f"{source}: weights were trained for {hours} h steps, the card says "
             f"{card['data']['time_step_hours']} h"
         )
-    sigma_data = card["network"].get("sigma_data", [1.0])
-    if len(sigma_data) not in (1, len(grid.channels)):
-        raise ValueError(
-            f"{source}: the card's network.sigma_data has {len(sigma_data)} values, expected 1 "
-            f"or {len(grid.channels)} (one per channel)"
-        )
+    try:
+        sigma_data = sigma_data_of(card["network"].get("sigma_data", [1.0]), grid)
+    except ValueError as error:
+        raise ValueError(f"{source}: the card's {error}") from None
     return AtmosphereEmulator(
-        EDMPreconditionedDenoiser(
-            network, sigma_data=sigma_data[0] if len(sigma_data) == 1 else sigma_data
-        ),
+        EDMPreconditionedDenoiser(network, sigma_data=sigma_data),
         grid=grid,
         time_step_hours=hours,
         name=card["name"],

@@ -47,7 +47,12 @@ from ..dynamics.heldsuarez import (
     stack_channels,
     write_segment,
 )
-from ..emulators.atmosphere import AtmosphereEmulator, build_network, save_emulator
+from ..emulators.atmosphere import (
+    AtmosphereEmulator,
+    build_network,
+    save_emulator,
+    sigma_data_of,
+)
 from ..experiments.factory import sampler_from_config
 from ..io.grid import Channel, GridSpec
 from ..metrics import crps, gaussian_crps
@@ -112,25 +117,17 @@ def denoising_loss(network, batch, key, stats, area, opt: dict) -> jax.Array:
     denoiser = EDMPreconditionedDenoiser(network, sigma_data=opt["sigma_data"])
     denoised = jax.vmap(denoiser)(noisy, sigma, cond)
     error = jnp.mean(area[None, None] * (denoised - z) ** 2, axis=(2, 3))  # (batch, channel)
-    sigma_data = jnp.asarray(opt["sigma_data"], error.dtype)
-    return jnp.mean(loss_weight(sigma[:, None], sigma_data[None, :]) * error)
+    sigma_data = denoiser.sigma_data_like(z[0]).reshape(1, -1)  # (1, channel) or (1, 1)
+    return jnp.mean(loss_weight(sigma[:, None], sigma_data) * error)
 
 
-def sigma_data_of(values, grid: GridSpec) -> float | tuple[float, ...]:
-    """``network.sigma_data`` for ``grid``: one value for all channels, or one per channel."""
-    values = tuple(float(v) for v in values)
-    if len(values) == 1:
-        return values[0]
-    if len(values) != len(grid.channels):
-        labels = ", ".join(c.label() for c in grid.channels)
-        raise ValueError(
-            f"network.sigma_data has {len(values)} values; expected 1 (all channels) or "
-            f"{len(grid.channels)}, one per channel in this order: {labels}"
-        )
-    return values
-
-
-def train_network(config: AtmosphereTrainingConfig, data: np.ndarray, stats, grid: GridSpec):
+def train_network(
+    config: AtmosphereTrainingConfig,
+    data: np.ndarray,
+    stats,
+    grid: GridSpec,
+    sigma_data: float | tuple[float, ...],
+):
     t = config.training
     root = jax.random.key(config.seed)
     network = build_network(
@@ -139,11 +136,8 @@ def train_network(config: AtmosphereTrainingConfig, data: np.ndarray, stats, gri
     states = jnp.asarray(data, jnp.float32)
     stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
     area = jnp.asarray(grid.area_weights(), jnp.float32)
-    num_channels = len(grid.channels)
-    sigma_data = sigma_data_of(config.network.sigma_data, grid)
-    per_channel = np.broadcast_to(np.asarray(sigma_data, np.float32), (num_channels,))
     opt = {"sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "rho": t.rho}
-    opt["sigma_data"] = tuple(float(v) for v in per_channel)
+    opt["sigma_data"] = sigma_data
     length = states.shape[0]
 
     def loss_fn(network, key, states):
@@ -249,7 +243,7 @@ def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
     logger.info("data: %s train, %s held out", train.shape, held_out.shape)
 
     sigma_data = sigma_data_of(config.network.sigma_data, grid)  # checked before training
-    network, losses, train_seconds = train_network(config, train, stats, grid)
+    network, losses, train_seconds = train_network(config, train, stats, grid, sigma_data)
     emulator = AtmosphereEmulator(
         EDMPreconditionedDenoiser(network, sigma_data=sigma_data),
         mean=jnp.asarray(stats["mean"]),
