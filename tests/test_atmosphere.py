@@ -314,3 +314,69 @@ def test_bundled_emulator_and_poster_config():
     wrong_step = load_config(root / "configs/heldsuarez/poster.toml", ["run.cycle_hours=6"])
     with pytest.raises(ConfigError, match=r"run.cycle_hours = 6.0 but emulator"):
         build_experiment(wrong_step)
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_checks_them(smoke_run, tmp_path):
+    from filtrax.emulators.cards import module_arrays
+
+    store, weights = smoke_run
+    config = Path(__file__).parents[1] / "configs" / "heldsuarez" / "train_smoke.toml"
+    common = ["--set", f"data.train={store}", "--set", f"data.validation={store}"]
+    runner = CliRunner()
+
+    def train(output, *overrides):
+        args = ["train", str(config), *common, "--set", f"output={output}"]
+        for override in overrides:
+            args += ["--set", override]
+        return runner.invoke(main, args)
+
+    # A learning rate of ~0 keeps the (EMA) weights where they started: the start's.
+    result = train(
+        tmp_path / "tuned",
+        f"training.initialise_from={weights}",
+        "training.condition_noise=0.5",
+        "training.learning_rate=1e-30",
+    )
+    assert result.exit_code == 0, result.output
+    card = tomllib.loads((tmp_path / "tuned" / "hs_smoke.toml").read_text())
+    assert card["training"]["condition_noise"] == 0.5
+    assert card["training"]["initialise_from"] == str(weights)
+    start = module_arrays(load_emulator(None, weights).denoiser.network)
+    tuned = module_arrays(load_emulator(None, tmp_path / "tuned" / "hs_smoke.npz").denoiser.network)
+    assert start.keys() == tuned.keys()
+    for name in start:
+        np.testing.assert_allclose(tuned[name], start[name], rtol=1e-6, atol=1e-7)
+    # The control: a random start is not the given weights.
+    random = train(tmp_path / "random", "training.learning_rate=1e-30")
+    assert random.exit_code == 0, random.output
+    fresh = module_arrays(
+        load_emulator(None, tmp_path / "random" / "hs_smoke.npz").denoiser.network
+    )
+    assert not all(np.allclose(fresh[n], start[n]) for n in start)
+
+    other = train(
+        tmp_path / "other", f"training.initialise_from={weights}", "network.widths=[8, 8]"
+    )
+    assert other.exit_code == 2 and "network.widths = [8, 16]" in other.output
+    missing = train(tmp_path / "missing", "training.initialise_from=nowhere.npz")
+    assert missing.exit_code == 2 and "initialise_from = 'nowhere.npz'" in missing.output
+    negative = train(tmp_path / "negative", "training.condition_noise=-1")
+    assert negative.exit_code == 2 and "training.condition_noise" in negative.output
+
+
+def test_shipped_card_meets_the_calibration_target_it_reports():
+    """The card's own held-out validation: spread/skill in [0.6, 1.4] at 1-10 days, and the
+    ensemble mean beats persistence at 12 h and 24 h, for every variable (issue 5)."""
+    from filtrax.emulators.cards import load_card
+
+    card = load_card("hs_t21_16x32")
+    scores = card["validation"]
+    leads = scores["leads_hours"]
+    variables = card["grid"]["level_variables"] + card["grid"]["surface_variables"]
+    for variable in variables:
+        ratios = [r for h, r in zip(leads, scores[f"ratio_{variable}"], strict=True) if h >= 24]
+        assert all(0.6 <= r <= 1.4 for r in ratios), (variable, ratios)
+        rmse, persistence = scores[f"rmse_{variable}"], scores[f"rmse_persistence_{variable}"]
+        assert rmse[0] < persistence[0] and rmse[1] < persistence[1], variable
+    # The shipped weights are the fine-tuned ones (configs/heldsuarez/finetune_hs.toml).
+    assert card["training"]["condition_noise"] == 0.5

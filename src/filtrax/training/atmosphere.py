@@ -18,6 +18,20 @@ loss does, and :math:`\lambda_c(\sigma) = (\sigma^2 + \sigma_{d,c}^2)/(\sigma\si
 with the per-channel :math:`\sigma_\text{data}` of ``network.sigma_data`` (GenCast:
 :math:`\sigma_d = 1` for every channel).
 
+**Conditioning noise** (``training.condition_noise`` :math:`= \tau`, off by default as in
+GenCast). The two conditioning frames are replaced by :math:`\tilde x^{j} = x^{j} +
+\tau s_\Delta \eta_j` and the target by :math:`z = (x^{k+1} - \tilde x^k)/s_\Delta`, the
+step from the noisy state to the *clean* next state. An emulator run autoregressively
+conditions on its own samples, which carry the spatially white noise of its previous steps;
+trained on clean frames only, the network passes that noise on and the rollout gains energy
+step after step (``benchmarks/emulator_dynamics.py``). With :math:`\tau > 0` it learns to
+remove it: the "training noise" that Sanchez-Gonzalez et al. (2020, ICML, "Learning to
+simulate complex physics with graph networks") add to a learned simulator's inputs against
+the accumulation of its own rollout errors.
+
+**Fine-tuning** (``training.initialise_from``): the network starts from existing weights of
+the same architecture instead of a random draw.
+
 **Validation** on the held-out store, for each variable (all its levels, cos-lat weighted,
 physical units) and lead: the free ensemble's ensemble-mean RMSE, fair CRPS and spread/skill
 :math:`\sqrt{(N+1)/N}\,\text{spread}/\text{RMSE}`, against persistence (RMSE, CRPS of a
@@ -32,6 +46,7 @@ import math
 import os
 import platform
 import time
+import tomllib
 from pathlib import Path
 
 import equinox as eqx
@@ -50,6 +65,7 @@ from ..dynamics.heldsuarez import (
 from ..emulators.atmosphere import (
     AtmosphereEmulator,
     build_network,
+    load_emulator,
     save_emulator,
     sigma_data_of,
 )
@@ -107,9 +123,14 @@ def denoising_loss(network, batch, key, stats, area, opt: dict) -> jax.Array:
     previous, current, following = batch
     column = (slice(None), slice(None), None, None)
     mean, std, diff_std = (stats[k][None][column] for k in ("mean", "std", "diff_std"))
+    u_key, noise_key = jax.random.split(key)
+    if opt["condition_noise"] > 0:  # static: the default program draws nothing extra
+        # A stream of its own, so that the default (τ = 0) draws stay as they were.
+        eta = jax.random.normal(jax.random.fold_in(key, 7), (2, *current.shape), current.dtype)
+        previous = previous + opt["condition_noise"] * diff_std * eta[0]
+        current = current + opt["condition_noise"] * diff_std * eta[1]
     cond = (jnp.stack([previous, current], axis=1) - mean[:, None]) / std[:, None]
     z = (following - current) / diff_std
-    u_key, noise_key = jax.random.split(key)
     sigma = noise_levels(
         jax.random.uniform(u_key, (z.shape[0],)), opt["sigma_min"], opt["sigma_max"], opt["rho"]
     )
@@ -133,11 +154,14 @@ def train_network(
     network = build_network(
         dataclass_dict(config.network), grid, jax.random.fold_in(root, INIT_STREAM)
     )
+    if t.initialise_from:
+        network = initial_network(t.initialise_from, config, grid, stats)
     states = jnp.asarray(data, jnp.float32)
     stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
     area = jnp.asarray(grid.area_weights(), jnp.float32)
     opt = {"sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "rho": t.rho}
     opt["sigma_data"] = sigma_data
+    opt["condition_noise"] = t.condition_noise
     length = states.shape[0]
 
     def loss_fn(network, key, states):
@@ -148,6 +172,37 @@ def train_network(
 
     loop_key = jax.random.fold_in(root, LOOP_STREAM)
     return optimise(config, network, loss_fn, loop_key, Path(config.output), states, scan=False)
+
+
+def initial_network(path: str, config: AtmosphereTrainingConfig, grid: GridSpec, stats):
+    """The network of the emulator at ``path`` (sha256-checked), for fine-tuning.
+
+    Its architecture, grid and normalisation statistics must be those of ``config`` and the
+    training data: a network trained on other statistics would be fine-tuned on inputs it
+    has never seen.
+    """
+    if not Path(path).exists():
+        raise FileNotFoundError(f"training.initialise_from = {path!r}: file not found")
+    start = load_emulator(None, path)
+    field = "training.initialise_from"
+    if start.grid != grid:
+        raise ValueError(f"{field} = {path!r}: its grid differs from the training data's")
+    card_network = tomllib.loads(Path(path).with_suffix(".toml").read_text())["network"]
+    for name in ("widths", "embed"):
+        wanted = getattr(config.network, name)
+        wanted = list(wanted) if isinstance(wanted, tuple) else wanted  # as the card has it
+        if wanted != card_network[name]:
+            raise ValueError(
+                f"{field} = {path!r} has network.{name} = {card_network[name]!r}; the config "
+                f"asks for {wanted!r}"
+            )
+    for name in ("mean", "std", "diff_std"):
+        if not np.allclose(np.asarray(getattr(start, name)), stats[name], rtol=1e-5):
+            raise ValueError(
+                f"{field} = {path!r} was trained with other statistics ({name}) than "
+                f"{config.data.train}"
+            )
+    return start.denoiser.network
 
 
 def _variable_slices(grid: GridSpec) -> dict[str, list[int]]:

@@ -27,6 +27,7 @@ from ..experiments.config import (
 
 __all__ = [
     "AtmosphereDataConfig",
+    "AtmosphereOptimisationConfig",
     "AtmosphereTrainingConfig",
     "DataConfig",
     "NetworkConfig",
@@ -159,6 +160,24 @@ class UNetConfig(_Validated):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class AtmosphereOptimisationConfig(OptimisationConfig):
+    """``[training]`` of an atmosphere emulator: the EDM loss, AdamW, and two more options."""
+
+    condition_noise: float = _field(
+        0.0,
+        "std of Gaussian noise added to the two conditioning frames, in units of each "
+        "channel's 12 h difference std; the target is the clean next state, so the network "
+        "learns to pull a slightly off-manifold state back instead of carrying its noise on",
+        **NON_NEGATIVE,
+    )
+    initialise_from: str = _field(
+        "",
+        "start from these weights (an emulator .npz with its .toml card, e.g. a 'filtrax "
+        "train' output) instead of a random network: fine-tuning",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AtmosphereTrainingConfig(_Validated):
     """Training of a gridded atmosphere emulator (``family = "atmosphere"``)."""
 
@@ -169,7 +188,9 @@ class AtmosphereTrainingConfig(_Validated):
     output: str = _field("runs/train/hs", "output folder (weights, card, checkpoint)")
     data: AtmosphereDataConfig = dataclasses.field(default_factory=AtmosphereDataConfig)
     network: UNetConfig = dataclasses.field(default_factory=UNetConfig)
-    training: OptimisationConfig = dataclasses.field(default_factory=OptimisationConfig)
+    training: AtmosphereOptimisationConfig = dataclasses.field(
+        default_factory=AtmosphereOptimisationConfig
+    )
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
 
