@@ -28,7 +28,6 @@ import argparse
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -37,6 +36,7 @@ from filtrax.emulators.atmosphere import bundled_emulator, load_emulator
 from filtrax.experiments.config import load_config
 from filtrax.experiments.factory import build_sampler
 from filtrax.filters.proposals import EmulatorProposal
+from filtrax.filters.weights import DiracPredictiveWeight
 from filtrax.training.atmosphere import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,17 +86,17 @@ def main() -> None:
 
     # The members step with the poster's sampler (DPM-Solver++(2S), 10 levels, churn 2.5).
     proposal = EmulatorProposal(emulator, build_sampler(load_config(args.config)))
-    sigma_max = jnp.asarray(80.0, jnp.float32)
+    # The one-call conditional mean, as the FA-APF's Dirac weights compute it.
+    predictive = DiracPredictiveWeight(sigma_max=80.0)
 
-    def mean_step(key, state):
-        template = emulator.latent_template(state)
-        noise = sigma_max * emulator.noise(key, template)
-        z = emulator.denoiser(noise, sigma_max, emulator.condition(state))
-        return emulator.latent_to_frame(z, state)
+    def mean_frame(key, state):
+        return predictive.predicted_frame(key, emulator, state)
 
     member_step = jax.jit(jax.vmap(lambda key, state: proposal(key, state, None, None)))
-    mean_next = jax.jit(jax.vmap(mean_step))
-    mean_roll = jax.jit(jax.vmap(lambda key, state: emulator.advance(state, mean_step(key, state))))
+    mean_next = jax.jit(jax.vmap(mean_frame))
+    mean_roll = jax.jit(
+        jax.vmap(lambda key, state: emulator.advance(state, mean_frame(key, state)))
+    )
 
     # Drift.
     span = data.shape[0] - args.steps - 2

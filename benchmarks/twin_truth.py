@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
+from filtrax.dynamics.heldsuarez import UNITS
 from filtrax.emulators.atmosphere import AtmosphereEmulator
 from filtrax.experiments.config import load_config
 from filtrax.experiments.factory import (
@@ -34,7 +35,7 @@ from filtrax.experiments.factory import (
     load_atmosphere_emulator,
 )
 from filtrax.filters.proposals import EmulatorProposal
-from filtrax.io.datasets import dataset_to_frames
+from filtrax.io.datasets import dataset_to_frames, frames_to_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,9 +67,10 @@ def main() -> None:
         twin.append(frame)
     twin = np.stack(twin)
 
-    out = segment.copy()
-    for name in segment.data_vars:
-        out[name] = segment[name].copy(data=_variable(twin, emulator.grid, name, segment))
+    units = [UNITS.get(c.variable, "1") for c in emulator.grid.channels]
+    out = frames_to_dataset(
+        twin, grid=emulator.grid, units=units, leading_dims=("time",), coords={"time": segment.time}
+    )
     out.attrs = {
         "title": "identical-twin truth: a sample path of the emulator",
         "emulator": emulator.name,
@@ -79,18 +81,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out.to_netcdf(args.out)
     print(f"wrote {args.out}: {len(twin)} states of {emulator.name}")
-
-
-def _variable(frames: np.ndarray, grid, name: str, segment: xr.Dataset) -> np.ndarray:
-    """The channels of ``name`` from ``(time, channel, lat, lon)`` frames, in file order."""
-    rows = [i for i, c in enumerate(grid.channels) if c.variable == name]
-    if "level" not in segment[name].dims:
-        return frames[:, rows[0]].astype(segment[name].dtype)
-    by_level = {grid.channels[i].level: i for i in rows}
-    levels = segment[name]["level"].values
-    return np.stack([frames[:, by_level[float(lv)]] for lv in levels], axis=1).astype(
-        segment[name].dtype
-    )
 
 
 if __name__ == "__main__":
