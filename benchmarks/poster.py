@@ -124,6 +124,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs/poster")
     parser.add_argument("--json", type=Path)
     parser.add_argument(
+        "--per-cycle",
+        action="store_true",
+        help="also print each method's ratio to the free ensemble, cycle by cycle",
+    )
+    parser.add_argument(
         "--runs-only",
         action="store_true",
         help="only run the methods (e.g. split over two processes); no table or figures",
@@ -196,6 +201,13 @@ def main() -> None:
         }
         print(row)
     print("columns per variable: RMSE at the last cycle (ratio to free) spread/RMSE")
+    if args.per_cycle:
+        print("\nratio of the pooled RMSE to the free ensemble's, cycle by cycle")
+        for slug in (s for s in results if s != "free"):
+            print(slug)
+            for v in variables:
+                ratios = results[slug]["rmse"][v] / results["free"]["rmse"][v]
+                print(f"  {v:<26}" + " ".join(f"{x:4.2f}" for x in ratios))
     figures = args.out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     hours = config.run.cycle_hours

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import shutil
 import tomllib
 from pathlib import Path
@@ -15,7 +17,7 @@ from click.testing import CliRunner
 
 from filtrax.cli import main
 from filtrax.diffusion.denoisers import EDMPreconditionedDenoiser
-from filtrax.dynamics.heldsuarez import HeldSuarezSetup, write_segment
+from filtrax.dynamics.heldsuarez import HeldSuarezSetup, stack_channels, write_segment
 from filtrax.emulators.atmosphere import AtmosphereEmulator, load_emulator, save_emulator
 from filtrax.emulators.sphere_unet import SphereUNet, pad_sphere
 from filtrax.experiments.config import ConfigError, config_from_dict
@@ -91,6 +93,21 @@ def test_emulator_maps_latent_to_physical_residual_and_checks_shapes():
         emulator.condition(jnp.ones((3, 8, 8)))
 
 
+def test_one_state_history_ignores_the_older_frame():
+    two = _emulator()
+    one = dataclasses.replace(two, history=1)
+    state = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))
+    other = state.at[0].add(1.0)  # another x^{k-1}, the same x^k
+    c = one.condition(state)
+    np.testing.assert_array_equal(np.asarray(c), np.asarray(one.condition(other)))
+    np.testing.assert_array_equal(np.asarray(c[0]), np.asarray(c[1]))
+    np.testing.assert_array_equal(np.asarray(c[1]), np.asarray(two.condition(state)[1]))
+    # The control: GenCast's two-state conditioning sees the older frame.
+    assert not np.allclose(np.asarray(two.condition(state)), np.asarray(two.condition(other)))
+    with pytest.raises(ValueError, match="tiny: history = 3, expected 1 or 2"):
+        dataclasses.replace(two, history=3)
+
+
 def test_weights_round_trip_and_tampering(tmp_path):
     emulator = _emulator()
     path = tmp_path / "tiny.npz"
@@ -127,6 +144,14 @@ def test_weights_round_trip_and_tampering(tmp_path):
     with pytest.raises(
         ValueError, match=r"card's network.sigma_data has 2 values; expected 1 .* or 3"
     ):
+        load_emulator(None, path)
+    card["network"]["sigma_data"] = [1.0]
+    card["network"]["history"] = 1
+    path.with_suffix(".toml").write_text(engine.card_text(card))
+    assert load_emulator(None, path).history == 1
+    card["network"]["history"] = 0
+    path.with_suffix(".toml").write_text(engine.card_text(card))
+    with pytest.raises(ValueError, match=r"card's network.history = 0, expected 1 or 2"):
         load_emulator(None, path)
     data = bytearray(path.read_bytes())
     data[-100] ^= 1
@@ -336,10 +361,13 @@ def test_fine_tuning_starts_from_the_given_weights_and_checks_them(smoke_run, tm
         f"training.initialise_from={weights}",
         "training.condition_noise=0.5",
         "training.learning_rate=1e-30",
+        "network.history=1",  # two-state weights fine-tuned to condition on one
     )
     assert result.exit_code == 0, result.output
     card = tomllib.loads((tmp_path / "tuned" / "hs_smoke.toml").read_text())
     assert card["training"]["condition_noise"] == 0.5
+    assert card["network"]["history"] == 1
+    assert load_emulator(None, tmp_path / "tuned" / "hs_smoke.npz").history == 1
     assert card["training"]["initialise_from"] == str(weights)
     start = module_arrays(load_emulator(None, weights).denoiser.network)
     tuned = module_arrays(load_emulator(None, tmp_path / "tuned" / "hs_smoke.npz").denoiser.network)
@@ -362,6 +390,51 @@ def test_fine_tuning_starts_from_the_given_weights_and_checks_them(smoke_run, tm
     assert missing.exit_code == 2 and "initialise_from = 'nowhere.npz'" in missing.output
     negative = train(tmp_path / "negative", "training.condition_noise=-1")
     assert negative.exit_code == 2 and "training.condition_noise" in negative.output
+    history = train(tmp_path / "history", "network.history=3")
+    assert history.exit_code == 2 and "network.history" in history.output
+
+
+def test_fine_tuning_keeps_the_weights_statistics_and_refuses_another_climate(smoke_run):
+    from filtrax.training.atmosphere import (
+        STATISTICS_TOLERANCE,
+        channel_statistics,
+        grid_of,
+        initial_network,
+        open_store,
+    )
+    from filtrax.training.config import load_training_config
+
+    store, weights = smoke_run
+    config = load_training_config(
+        Path(__file__).parents[1] / "configs" / "heldsuarez" / "train_smoke.toml",
+        [f"data.train={store}", f"training.initialise_from={weights}"],
+    )
+    grid = grid_of(open_store(store))
+    start = load_emulator(None, weights)
+    # Another run of the same generator is another sample of the same climate: statistics
+    # a little off are accepted, and the weights' own are kept (they normalise its inputs).
+    stats = channel_statistics(stack_channels(open_store(store).load()))
+    nearby = {**stats, "std": stats["std"] * 1.03, "mean": stats["mean"] + 0.02 * stats["std"]}
+    _, kept = initial_network(str(weights), config, grid, nearby)
+    for name in ("mean", "std", "diff_std"):
+        np.testing.assert_array_equal(kept[name], np.asarray(getattr(start, name)))
+    # Another climate is refused, naming the statistic, the channel and both values.
+    far = {**stats, "diff_std": stats["diff_std"].copy()}
+    far["diff_std"][2] *= math.exp(2 * STATISTICS_TOLERANCE)
+    label = grid.channels[2].label()
+    with pytest.raises(ValueError, match=rf"diff_std of {label} is .* there and .* in the weights"):
+        initial_network(str(weights), config, grid, far)
+    # A latitude moved by a rounding error is the same grid; by a degree it is not.
+    lats = list(grid.latitudes)
+    lats[3] += 1e-12
+    assert grid.difference(dataclasses.replace(grid, latitudes=tuple(lats))) is None
+    lats[3] += 1.0
+    moved = dataclasses.replace(grid, latitudes=tuple(lats))
+    assert grid.difference(moved) == "latitudes differ by up to 1 degrees"
+    with pytest.raises(ValueError, match=r"its grid differs from .*: latitudes differ by up to 1"):
+        initial_network(str(weights), config, moved, stats)
+    fewer = dataclasses.replace(grid, channels=grid.channels[:-1])
+    assert grid.difference(fewer).startswith("channels temperature@")
 
 
 def test_shipped_card_meets_the_calibration_target_it_reports():

@@ -302,3 +302,16 @@ def test_data_command_writes_attributes_and_refuses_off_grid_steps(tmp_path):
     assert ds.attrs["forcing"] == 20.0 and ds.attrs["dt_integration"] == 0.005
     bad = CliRunner().invoke(main, ["data", "--time-step", "0.0733", "--out", str(out)])
     assert bad.exit_code == 2 and "sample_every" in bad.output
+
+
+@pytest.mark.parametrize(("steps", "warmup"), [(1, 0), (1, 1), (6, 500), (10, 2)])
+def test_the_learning_rate_schedule_warms_up_and_decays_for_any_step_count(steps, warmup):
+    from filtrax.training.config import OptimisationConfig
+    from filtrax.training.engine import make_optimizer
+
+    params = {"w": jnp.ones(3)}
+    optimiser = make_optimizer(OptimisationConfig(steps=steps, warmup=warmup, learning_rate=0.1))
+    state = optimiser.init(params)
+    with jax.numpy_dtype_promotion("standard"):  # as the training loop runs optax
+        update, state = optimiser.update({"w": jnp.ones(3)}, state, params)
+    assert np.all(np.isfinite(np.asarray(update["w"])))

@@ -6,7 +6,12 @@ GenCast's conventions (Price et al. 2025; method spec §1.1, §4), applied to an
 * **State.** A particle state is ``(2, channel, lat, lon)`` =
   :math:`(x^{k-1}, x^k)` in physical units; observations see :math:`x^k`.
 * **Conditioning.** :math:`c = ((x^{k-1} - \mu)/s, (x^k - \mu)/s)` with per-channel
-  statistics :math:`\mu, s` (GenCast's ``mean_by_level`` and ``stddev_by_level``).
+  statistics :math:`\mu, s` (GenCast's ``mean_by_level`` and ``stddev_by_level``). A card
+  with ``network.history = 1`` conditions on :math:`x^k` alone, given in both slots,
+  :math:`c = ((x^k - \mu)/s, (x^k - \mu)/s)`: the state still stacks two frames, and the
+  older one is ignored. With two states a network can predict each variable's step from its
+  own last step, and learn little of how the winds move the temperature; with one it has
+  to (``benchmarks/emulator_dynamics.py``).
 * **Latent.** The residual normalised by the standard deviation of 12-hour differences,
   :math:`z = (x^{k+1} - x^k)/s_\Delta` (``diffs_stddev_by_level``), and
   :math:`\Phi_s(z) = x^k + s_\Delta z`, affine in :math:`z` as the guidance requires.
@@ -66,6 +71,7 @@ class AtmosphereEmulator(AbstractTwoFrameEmulator):
         grid: latitudes, longitudes and channels (static).
         time_step_hours: the transition length.
         name: the card name or the weights file.
+        history: the states the network sees: 2 (GenCast) or 1 (:math:`x^k` in both slots).
         latent_noise: the unit noise of every diffusion draw (:meth:`noise`); i.i.d.
             Gaussian by default, :class:`SphericalWhiteNoise` on :attr:`grid` for GenCast's.
             A sampling choice, not part of the weights.
@@ -78,9 +84,12 @@ class AtmosphereEmulator(AbstractTwoFrameEmulator):
     grid: GridSpec = eqx.field(static=True)
     time_step_hours: float = eqx.field(static=True, default=12.0)
     name: str = eqx.field(static=True, default="atmosphere")
+    history: int = eqx.field(static=True, default=2)
     latent_noise: AbstractLatentNoise = GaussianNoise()
 
     def __check_init__(self) -> None:
+        if self.history not in (1, 2):
+            raise ValueError(f"{self.name}: history = {self.history!r}, expected 1 or 2 states")
         noise = self.latent_noise
         if isinstance(noise, SphericalWhiteNoise) and not _same_grid(noise, self.grid):
             raise ValueError(
@@ -105,6 +114,8 @@ class AtmosphereEmulator(AbstractTwoFrameEmulator):
                 f"{self.name}: a particle state must have shape {self.state_shape} = "
                 f"(frame, channel, lat, lon), got {state.shape}"
             )
+        if self.history == 1:
+            state = jnp.stack([state[-1], state[-1]])
         return (state - self._column(self.mean)[None]) / self._column(self.std)[None]
 
     def latent_to_frame(self, z: State, state: State) -> State:
@@ -219,11 +230,15 @@ def emulator_from_card(
         sigma_data = sigma_data_of(card["network"].get("sigma_data", [1.0]), grid)
     except ValueError as error:
         raise ValueError(f"{source}: the card's {error}") from None
+    history = card["network"].get("history", 2)
+    if history not in (1, 2):
+        raise ValueError(f"{source}: the card's network.history = {history!r}, expected 1 or 2")
     return AtmosphereEmulator(
         EDMPreconditionedDenoiser(network, sigma_data=sigma_data),
         grid=grid,
         time_step_hours=hours,
         name=card["name"],
+        history=int(history),
         latent_noise=_latent_noise(noise, grid),
         **stats,
     )

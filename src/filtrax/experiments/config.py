@@ -116,7 +116,7 @@ def _bounds(meta: typing.Mapping[str, Any]) -> str:
 
 def _check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
     if "choices" in meta and value not in meta["choices"]:
-        allowed = ", ".join(sorted(meta["choices"]))
+        allowed = ", ".join(str(c) for c in sorted(meta["choices"]))
         raise ConfigError(f"{key} = {value!r} is not one of: {allowed}")
     low, high = meta.get("min"), meta.get("max")
     too_low = low is not None and (value <= low if meta.get("min_exclusive") else value < low)

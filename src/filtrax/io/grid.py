@@ -110,6 +110,24 @@ class GridSpec:
             f"variable {variable!r} has no level {level!r}; available {self.level_name}s: {levels}"
         )
 
+    def difference(self, other: GridSpec, *, atol_degrees: float = 1e-6) -> str | None:
+        """What differs from ``other`` (``None`` if nothing): channels and level name exactly,
+        coordinates to ``atol_degrees``, since a rerun on another machine may move a
+        latitude by a rounding error."""
+        for name in ("latitudes", "longitudes"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if len(mine) != len(theirs):
+                return f"{len(mine)} {name} against {len(theirs)}"
+            worst = float(np.max(np.abs(np.subtract(mine, theirs))))
+            if worst > atol_degrees:
+                return f"{name} differ by up to {worst:g} degrees"
+        if self.channels != other.channels:
+            ours = ", ".join(c.label() for c in self.channels)
+            return f"channels {ours} against {', '.join(c.label() for c in other.channels)}"
+        if self.level_name != other.level_name:
+            return f"level name {self.level_name!r} against {other.level_name!r}"
+        return None
+
     def area_weights(self) -> np.ndarray:
         """cos(latitude) weights normalised to mean 1 over the grid, shape ``(lat, lon)``."""
         w = np.cos(np.deg2rad(np.asarray(self.latitudes)))

@@ -157,6 +157,12 @@ class UNetConfig(_Validated):
         "or one per channel in the grid's order",
         **POSITIVE,
     )
+    history: int = _field(
+        2,
+        "states the network is conditioned on: 2 (GenCast: x^{k-1} and x^k) or 1 (x^k only, "
+        "given in both input slots, so that two-state weights can be fine-tuned to it)",
+        choices=(1, 2),
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

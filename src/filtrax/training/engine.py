@@ -53,8 +53,11 @@ def loss_weight(sigma, sigma_data=1.0):
 
 def make_optimizer(t) -> optax.GradientTransformation:
     """AdamW with warm-up and cosine decay, after global-norm clipping (``t``: ``[training]``)."""
+    warmup = max(t.warmup, 1)
+    # optax needs at least one decay step after the warm-up (a one-step run included).
+    total = max(t.steps, warmup + 1)
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, t.learning_rate, max(t.warmup, 1), max(t.steps, t.warmup + 1), t.learning_rate * 0.01
+        0.0, t.learning_rate, warmup, total, t.learning_rate * 0.01
     )
     return optax.chain(
         optax.clip_by_global_norm(t.clip_norm),
