@@ -25,21 +25,17 @@ hardly moves when the winds are replaced makes winds unobservable from temperatu
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from filtrax.dynamics.heldsuarez import stack_channels
-from filtrax.emulators.atmosphere import bundled_emulator, load_emulator
+from _heldsuarez import add_emulator_arguments, emulator_and_data
 from filtrax.experiments.config import load_config
 from filtrax.experiments.factory import build_sampler
 from filtrax.filters.proposals import EmulatorProposal
 from filtrax.filters.weights import DiracPredictiveWeight
-from filtrax.training.atmosphere import open_store
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIABLES = (
     "temperature",
     "u_component_of_wind",
@@ -52,10 +48,7 @@ VARIABLES = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--emulator", default="hs_t21_16x32", help="bundled card name")
-    parser.add_argument("--weights", default=None, help="weights of 'filtrax train' instead")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster.toml")
-    parser.add_argument("--store", default="runs/data/hs_test.zarr", help="held-out store")
+    add_emulator_arguments(parser)
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--starts", type=int, default=4)
     parser.add_argument("--steps", type=int, default=40, help="12 h steps of the rollouts")
@@ -66,10 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.members, args.starts, args.steps, args.report_every, args.swap) < 1:
         parser.error("--members, --starts, --steps, --report-every and --swap must be >= 1")
-    emulator = (
-        load_emulator(None, args.weights) if args.weights else bundled_emulator(args.emulator)
-    )
-    data = stack_channels(open_store(args.store).load()).astype(np.float32)
+    emulator, data = emulator_and_data(args)
     channels = emulator.grid.channels
     rows = {v: [i for i, c in enumerate(channels) if c.variable == v] for v in VARIABLES}
     weights = np.asarray(emulator.grid.area_weights(), np.float64)
