@@ -134,8 +134,8 @@ def atmosphere_demo(out: str, particles: int, cycles: int) -> None:
         note = (
             f"The FA-APF ends worse than the free ensemble for {', '.join(worse)}. With "
             "observed columns 45 degrees apart so does every filter we ran on this small "
-            "emulator at N = 16; at N = 64 only the localised EnKF gets ahead, for a few "
-            "days. The emulator's members are nearly independent from cell to cell and "
+            "emulator with 16 particles; with 64 only the localised EnKF gets ahead, for a "
+            "few days. The emulator's members are nearly independent from cell to cell and "
             "from variable to variable, where its errors are not, so the observations "
             "hardly reach the unobserved points. With every column observed "
             "(observations.stride = 1) the FA-APF beats the free ensemble on the unobserved "

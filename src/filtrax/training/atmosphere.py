@@ -161,11 +161,11 @@ def train_network(
     """Train from ``initial`` (fine-tuning) or from a random network of the config's sizes."""
     t = config.training
     root = jax.random.key(config.seed)
-    network = build_network(
-        dataclass_dict(config.network), grid, jax.random.fold_in(root, INIT_STREAM)
-    )
-    if initial is not None:
-        network = initial
+    if initial is None:
+        initial = build_network(
+            dataclass_dict(config.network), grid, jax.random.fold_in(root, INIT_STREAM)
+        )
+    network = initial
     states = jnp.asarray(data, jnp.float32)
     stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
     area = jnp.asarray(grid.area_weights(), jnp.float32)
