@@ -305,7 +305,7 @@ def test_data_command_writes_attributes_and_refuses_off_grid_steps(tmp_path):
 
 
 @pytest.mark.parametrize(("steps", "warmup"), [(1, 0), (1, 1), (6, 500), (10, 2)])
-def test_the_learning_rate_schedule_warms_up_and_decays_for_any_step_count(steps, warmup):
+def test_the_learning_rate_schedule_accepts_any_step_and_warmup_count(steps, warmup):
     from filtrax.training.config import OptimisationConfig
     from filtrax.training.engine import make_optimizer
 
