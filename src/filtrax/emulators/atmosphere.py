@@ -244,25 +244,30 @@ def emulator_from_card(
     )
 
 
+def trained_card(weights: str | Path) -> dict:
+    """The card next to the weights of a ``filtrax train`` output (``<name>.toml``)."""
+    sidecar = Path(weights).with_suffix(".toml")
+    if not sidecar.exists():
+        raise FileNotFoundError(
+            f"weights file {weights} has no card {sidecar} (written by 'filtrax train')"
+        )
+    return tomllib.loads(sidecar.read_text())
+
+
 def load_emulator(
     card: dict | None,
     weights: str | Path | None = None,
     *,
     noise: str | AbstractLatentNoise = "gaussian",
 ) -> AtmosphereEmulator:
-    """The emulator of a bundled card, or of a ``filtrax train`` output (``weights``, whose
-    ``.toml`` card sits next to it); the sha256 is checked either way. ``noise`` is its latent
-    noise (:func:`with_latent_noise`)."""
+    """The emulator of a bundled card, or of a ``filtrax train`` output (``weights``, with
+    its card, :func:`trained_card` when ``card`` is None); the sha256 is checked either way.
+    ``noise`` is its latent noise (:func:`with_latent_noise`)."""
     if weights is None:
         path = Path(str(resources.files("filtrax.emulators") / "cards" / card["weights"]))
     else:
         path = Path(weights)
-        sidecar = path.with_suffix(".toml")
-        if not sidecar.exists():
-            raise FileNotFoundError(
-                f"weights file {path} has no card {sidecar} (written by 'filtrax train')"
-            )
-        card = tomllib.loads(sidecar.read_text())
+        card = trained_card(path) if card is None else card
     for section in ("grid", "network", "data"):
         if section not in card:
             raise ValueError(f"card {card.get('name')!r} lacks the [{section}] table")

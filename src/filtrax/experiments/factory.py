@@ -362,15 +362,14 @@ def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
 def load_atmosphere_emulator(config: ExperimentConfig):
     """The configured gridded atmosphere emulator (card or trained weights, drawing the
     ``model.noise`` latent noise) and its card."""
-    import tomllib
-
     from ..emulators.atmosphere import load_emulator as load_atmosphere
+    from ..emulators.atmosphere import trained_card
 
     m = config.model
     try:
         if m.weights:
-            card = tomllib.loads(Path(m.weights).with_suffix(".toml").read_text())
-            return load_atmosphere(None, m.weights, noise=m.noise), card
+            card = trained_card(m.weights)
+            return load_atmosphere(card, m.weights, noise=m.noise), card
         card = load_card(m.emulator)
     except (OSError, ValueError, KeyError) as error:
         field = "model.weights" if m.weights else "model.emulator"

@@ -50,7 +50,6 @@ import math
 import os
 import platform
 import time
-import tomllib
 from pathlib import Path
 
 import equinox as eqx
@@ -73,6 +72,7 @@ from ..emulators.atmosphere import (
     load_emulator,
     save_emulator,
     sigma_data_of,
+    trained_card,
 )
 from ..emulators.sphere_unet import SphereUNet
 from ..experiments.factory import sampler_from_config
@@ -205,14 +205,15 @@ def initial_network(
     """
     if not Path(path).exists():
         raise FileNotFoundError(f"training.initialise_from = {path!r}: file not found")
-    start = load_emulator(None, path)
+    card = trained_card(path)
+    start = load_emulator(card, path)
     field = "training.initialise_from"
     difference = start.grid.difference(grid)
     if difference:
         raise ValueError(
             f"{field} = {path!r}: its grid differs from {config.data.train}'s: {difference}"
         )
-    card_network = tomllib.loads(Path(path).with_suffix(".toml").read_text())["network"]
+    card_network = card["network"]
     for name in ("widths", "embed"):
         wanted = getattr(config.network, name)
         wanted = list(wanted) if isinstance(wanted, tuple) else wanted  # as the card has it
