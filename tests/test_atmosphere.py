@@ -280,6 +280,11 @@ def test_smoke_card_and_a_short_run(smoke_run, tmp_path):
     late = {**config, "run": {**config["run"], "cycles": 20}}
     with pytest.raises(ConfigError, match="no state at the cycle times"):
         build_experiment(config_from_dict(late))
+    alone = tmp_path / "alone.npz"  # weights without the card 'filtrax train' writes next to them
+    shutil.copy(weights, alone)
+    no_card = {**config, "model": {**config["model"], "weights": str(alone)}}
+    with pytest.raises(ConfigError, match=r"model.weights = .*alone.npz': .* has no card"):
+        build_experiment(config_from_dict(no_card))
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
