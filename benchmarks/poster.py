@@ -68,6 +68,16 @@ METHODS = {
         "EnKF (Gaspari–Cohn, c = 2000 km)",
         ["filter.method=enkf", "filter.localisation_half_width=2000"],
     ),
+    # The LETKF (Hunt et al. 2007) with R-localisation and relaxation to prior perturbations;
+    # benchmarks/perfect_model.py runs the same filter with dinosaur as the forecast model.
+    "letkf": (
+        "LETKF (Gaspari–Cohn, c = 2000 km, RTPP 0.5)",
+        [
+            "filter.method=letkf",
+            "filter.localisation_half_width=2000",
+            "filter.relaxation=0.5",
+        ],
+    ),
     "free": ("free ensemble", ["filter.method=free"]),
     "fa_apf_authors": (
         "FA-APF, authors' sampler (AB3, 32 levels, 2 Langevin, BiCGSTAB 3)",
@@ -116,7 +126,7 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=64)
     parser.add_argument("--cycles", type=int, default=0, help="0 = the config's")
     parser.add_argument(
-        "--methods", default="fa_apf_dirac,fa_apf_mm,guided,bootstrap,enkf,enkf_local,free"
+        "--methods", default="fa_apf_dirac,fa_apf_mm,guided,bootstrap,enkf,enkf_local,letkf,free"
     )
     parser.add_argument("--burn-in", type=int, default=5)
     parser.add_argument("--unweighted", action="store_true")

@@ -70,6 +70,7 @@ skip_first_selection = false
 inflation = 1.05
 localisation_block = [2, 4]
 localisation_half_width = 0.0
+relaxation = 0.0
 adaptive_inflation = true
 inflation_max = 1.5
 

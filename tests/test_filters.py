@@ -155,6 +155,21 @@ def test_empty_observation_set_is_rejected_with_guidance(model, observations):
     np.testing.assert_allclose(result.diagnostics.ess[2], 4.0, rtol=1e-5)
 
 
+def test_letkf_ignores_missing_observations(model, observations):
+    """A NaN observation gets zero weight: with every observation missing the LETKF is the
+    free ensemble (same keys, same forecasts); with one missing it still moves."""
+    missing = np.full_like(np.asarray(observations[:2]), np.nan)
+    free = run(fx.FreeEnsemble(unguided(model)), model, missing, 6)
+    letkf = fx.LocalEnsembleTransformKalmanFilter(unguided(model), relaxation=0.3)
+    blind = run(letkf, model, missing, 6)
+    np.testing.assert_allclose(blind.analysis, free.analysis, rtol=1e-5, atol=1e-5)
+    partial = np.asarray(observations[:2]).copy()
+    partial[:, 0] = np.nan
+    moved = run(letkf, model, partial, 6)
+    assert np.all(np.isfinite(moved.analysis))
+    assert not np.allclose(moved.analysis, free.analysis, atol=1e-3)
+
+
 def test_nan_initial_particles_are_rejected(model, observations):
     with pytest.raises(ValueError, match="initial_particles contains NaN"):
         fx.assimilate(

@@ -31,6 +31,9 @@ from .filters.enkf import EnsembleKalmanFilter as EnsembleKalmanFilter
 from .filters.inflation import AbstractInflation as AbstractInflation
 from .filters.inflation import FixedInflation as FixedInflation
 from .filters.inflation import InnovationInflation as InnovationInflation
+from .filters.letkf import (
+    LocalEnsembleTransformKalmanFilter as LocalEnsembleTransformKalmanFilter,
+)
 from .filters.localisation import BlockLocalisation as BlockLocalisation
 from .filters.particle import AbstractFilter as AbstractFilter
 from .filters.particle import AuxiliaryParticleFilter as AuxiliaryParticleFilter

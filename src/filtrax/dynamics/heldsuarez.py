@@ -245,10 +245,42 @@ class HeldSuarezSimulator:
             # dinosaur's nodal layout is (…, lon, lat); the CNN wants (…, lat, lon).
             return {k: jnp.swapaxes(v, -1, -2).astype(jnp.float32) for k, v in out.items()}
 
+        prognostic = ("vorticity", "divergence", "temperature_variation", "log_surface_pressure")
+
+        def transform_members(states, transforms):
+            # Each member's analysis is, node by node of the Gaussian grid, a combination of
+            # the forecast members; applied to the nodal fields and projected back to modal
+            # coefficients (exact for band-limited fields on dinosaur's Gaussian grid).
+            replaced = {}
+            for name in prognostic:
+                nodal = grid.to_nodal(getattr(states, name))  # (member, level, lon, lat)
+                flat = nodal.reshape(*nodal.shape[:-2], -1)
+                mixed = jnp.einsum("gik,k...g->i...g", transforms.astype(flat.dtype), flat)
+                replaced[name] = grid.to_modal(mixed.reshape(nodal.shape))
+            return dataclasses.replace(states, **replaced)
+
+        total_wavenumber = grid.modal_mesh[1]
+        steps_per_save = round(setup.save_hours * 60 / setup.time_step_minutes)
+
+        def high_pass(state, min_total_wavenumber):
+            keep = (total_wavenumber >= min_total_wavenumber).astype(state.vorticity.dtype)
+            return dataclasses.replace(
+                state, **{name: getattr(state, name) * keep for name in prognostic}
+            )
+
+        self._forecast = jax.jit(jax.vmap(time_integration.repeated(step, steps_per_save)))
+        self._coarse_members = jax.jit(jax.vmap(to_coarse))
+        self._transform_members = jax.jit(transform_members)
+        self._high_pass = jax.jit(high_pass, static_argnums=1)
+        # The Gaussian grid's nodes in the nodal fields' (lon, lat) order, flattened: the
+        # sites of transform_members. dinosaur's mesh holds longitude and sin(latitude).
+        node_lon, node_sin_lat = grid.nodal_mesh
+        self.node_latitudes = np.degrees(np.arcsin(np.asarray(node_sin_lat))).ravel()
+        self.node_longitudes = np.degrees(np.asarray(node_lon)).ravel()
         self._init_fn = init_fn
         self._step = step
         self._to_coarse = to_coarse
-        self._steps_per_save = round(setup.save_hours * 60 / setup.time_step_minutes)
+        self._steps_per_save = steps_per_save
         steps_per_day = round(24 * 60 / setup.time_step_minutes)
         self.latitudes = np.degrees(np.asarray(target.latitudes))
         self.longitudes = np.degrees(np.asarray(target.longitudes))
@@ -282,6 +314,38 @@ class HeldSuarezSimulator:
         with _dinosaur_promotion():
             final, fields = self._trajectories[num_outputs](state)
         return final, jax.device_get(fields)
+
+    # Ensembles of model states (a leading member axis on every field), for filters that run
+    # dinosaur itself as their forecast model (benchmarks/perfect_model.py).
+
+    def forecast(self, states):
+        """Integrate every member one save interval (``save_hours``)."""
+        with _dinosaur_promotion():
+            return self._forecast(states)
+
+    def coarse_members(self, states) -> dict[str, jax.Array]:
+        """Every member's coarse physical fields, as :meth:`trajectory` emits them."""
+        with _dinosaur_promotion():
+            return self._coarse_members(states)
+
+    def transform_members(self, states, transforms):
+        r"""Member i's new prognostic fields at each node g of the Gaussian grid are
+        :math:`\sum_k A_{g,ik} x_k` (``transforms`` ``(nodes, N, N)``, nodes in the order of
+        :attr:`node_latitudes`), e.g. an LETKF analysis (:mod:`filtrax.filters.letkf`)."""
+        nodes = self.node_latitudes.size
+        members = states.vorticity.shape[0]
+        if tuple(transforms.shape) != (nodes, members, members):
+            raise ValueError(
+                f"transform_members: transforms has shape {tuple(transforms.shape)}; expected "
+                f"({nodes}, {members}, {members}) for {members} members on {nodes} nodes"
+            )
+        with _dinosaur_promotion():
+            return self._transform_members(states, transforms)
+
+    def high_pass(self, state, min_total_wavenumber: int):
+        """The state's prognostic fields keeping total wavenumbers >= ``min_total_wavenumber``."""
+        with _dinosaur_promotion():
+            return self._high_pass(state, min_total_wavenumber)
 
 
 def coarse_dataset(

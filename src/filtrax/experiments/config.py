@@ -261,7 +261,9 @@ class FilterConfig(_Validated):
     SECTION: ClassVar[str] = "filter"
 
     method: str = _field(
-        "fa_apf", "assimilation method", choices=("fa_apf", "bootstrap", "enkf", "free")
+        "fa_apf",
+        "assimilation method",
+        choices=("fa_apf", "bootstrap", "enkf", "letkf", "free"),
     )
     particles: int = _field(64, "ensemble size", min=2, max=1_000_000)
     weights: str = _field(
@@ -281,8 +283,8 @@ class FilterConfig(_Validated):
     skip_first_selection: bool = _field(True, "skip the selection step in the first cycle")
     inflation: float = _field(
         1.0,
-        "multiplicative inflation of the forecast [enkf, fa_apf, bootstrap]; the floor when "
-        "adaptive",
+        "multiplicative inflation of the forecast [enkf, letkf, fa_apf, bootstrap]; the floor "
+        "when adaptive",
         min=1.0,
     )
     adaptive_inflation: bool = _field(
@@ -295,8 +297,14 @@ class FilterConfig(_Validated):
     localisation_half_width: float = _field(
         0.0,
         "Gaspari-Cohn half-width c of the covariance localisation (zero beyond 2c): km on a "
-        "latitude-longitude grid, sites on the Lorenz-96 ring; 0 = global [enkf]",
+        "latitude-longitude grid, sites on the Lorenz-96 ring; 0 = global [enkf, letkf]",
         min=0.0,
+    )
+    relaxation: float = _field(
+        0.0,
+        "relaxation of the analysis anomalies to the forecast's (RTPP; 0 = none) [letkf]",
+        min=0.0,
+        max=1.0,
     )
 
     def _check(self) -> None:
@@ -306,11 +314,16 @@ class FilterConfig(_Validated):
                 f"filter.localisation_block = {_display(block)} is invalid: every entry must be "
                 f"an integer >= 1 (sites per block), or [] for global selection"
             )
-        if self.localisation_half_width > 0 and self.method != "enkf":
+        if self.localisation_half_width > 0 and self.method not in ("enkf", "letkf"):
             raise ConfigError(
                 f"filter.localisation_half_width = {self.localisation_half_width!r} applies to "
-                f"enkf, not filter.method = {self.method!r}; the particle filters localise "
-                f"their selection with filter.localisation_block"
+                f"enkf and letkf, not filter.method = {self.method!r}; the particle filters "
+                f"localise their selection with filter.localisation_block"
+            )
+        if self.relaxation > 0 and self.method != "letkf":
+            raise ConfigError(
+                f"filter.relaxation = {self.relaxation!r} applies to letkf, not "
+                f"filter.method = {self.method!r}"
             )
         if self.adaptive_inflation and self.method not in ("fa_apf", "bootstrap"):
             raise ConfigError(

@@ -34,6 +34,7 @@ from ..emulators.lorenz96 import Lorenz96Emulator, load_emulator
 from ..filters.covariance_localisation import GaspariCohnLocalisation
 from ..filters.enkf import EnsembleKalmanFilter
 from ..filters.inflation import FixedInflation, InnovationInflation
+from ..filters.letkf import LocalEnsembleTransformKalmanFilter
 from ..filters.localisation import BlockLocalisation
 from ..filters.particle import (
     AbstractFilter,
@@ -189,6 +190,14 @@ def build_filter(
         return EnsembleKalmanFilter(
             EmulatorProposal(emulator, sampler),
             f.inflation,
+            build_covariance_localisation(config, emulator),
+            particle_map=layout,
+        )
+    if method == "letkf":
+        return LocalEnsembleTransformKalmanFilter(
+            EmulatorProposal(emulator, sampler),
+            f.inflation,
+            f.relaxation,
             build_covariance_localisation(config, emulator),
             particle_map=layout,
         )

@@ -150,18 +150,28 @@ class GaspariCohnLocalisation(eqx.Module):
 
         return jnp.stack([component(q) for q in range(coordinates.shape[-1])], axis=-1)
 
+    def site_locality(
+        self, observation: ObservationModel, frame: Float[Array, "*frame"]
+    ) -> Float[Array, "sites obs"]:
+        r""":math:`\mathrm{GC}(d(s_g, o_m)/c)` for the flattened sites (C order) and the
+        observations (the LETKF's R-localisation, :mod:`filtrax.filters.letkf`)."""
+        return self._site_locality(self.observation_coordinates(observation, frame))
+
+    def _site_locality(self, where: Float[Array, "obs k"]) -> Float[Array, "sites obs"]:
+        sites = self.coordinates.reshape(-1, self.coordinates.shape[-1]).astype(where.dtype)
+        return gaspari_cohn(_distances(sites, where), self.half_width)
+
     def factors(
         self, observation: ObservationModel, frame: Float[Array, "*frame"]
     ) -> tuple[Float[Array, "state obs"], Float[Array, "obs obs"]]:
         """``(ρ_xy, ρ_yy)`` for the flattened frame (C order) and the observations."""
         leading = self._check_frame(frame.shape)
         where = self.observation_coordinates(observation, frame)
-        sites = self.coordinates.reshape(-1, self.coordinates.shape[-1]).astype(frame.dtype)
-
-        def distances(a, b):
-            return jnp.sqrt(jnp.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1))
-
-        site_obs = gaspari_cohn(distances(sites, where), self.half_width)
+        site_obs = self._site_locality(where)
         rho_xy = jnp.broadcast_to(site_obs[None], (leading, *site_obs.shape))
-        rho_yy = gaspari_cohn(distances(where, where), self.half_width)
+        rho_yy = gaspari_cohn(_distances(where, where), self.half_width)
         return rho_xy.reshape(-1, site_obs.shape[-1]), rho_yy
+
+
+def _distances(a: Float[Array, "m k"], b: Float[Array, "n k"]) -> Float[Array, "m n"]:
+    return jnp.sqrt(jnp.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1))
