@@ -90,6 +90,13 @@ def scores(coarse: dict[str, jax.Array], truth: dict[str, jax.Array], weights: n
     return out
 
 
+def global_mean_error(coarse, truth, weights: np.ndarray) -> float:
+    """The area-weighted global mean surface pressure of the ensemble mean minus the truth's
+    (Pa): the atmosphere's mass, which the dynamics conserve."""
+    error = np.asarray(coarse["surface_pressure"]).mean(0) - np.asarray(truth["surface_pressure"])
+    return float(np.sum(weights * error) / np.sum(weights))
+
+
 def stacked(states, members: int):
     """A batch of ``members`` copies of one model state."""
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (members, *jnp.shape(a))), states)
@@ -102,10 +109,15 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=4)
     parser.add_argument("--error-std", type=float, default=0.1)
     parser.add_argument("--half-width", type=float, default=2000.0, help="Gaspari-Cohn c (km)")
-    parser.add_argument("--inflation", type=float, default=1.0)
+    parser.add_argument("--inflation", type=float, default=1.1)
     parser.add_argument("--relaxation", type=float, default=0.5, help="RTPP coefficient")
     parser.add_argument("--min-wavenumber", type=int, default=16)
     parser.add_argument("--spin-up-days", type=float, default=200.0)
+    parser.add_argument(
+        "--mass-fixer",
+        action="store_true",
+        help="keep each member's mass (integral of surface pressure) through the analysis",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/perfect_model/stride4.nc"))
     args = parser.parse_args()
@@ -165,6 +177,7 @@ def main() -> None:
     )
     filtered, free = initial, initial
     records = {"letkf": [], "free": []}
+    mass_errors = {"letkf": [], "free": []}
     first = scores(
         sim.coarse_members(initial), _single(sim.coarse_members(stacked(truth, 1))), weights
     )
@@ -175,25 +188,31 @@ def main() -> None:
             jax.random.fold_in(key_obs, cycle), (obs_points.shape[0],)
         )
         observations = observe(true_coarse, args.stride) + noise
-        filtered = sim.forecast(filtered)
-        predicted = observe(sim.coarse_members(filtered), args.stride)
-        filtered = sim.transform_members(filtered, transforms_fn(predicted, observations))
+        forecast = sim.forecast(filtered)
+        predicted = observe(sim.coarse_members(forecast), args.stride)
+        filtered = sim.transform_members(forecast, transforms_fn(predicted, observations))
+        if args.mass_fixer:
+            filtered = sim.with_mass_of(filtered, forecast)
         free = sim.forecast(free)
         for name, ensemble in (("letkf", filtered), ("free", free)):
             coarse = sim.coarse_members(ensemble)
             if not all(bool(jnp.all(jnp.isfinite(v))) for v in coarse.values()):
                 raise FloatingPointError(f"the {name} ensemble is not finite at cycle {cycle}")
             records[name].append(scores(coarse, true_coarse, weights))
+            mass_errors[name].append(global_mean_error(coarse, true_coarse, weights))
 
+    data_vars = {
+        f"{kind}_{method}": (
+            ("cycle", "variable"),
+            np.array([[r[v][i] for v in VARIABLES] for r in records[method]]),
+        )
+        for method in records
+        for i, kind in enumerate(("rmse", "spread"))
+    }
+    for method, errors in mass_errors.items():
+        data_vars[f"global_mean_surface_pressure_error_{method}"] = ("cycle", errors)
     ds = xr.Dataset(
-        {
-            f"{kind}_{method}": (
-                ("cycle", "variable"),
-                np.array([[r[v][i] for v in VARIABLES] for r in records[method]]),
-            )
-            for method in records
-            for i, kind in enumerate(("rmse", "spread"))
-        },
+        data_vars,
         coords={"cycle": np.arange(1, args.cycles + 1), "variable": list(VARIABLES)},
         attrs={k: str(v) for k, v in vars(args).items()},
     )
@@ -206,7 +225,8 @@ def main() -> None:
         + ", ".join(f"{s} {first[v][0]:.3g}" for s, v in zip(short, VARIABLES, strict=True))
     )
     print("RMSE of the LETKF's analysis mean / the free ensemble's, by cycle:")
-    print(f"{'cycle':>5}" + "".join(f"{s:>16}" for s in short) + "   free: T (K), u (m/s)")
+    columns = "".join(f"{s:>16}" for s in short)
+    print(f"{'cycle':>5}{columns}   free: T (K), u (m/s)   LETKF mass error (Pa)")
     ratio = ds.rmse_letkf / ds.rmse_free
     for c in ds.cycle.values:
         free = ds.rmse_free.sel(cycle=c)
@@ -215,6 +235,7 @@ def main() -> None:
             + "".join(f"{float(ratio.sel(cycle=c, variable=v)):>16.2f}" for v in VARIABLES)
             + f"{float(free.sel(variable='temperature')):>11.3g}"
             + f"{float(free.sel(variable='u_component_of_wind')):>8.3g}"
+            + f"{float(ds.global_mean_surface_pressure_error_letkf.sel(cycle=c)):>24.3g}"
         )
     last = ds.isel(cycle=-1)
     late = ds.isel(cycle=slice(4, None)).mean("cycle")

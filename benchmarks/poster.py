@@ -71,10 +71,11 @@ METHODS = {
     # The LETKF (Hunt et al. 2007) with R-localisation and relaxation to prior perturbations;
     # benchmarks/perfect_model.py runs the same filter with dinosaur as the forecast model.
     "letkf": (
-        "LETKF (Gaspari–Cohn, c = 2000 km, RTPP 0.5)",
+        "LETKF (c = 2000 km, λ = 1.1, RTPP 0.5)",
         [
             "filter.method=letkf",
             "filter.localisation_half_width=2000",
+            "filter.inflation=1.1",
             "filter.relaxation=0.5",
         ],
     ),
@@ -148,6 +149,11 @@ def main() -> None:
     unknown = [s for s in slugs if s not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; available: {', '.join(METHODS)}")
+    if args.cycles and not 0 <= args.burn_in < args.cycles:
+        parser.error(
+            f"--burn-in = {args.burn_in} leaves no cycle of --cycles = {args.cycles} to "
+            f"average spread/RMSE over; expected 0 <= --burn-in < --cycles"
+        )
     if "free" not in slugs and not args.runs_only:
         slugs.append("free")
     # No per-phase profile (benchmarks/cycle_profile.py does that): it compiles every phase on

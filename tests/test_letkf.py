@@ -189,6 +189,19 @@ def test_dinosaur_members_take_node_by_node_transforms():
     assert rms(after[..., north] - before[..., north]) < 0.1 * north_spread
     south_spread = rms(before[..., south] - before[..., south].mean(0))
     assert rms(after[..., south] - after[..., south].mean(0)) < 0.1 * south_spread
+
+    # The mass fixer restores each member's integral of surface pressure, by a constant
+    # factor: the log surface pressure moves in its constant mode (m = l = 0) alone.
+    def masses(states):
+        return np.asarray(grid.integrate(np.exp(grid.to_nodal(states.log_surface_pressure))))
+
+    fixed = sim.with_mass_of(averaged, states)
+    assert not np.allclose(masses(averaged), masses(states), rtol=1e-6)  # the control
+    np.testing.assert_allclose(masses(fixed), masses(states), rtol=1e-5)
+    moved = np.asarray(fixed.log_surface_pressure - averaged.log_surface_pressure)
+    np.testing.assert_allclose(moved[..., 1:, :], 0.0, atol=1e-6)
+    np.testing.assert_allclose(moved[..., 0, 1:], 0.0, atol=1e-6)
+    np.testing.assert_array_equal(fixed.temperature_variation, averaged.temperature_variation)
     with pytest.raises(
         ValueError, match=r"transforms has shape \(5, 3, 3\); expected \(2048, 3, 3\)"
     ):

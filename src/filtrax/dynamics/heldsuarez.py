@@ -272,6 +272,22 @@ class HeldSuarezSimulator:
         self._coarse_members = jax.jit(jax.vmap(to_coarse))
         self._transform_members = jax.jit(transform_members)
         self._high_pass = jax.jit(high_pass, static_argnums=1)
+        constant_mode = grid.to_modal(jnp.ones(grid.nodal_shape))  # zero but for m = l = 0
+
+        def with_mass_of(states, reference):
+            def mass(log_surface_pressure):  # (member, 1, m, l) -> (member, 1)
+                return grid.integrate(jnp.exp(grid.to_nodal(log_surface_pressure)))
+
+            shift = jnp.log(
+                mass(reference.log_surface_pressure) / mass(states.log_surface_pressure)
+            )
+            return dataclasses.replace(
+                states,
+                log_surface_pressure=states.log_surface_pressure
+                + shift[..., None, None] * constant_mode,
+            )
+
+        self._with_mass_of = jax.jit(with_mass_of)
         # The Gaussian grid's nodes in the nodal fields' (lon, lat) order, flattened: the
         # sites of transform_members. dinosaur's mesh holds longitude and sin(latitude).
         node_lon, node_sin_lat = grid.nodal_mesh
@@ -341,6 +357,18 @@ class HeldSuarezSimulator:
             )
         with _dinosaur_promotion():
             return self._transform_members(states, transforms)
+
+    def with_mass_of(self, states, reference):
+        r"""``states`` with each member's surface pressure scaled so that the atmosphere's
+        mass, :math:`\int p_s\,dA`, is the ``reference`` member's (a mass fixer).
+
+        The dynamics conserve mass and nothing restores it, so a filter's analysis that
+        moves it (node by node, through the ensemble's correlations with what is observed)
+        leaves an error that every later cycle inherits. Scaling :math:`p_s` by a constant
+        adds its logarithm to the constant mode of :math:`\ln p_s` and leaves every
+        gradient, hence the dynamics' forces, as the analysis made them."""
+        with _dinosaur_promotion():
+            return self._with_mass_of(states, reference)
 
     def high_pass(self, state, min_total_wavenumber: int):
         """The state's prognostic fields keeping total wavenumbers >= ``min_total_wavenumber``."""
