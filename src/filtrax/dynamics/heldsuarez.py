@@ -362,11 +362,12 @@ class HeldSuarezSimulator:
         r"""``states`` with each member's surface pressure scaled so that the atmosphere's
         mass, :math:`\int p_s\,dA`, is the ``reference`` member's (a mass fixer).
 
-        The dynamics conserve mass and nothing restores it, so a filter's analysis that
-        moves it (node by node, through the ensemble's correlations with what is observed)
-        leaves an error that every later cycle inherits. Scaling :math:`p_s` by a constant
-        adds its logarithm to the constant mode of :math:`\ln p_s` and leaves every
-        gradient, hence the dynamics' forces, as the analysis made them."""
+        A filter's node-by-node analysis can move a member's mass, which the dynamics then
+        keep. Scaling :math:`p_s` by a constant adds its logarithm to the constant mode of
+        :math:`\ln p_s` and leaves every gradient, hence the dynamics' forces, as the
+        analysis made them. Measured in ``benchmarks/perfect_model.py --mass-fixer``, it
+        does not stop the drift of the ensemble mean's global-mean surface pressure from
+        the truth's, which therefore arises elsewhere."""
         with _dinosaur_promotion():
             return self._with_mass_of(states, reference)
 
