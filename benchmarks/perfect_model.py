@@ -10,7 +10,8 @@ whether the issue's targets (unobserved variables at ≤ 0.35 × the free ensemb
 cycles, observed temperature ≤ 0.3 ×) can be reached *at all* with these observations.
 
 **Truth.** Spin-up from rest (``--spin-up-days``), then ``--members`` states 3 days apart
-that form a climatological library, then the truth: ``--cycles`` 12 h steps.
+that form a climatological library, then, 3 days after the last of them, the truth:
+``--cycles`` 12 h steps.
 
 **Initial ensemble.** The poster starts from N copies of the true coarse state, and the
 emulator's noise spreads them. Dinosaur is deterministic, so here the members are the true
@@ -132,13 +133,14 @@ def main() -> None:
     key_model, key_obs = jax.random.split(jax.random.key(args.seed))
     state = sim.spin_up(sim.initial_state(key_model), args.spin_up_days)
     library = []
-    for _ in range(args.members):
+    for _ in range(args.members + 1):
         for _ in range(6):  # 3 days
             state = sim.forecast(stacked(state, 1))
             state = jax.tree.map(lambda a: a[0], state)
         library.append(state)
+    # The truth is 3 days past the last library state, so no member starts as the truth.
+    truth = library.pop()
     library = jax.tree.map(lambda *a: jnp.stack(a), *library)
-    truth = state
     truth_members = stacked(truth, args.members)
     # Keep the truth's large scales; take the library's small ones (module docstring).
     initial = jax.tree.map(
@@ -195,12 +197,25 @@ def main() -> None:
         if args.mass_fixer:
             filtered = sim.with_mass_of(filtered, forecast)
         free = sim.forecast(free)
-        for name, ensemble in (("letkf", filtered), ("free", free)):
-            coarse = sim.coarse_members(ensemble)
-            if not all(bool(jnp.all(jnp.isfinite(v))) for v in coarse.values()):
-                raise FloatingPointError(f"the {name} ensemble is not finite at cycle {cycle}")
-            records[name].append(scores(coarse, true_coarse, weights))
-            mass_errors[name].append(global_mean_error(coarse, true_coarse, weights))
+        coarse = {"letkf": sim.coarse_members(filtered), "free": sim.coarse_members(free)}
+        diverged = [
+            name
+            for name, fields in coarse.items()
+            if not all(bool(jnp.all(jnp.isfinite(v))) for v in fields.values())
+        ]
+        if diverged:
+            # Keep (and report) the cycles before: a filter that blows up is a result.
+            tqdm.write(f"the {' and '.join(diverged)} ensemble is not finite at cycle {cycle}")
+            break
+        for name, fields in coarse.items():
+            records[name].append(scores(fields, true_coarse, weights))
+            mass_errors[name].append(global_mean_error(fields, true_coarse, weights))
+        tqdm.write(
+            f"cycle {cycle}: LETKF / free "
+            + " ".join(
+                f"{records['letkf'][-1][v][0] / records['free'][-1][v][0]:.2f}" for v in VARIABLES
+            )
+        )
 
     data_vars = {
         f"{kind}_{method}": (
@@ -214,7 +229,7 @@ def main() -> None:
         data_vars[f"global_mean_surface_pressure_error_{method}"] = ("cycle", errors)
     ds = xr.Dataset(
         data_vars,
-        coords={"cycle": np.arange(1, args.cycles + 1), "variable": list(VARIABLES)},
+        coords={"cycle": np.arange(1, len(records["free"]) + 1), "variable": list(VARIABLES)},
         attrs={k: str(v) for k, v in vars(args).items()},
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
