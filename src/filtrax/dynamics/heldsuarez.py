@@ -365,9 +365,7 @@ class HeldSuarezSimulator:
         A filter's node-by-node analysis can move a member's mass, which the dynamics then
         keep. Scaling :math:`p_s` by a constant adds its logarithm to the constant mode of
         :math:`\ln p_s` and leaves every gradient, hence the dynamics' forces, as the
-        analysis made them. Measured in ``benchmarks/perfect_model.py --mass-fixer``, it
-        does not stop the drift of the ensemble mean's global-mean surface pressure from
-        the truth's, which therefore arises elsewhere."""
+        analysis made them (``benchmarks/perfect_model.py --mass-fixer``)."""
         with _dinosaur_promotion():
             return self._with_mass_of(states, reference)
 
