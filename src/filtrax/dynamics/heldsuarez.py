@@ -251,11 +251,12 @@ class HeldSuarezSimulator:
             # Each member's analysis is, node by node of the Gaussian grid, a combination of
             # the forecast members; applied to the nodal fields and projected back to modal
             # coefficients (exact for band-limited fields on dinosaur's Gaussian grid).
+            from ..filters.letkf import apply_transforms  # filters build on dynamics
+
             replaced = {}
             for name in prognostic:
                 nodal = grid.to_nodal(getattr(states, name))  # (member, level, lon, lat)
-                flat = nodal.reshape(*nodal.shape[:-2], -1)
-                mixed = jnp.einsum("gik,k...g->i...g", transforms.astype(flat.dtype), flat)
+                mixed = apply_transforms(transforms, nodal.reshape(*nodal.shape[:-2], -1))
                 replaced[name] = grid.to_modal(mixed.reshape(nodal.shape))
             return dataclasses.replace(states, **replaced)
 

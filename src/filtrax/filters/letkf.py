@@ -113,7 +113,8 @@ def letkf_transforms(
     innovation = jnp.asarray(observations, dtype) - mean
     precision = jnp.asarray(locality, dtype) / (jnp.asarray(error_std, dtype) ** 2)[None, :]
     eye = jnp.eye(num_members, dtype=dtype)
-    centring = eye - jnp.full_like(eye, 1.0 / num_members)
+    average = jnp.full_like(eye, 1.0 / num_members)
+    centring = eye - average
 
     def one_site(site_precision):
         weighted = anomalies * site_precision[None, :]  # \hat Y R^{-1}
@@ -126,7 +127,7 @@ def letkf_transforms(
         mean_weights = p_tilde @ (weighted @ innovation)
         root = (1.0 - relaxation) * root + relaxation * eye
         combination = mean_weights[:, None] + root  # C[j, i] = \bar w_j + W_{ji}
-        return jnp.full_like(eye, 1.0 / num_members) + combination.T @ centring
+        return average + combination.T @ centring
 
     return jax.vmap(one_site)(precision)
 
