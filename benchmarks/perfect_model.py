@@ -24,7 +24,8 @@ around a latitude circle); measured on the coarse state, it starts the members 0
 
 **Observations** (as the poster's): the coarse temperature at its 4 levels and the
 near-surface temperature on every ``--stride``-th coarse cell in lat and lon, with error
-``--error-std`` K, drawn from ``jax.random.key(--seed)``.
+``--error-std`` K, drawn from ``jax.random.key(--seed)``. The filter assumes
+``--assumed-error-std`` (default: the same); a larger value is observation-error inflation.
 
 **Filter.** The LETKF (:mod:`filtrax.filters.letkf`; Hunt et al. 2007) at each node of
 dinosaur's Gaussian grid, observations tapered by Gaspari–Cohn at ``--half-width`` km (the
@@ -108,6 +109,12 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=30)
     parser.add_argument("--stride", type=int, default=4)
     parser.add_argument("--error-std", type=float, default=0.1)
+    parser.add_argument(
+        "--assumed-error-std",
+        type=float,
+        default=None,
+        help="the observation error std the filter assumes (default: --error-std)",
+    )
     parser.add_argument("--half-width", type=float, default=2000.0, help="Gaspari-Cohn c (km)")
     parser.add_argument("--inflation", type=float, default=1.1)
     parser.add_argument("--relaxation", type=float, default=0.5, help="RTPP coefficient")
@@ -123,6 +130,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.members < 2 or args.cycles < 1 or args.stride < 1:
         parser.error("--members must be >= 2, --cycles and --stride >= 1")
+    if args.assumed_error_std is None:
+        args.assumed_error_std = args.error_std
+    if not (args.error_std > 0 and args.assumed_error_std > 0):
+        parser.error(
+            f"--error-std = {args.error_std} and --assumed-error-std = "
+            f"{args.assumed_error_std}; expected both > 0"
+        )
     if not 1 <= args.min_wavenumber <= 21:
         parser.error(f"--min-wavenumber = {args.min_wavenumber}; expected 1 … 21 (T21)")
 
@@ -159,11 +173,13 @@ def main() -> None:
     nodes = unit_sphere(sim.node_latitudes, sim.node_longitudes)
     distance = EARTH_RADIUS_KM * np.linalg.norm(nodes[:, None] - obs_points[None], axis=-1)
     locality = gaspari_cohn(jnp.asarray(distance, jnp.float32), args.half_width)
-    error_std = jnp.full(obs_points.shape[0], args.error_std, jnp.float32)
+    # The filter may assume a larger error than the observations have (R inflation).
+    error_std = jnp.full(obs_points.shape[0], args.assumed_error_std, jnp.float32)
     print(
         f"N = {args.members}, {obs_points.shape[0]} observations per cycle (stride "
         f"{args.stride}), LETKF c = {args.half_width:g} km, inflation {args.inflation:g}, "
-        f"RTPP {args.relaxation:g}; initial members differ from wavenumber {args.min_wavenumber}"
+        f"RTPP {args.relaxation:g}, assumed error {args.assumed_error_std:g} K; initial members "
+        f"differ from wavenumber {args.min_wavenumber}"
     )
 
     transforms_fn = jax.jit(

@@ -7,7 +7,12 @@ skill, (iii) maps of the ensemble mean against the truth for an unobserved varia
 script does the same with our learned emulator (``configs/heldsuarez/poster.toml``): every
 method runs through ``filtrax run`` into its own run directory under ``--out`` (a killed
 benchmark resumes: finished runs are reused, unfinished ones continue from their last
-cycle), on the same truth segment and the same observations (same seed).
+cycle), on the same truth segment and the same observations (same seed). A finished run
+whose config differs from the one asked for is an error, not a silent reuse.
+
+``--set KEY=VALUE`` applies to every method; ``--method-set SLUG:KEY=VALUE`` applies to one
+method, after that method's own settings (e.g. ``--method-set letkf:filter.inflation=1.2``,
+which the free ensemble would refuse).
 
 It prints, per variable (levels pooled: the root mean square over the variable's channels),
 the RMSE of the analysis mean at the last cycle and its ratio to the free ensemble's, the
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tomllib
 from pathlib import Path
 
 import matplotlib
@@ -34,8 +40,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from filtrax.experiments.config import load_config
-from filtrax.experiments.runner import run_experiment
+from filtrax.experiments.config import config_from_dict, load_config
+from filtrax.experiments.runner import config_digest, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {
@@ -97,13 +103,46 @@ METHODS = {
 OBSERVED_DEFAULT = ("temperature", "near_surface_temperature")
 
 
-def run_method(config_path: Path, slug: str, overrides: list[str], out: Path) -> Path:
-    config = load_config(config_path, [*overrides, *METHODS[slug][1], "run.baseline=false"])
+def run_method(
+    config_path: Path,
+    slug: str,
+    overrides: list[str],
+    out: Path,
+    method_overrides: tuple[str, ...] = (),
+) -> Path:
+    """Run (or reuse, or resume) one method in ``out / slug``.
+
+    The method's own settings come after ``overrides`` (they define the method) and
+    ``method_overrides`` after those (they tune it)."""
+    config = load_config(
+        config_path, [*overrides, *METHODS[slug][1], *method_overrides, "run.baseline=false"]
+    )
     run_dir = out / slug
+    stored = run_dir / "config.toml"
+    if stored.exists():
+        previous = config_from_dict(tomllib.loads(stored.read_text()))
+        if config_digest(previous) != config_digest(config):
+            raise SystemExit(
+                f"{run_dir} holds a {slug} run made with another config than this command's "
+                f"(compare {stored}); choose another --out"
+            )
     if (run_dir / "metrics.nc").exists():
         return run_dir
-    resume = (run_dir / "config.toml").exists()
-    return run_experiment(config, run_dir, resume=resume, quiet=False, report=True)
+    return run_experiment(config, run_dir, resume=stored.exists(), quiet=False, report=True)
+
+
+def split_method_overrides(items: list[str], known: dict) -> dict[str, tuple[str, ...]]:
+    """``["letkf:filter.inflation=1.2", …]`` → ``{"letkf": ("filter.inflation=1.2", …)}``."""
+    scoped: dict[str, list[str]] = {}
+    for item in items:
+        slug, sep, override = item.partition(":")
+        if not sep or "=" not in override or slug not in known:
+            raise ValueError(
+                f"--method-set {item!r}: expected SLUG:KEY=VALUE with SLUG one of "
+                f"{', '.join(known)}"
+            )
+        scoped.setdefault(slug, []).append(override)
+    return {slug: tuple(v) for slug, v in scoped.items()}
 
 
 def per_variable(metrics: xr.Dataset, name: str) -> dict[str, np.ndarray]:
@@ -132,6 +171,14 @@ def main() -> None:
     parser.add_argument("--burn-in", type=int, default=5)
     parser.add_argument("--unweighted", action="store_true")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument(
+        "--method-set",
+        dest="method_overrides",
+        action="append",
+        default=[],
+        metavar="SLUG:KEY=VALUE",
+        help="an override for one method, applied after that method's own settings",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs/poster")
     parser.add_argument("--json", type=Path)
     parser.add_argument(
@@ -154,6 +201,10 @@ def main() -> None:
             f"--burn-in = {args.burn_in} leaves no cycle of --cycles = {args.cycles} to "
             f"average spread/RMSE over; expected 0 <= --burn-in < --cycles"
         )
+    try:
+        method_overrides = split_method_overrides(args.method_overrides, METHODS)
+    except ValueError as error:
+        parser.error(str(error))
     if "free" not in slugs and not args.runs_only:
         slugs.append("free")
     # No per-phase profile (benchmarks/cycle_profile.py does that): it compiles every phase on
@@ -168,14 +219,17 @@ def main() -> None:
 
     if args.runs_only:
         for slug in slugs:
-            run_method(args.config, slug, overrides, args.out)
+            run_method(args.config, slug, overrides, args.out, method_overrides.get(slug, ()))
         return
     results = {}
     for slug in slugs:
-        run_dir = run_method(args.config, slug, overrides, args.out)
+        run_dir = run_method(args.config, slug, overrides, args.out, method_overrides.get(slug, ()))
         metrics = xr.open_dataset(run_dir / "metrics.nc").load()
         n = int(metrics.sizes["particle"]) if "particle" in metrics.sizes else args.particles
+        tuned = method_overrides.get(slug, ())
         results[slug] = {
+            # The method's label, with any --method-set it ran with, so no table lies.
+            "label": METHODS[slug][0] + (f" [{', '.join(tuned)}]" if tuned else ""),
             "rmse": per_variable(metrics, rmse_name),
             "spread": per_variable(metrics, spread_name),
             "forward": float(np.nanmax(metrics["forward_calls"].sel(ensemble="analysis"))) / n,
@@ -198,7 +252,7 @@ def main() -> None:
     header = f"{'method':<34}" + "".join(f"{v[:14]:>22}" for v in variables)
     print(header + f"{'fwd/p':>8}{'vjp/p':>8}{'s/cycle':>9}")
     for slug, r in results.items():
-        row = f"{METHODS[slug][0][:34]:<34}"
+        row = f"{r['label'][:34]:<34}"
         entry = {}
         for v in variables:
             last = float(r["rmse"][v][-1])
@@ -208,7 +262,7 @@ def main() -> None:
             row += f"{last:>9.3g} ({ratio:4.2f}) {skill_ratio:4.2f}"
         row += f"{r['forward']:>8.0f}{r['backward']:>8.0f}{r['seconds']:>9.1f}"
         table[slug] = {
-            "label": METHODS[slug][0],
+            "label": r["label"],
             "variables": entry,
             "forward_per_particle": r["forward"],
             "vjp_per_particle": r["backward"],
@@ -243,7 +297,7 @@ def _skill_figure(results, variables, observed, hours, path):
         for slug, r in results.items():
             lead = hours * (np.arange(len(r["rmse"][variable])) + 1) / 24
             style = "k--" if slug == "free" else "-"
-            ax.plot(lead, r["rmse"][variable], style, label=METHODS[slug][0][:26])
+            ax.plot(lead, r["rmse"][variable], style, label=r["label"][:26])
         kind = "observed" if variable in observed else "unobserved"
         ax.set_title(f"{variable} ({kind})", fontsize=9)
         ax.set_xlabel("lead (days)")
@@ -261,9 +315,9 @@ def _spread_figure(results, variables, burn, path):
     fig, axes = plt.subplots(1, len(variables), figsize=(2.8 * len(variables), 3.0))
     for ax, variable in zip(np.atleast_1d(axes), variables, strict=False):
         top = 0.0
-        for slug, r in results.items():
+        for r in results.values():
             skill, spread = r["rmse"][variable][burn], r["spread"][variable][burn]
-            ax.plot(skill, spread, "o", ms=3, label=METHODS[slug][0][:26])
+            ax.plot(skill, spread, "o", ms=3, label=r["label"][:26])
             top = max(top, float(np.nanmax(skill)), float(np.nanmax(spread)))
         ax.plot([0, top], [0, top], "k:", lw=1)
         ax.set_title(variable, fontsize=8)
@@ -286,7 +340,7 @@ def _map_figure(results, path, variable="u_component_of_wind"):
         analysis = xr.open_zarr(run_dir / "analysis.zarr", consolidated=False)[variable]
         last = analysis.sizes["cycle"] - 1
         mean = analysis.isel(cycle=last, level=-1).mean("particle").load()
-        panels.append((METHODS[slug][0], mean))
+        panels.append((results[slug]["label"], mean))
         if truth is None:
             truth = xr.open_dataset(run_dir / "truth.nc")[variable].isel(cycle=last, level=-1)
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.0 * (len(panels) + 1), 3.0))

@@ -71,6 +71,7 @@ inflation = 1.05
 localisation_block = [2, 4]
 localisation_half_width = 0.0
 relaxation = 0.0
+observation_error_inflation = 2.0
 adaptive_inflation = true
 inflation_max = 1.5
 

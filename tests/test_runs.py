@@ -282,3 +282,40 @@ def test_truth_read_from_a_file_drives_a_twin_experiment(tmp_path):
     missing = load_config(config, ["truth.source=file", f"truth.path={tmp_path / 'nope.nc'}"])
     with pytest.raises(ValueError, match="file not found"):
         build_experiment(missing)
+
+
+def test_observation_error_inflation_reaches_the_filter_not_the_observations(tmp_path):
+    """R inflation: the filter assumes error_std × factor, the observations keep error_std.
+    With a factor of 1000 the EnKF hardly moves its forecast, so its first analysis keeps
+    far more spread than with the true error; the observations are the same draws."""
+    from filtrax.experiments.config import ConfigError, load_config
+    from filtrax.experiments.factory import build_experiment
+
+    config = write_config(tmp_path, cycles=2)
+    plain = build_experiment(load_config(config, ["filter.method=enkf"]))
+    inflated = build_experiment(
+        load_config(config, ["filter.method=enkf", "filter.observation_error_inflation=3"])
+    )
+    np.testing.assert_array_equal(plain.observations, inflated.observations)
+    np.testing.assert_allclose(plain.observation.noise_variance, 0.04, rtol=1e-6)
+    np.testing.assert_allclose(inflated.observation.noise_variance, 0.04, rtol=1e-6)
+    np.testing.assert_allclose(inflated.filter_observation.noise_variance, 0.36, rtol=1e-6)
+    assert plain.filter_observation is plain.observation
+
+    spreads = {}
+    for factor in (1, 1000):
+        out = tmp_path / f"run{factor}"
+        result = invoke(
+            "run", str(config), "--out", str(out), "--quiet",
+            "--set", "filter.method=enkf",
+            "--set", f"filter.observation_error_inflation={factor}",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        metrics = xr.open_dataset(out / "metrics.nc")
+        spreads[factor] = float(metrics["spread"].sel(ensemble="analysis").isel(cycle=0).mean())
+    assert spreads[1000] > 3 * spreads[1], spreads
+
+    with pytest.raises(ConfigError, match=r"observation_error_inflation = 2.0 applies to the"):
+        load_config(config, ["filter.method=free", "filter.observation_error_inflation=2"])
+    with pytest.raises(ConfigError, match=r"filter.observation_error_inflation = 0.5"):
+        load_config(config, ["filter.observation_error_inflation=0.5"])

@@ -306,6 +306,12 @@ class FilterConfig(_Validated):
         min=0.0,
         max=1.0,
     )
+    observation_error_inflation: float = _field(
+        1.0,
+        "the filter assumes observations.error_std times this (R inflation); the observations "
+        "themselves keep observations.error_std [every method but free]",
+        min=1.0,
+    )
 
     def _check(self) -> None:
         block = self.localisation_block
@@ -324,6 +330,11 @@ class FilterConfig(_Validated):
             raise ConfigError(
                 f"filter.relaxation = {self.relaxation!r} applies to letkf, not "
                 f"filter.method = {self.method!r}"
+            )
+        if self.observation_error_inflation != 1.0 and self.method == "free":
+            raise ConfigError(
+                f"filter.observation_error_inflation = {self.observation_error_inflation!r} "
+                f"applies to the filters that use observations, not filter.method = 'free'"
             )
         if self.adaptive_inflation and self.method not in ("fa_apf", "bootstrap"):
             raise ConfigError(

@@ -70,7 +70,9 @@ class Experiment:
         frame_shape: shape of one analysis frame.
         truth: the true frames per cycle ``(cycle, *frame)``, or ``None`` when unknown.
         observations: ``(cycle, obs)``, NaN where not observed.
-        observation: the observation model.
+        observation: the observation model the observations were drawn from (or read with).
+        filter_observation: the observation model the filters assume: ``observation`` with
+            its error std times ``filter.observation_error_inflation`` (R inflation).
         observation_labels: one label per observation.
         initial_state: the true state at the initial time (the particles' centre).
         initial_particles: ``(N, *state)``.
@@ -87,6 +89,7 @@ class Experiment:
     truth: np.ndarray | None
     observations: np.ndarray
     observation: ObservationModel
+    filter_observation: ObservationModel
     observation_labels: tuple[str, ...]
     initial_state: jax.Array
     initial_particles: jax.Array
@@ -94,6 +97,16 @@ class Experiment:
     baseline: AbstractFilter | None
     cycle_times: np.ndarray
     units: tuple[str, ...]
+
+
+def with_error_inflation(observation: ObservationModel, factor: float) -> ObservationModel:
+    r"""``observation`` with every error std multiplied by ``factor`` (variances by
+    ``factor²``): observation-error ("R") inflation, a standard guard of ensemble filters
+    against over-fitting observations with a sampled or approximate prior covariance
+    (Houtekamer & Zhang 2016, Mon. Wea. Rev. 144, 4489–4532)."""
+    if factor == 1.0:
+        return observation
+    return ObservationModel(observation.operator, observation.noise_variance * factor**2)
 
 
 def cycle_times(config: ExperimentConfig) -> np.ndarray:
@@ -641,6 +654,9 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         truth=truth,
         observations=observations,
         observation=observation,
+        filter_observation=with_error_inflation(
+            observation, config.filter.observation_error_inflation
+        ),
         observation_labels=labels,
         initial_state=jax.tree_util.tree_map(jnp.asarray, x0),
         initial_particles=particles,

@@ -198,7 +198,7 @@ def _run_member(
             active,
             state.particles,
             y,
-            experiment.observation,
+            experiment.filter_observation,
             key=root,
             initial_state=state,
         )
@@ -355,7 +355,7 @@ def _phase_profile(experiment: Experiment, members, metrics: xr.Dataset) -> dict
         # A budget of one second per phase: gridded cycles take seconds, and three timed
         # calls of each phase would cost the run several extra cycles.
         seconds = phase_seconds(
-            filter_, state, y, experiment.observation, key, budget=PROFILE_BUDGET_SECONDS
+            filter_, state, y, experiment.filter_observation, key, budget=PROFILE_BUDGET_SECONDS
         )
         for phase in PHASES:
             profiles[phase].append(seconds[phase])
