@@ -26,6 +26,8 @@ around a latitude circle); measured on the coarse state, it starts the members 0
 near-surface temperature on every ``--stride``-th coarse cell in lat and lon, with error
 ``--error-std`` K, drawn from ``jax.random.key(--seed)``. The filter assumes
 ``--assumed-error-std`` (default: the same); a larger value is observation-error inflation.
+``--mass-fixer`` restores every member's mass to its initial one (the truth's) after each
+analysis.
 
 **Filter.** The LETKF (:mod:`filtrax.filters.letkf`; Hunt et al. 2007) at each node of
 dinosaur's Gaussian grid, observations tapered by Gaspari–Cohn at ``--half-width`` km (the
@@ -123,7 +125,8 @@ def main() -> None:
     parser.add_argument(
         "--mass-fixer",
         action="store_true",
-        help="keep each member's mass (integral of surface pressure) through the analysis",
+        help="restore each member's mass (integral of surface pressure) to its initial one "
+        "after every analysis",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/perfect_model/stride4.nc"))
@@ -209,7 +212,11 @@ def main() -> None:
         predicted = observe(sim.coarse_members(forecast), args.stride)
         filtered = sim.transform_members(forecast, transforms_fn(predicted, observations))
         if args.mass_fixer:
-            filtered = sim.with_mass_of(filtered, forecast)
+            # The dry mass is a known constant, and the truth's, since every member starts
+            # with the truth's wavenumber 0. Restoring it to the forecast's is not enough: the
+            # forecasts of analysed members do not conserve it (measured: the analysis mean's
+            # global-mean surface pressure still drifted by 700 Pa in 30 cycles).
+            filtered = sim.with_mass_of(filtered, initial)
         free = sim.forecast(free)
         coarse = {"letkf": sim.coarse_members(filtered), "free": sim.coarse_members(free)}
         diverged = [

@@ -249,10 +249,15 @@ def main() -> None:
         f"N = {args.particles}; RMSE at the last cycle (ratio to the free ensemble); "
         f"spread/RMSE averaged over cycles {args.burn_in}+; {weighting}"
     )
+    for slug, tuned in method_overrides.items():
+        if slug in results:
+            print(f"{slug} ran with --method-set {', '.join(tuned)}")
     header = f"{'method':<34}" + "".join(f"{v[:14]:>22}" for v in variables)
     print(header + f"{'fwd/p':>8}{'vjp/p':>8}{'s/cycle':>9}")
     for slug, r in results.items():
-        row = f"{r['label'][:34]:<34}"
+        # A tuned method's label would lie once cut to the column: name the slug instead.
+        name = f"{slug} (--method-set above)" if slug in method_overrides else r["label"]
+        row = f"{name[:34]:<34}"
         entry = {}
         for v in variables:
             last = float(r["rmse"][v][-1])

@@ -363,10 +363,11 @@ class HeldSuarezSimulator:
         r"""``states`` with each member's surface pressure scaled so that the atmosphere's
         mass, :math:`\int p_s\,dA`, is the ``reference`` member's (a mass fixer).
 
-        A filter's node-by-node analysis can move a member's mass, which the dynamics then
-        keep. Scaling :math:`p_s` by a constant adds its logarithm to the constant mode of
-        :math:`\ln p_s` and leaves every gradient, hence the dynamics' forces, as the
-        analysis made them (``benchmarks/perfect_model.py --mass-fixer``)."""
+        A filter's node-by-node analysis can move a member's mass, and the 12 h forecasts of
+        analysed members were measured not to conserve it either, so
+        ``benchmarks/perfect_model.py --mass-fixer`` restores it to the initial mass. Scaling
+        :math:`p_s` by a constant adds its logarithm to the constant mode of :math:`\ln p_s`
+        and leaves every gradient, hence the dynamics' forces, as the analysis made them."""
         with _dinosaur_promotion():
             return self._with_mass_of(states, reference)
 
