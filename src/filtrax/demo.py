@@ -139,8 +139,11 @@ def atmosphere_demo(out: str, particles: int, cycles: int) -> None:
             "from variable to variable, where its errors are not, so the observations "
             "hardly reach the unobserved points. With every column observed "
             "(observations.stride = 1) the FA-APF beats the free ensemble on the unobserved "
-            "variables for 11 to 26 cycles (by up to a third for geopotential). The "
-            "measurements are in the README, section 'Held–Suarez atmosphere'."
+            "variables for 11 to 26 cycles (by up to a third for geopotential). Even with "
+            "the dynamical core itself as the forecast model (an LETKF with 64 members), "
+            "temperature observed 45 degrees apart gets no variable below 0.6 of the free "
+            "ensemble's error. The measurements are in the README, section 'Held–Suarez "
+            "atmosphere'."
         )
         print("\n" + textwrap.fill(note, width=90))
     print(f"\n{seconds:.0f} s (including compilation)")
