@@ -238,6 +238,8 @@ def main() -> None:
             )
         )
 
+    if not records["free"]:
+        raise SystemExit("nothing to report: an ensemble was not finite at cycle 1")
     data_vars = {
         f"{kind}_{method}": (
             ("cycle", "variable"),

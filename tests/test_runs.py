@@ -301,6 +301,8 @@ def test_observation_error_inflation_reaches_the_filter_not_the_observations(tmp
     np.testing.assert_allclose(inflated.observation.noise_variance, 0.04, rtol=1e-6)
     np.testing.assert_allclose(inflated.filter_observation.noise_variance, 0.36, rtol=1e-6)
     assert plain.filter_observation is plain.observation
+    with pytest.raises(ValueError, match=r"factor = nan; expected a finite value > 0"):
+        plain.observation.with_error_inflation(float("nan"))
 
     spreads = {}
     for factor in (1, 1000):

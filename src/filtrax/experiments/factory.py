@@ -99,16 +99,6 @@ class Experiment:
     units: tuple[str, ...]
 
 
-def with_error_inflation(observation: ObservationModel, factor: float) -> ObservationModel:
-    r"""``observation`` with every error std multiplied by ``factor`` (variances by
-    ``factor²``): observation-error ("R") inflation, a standard guard of ensemble filters
-    against over-fitting observations with a sampled or approximate prior covariance
-    (Houtekamer & Zhang 2016, Mon. Wea. Rev. 144, 4489–4532)."""
-    if factor == 1.0:
-        return observation
-    return ObservationModel(observation.operator, observation.noise_variance * factor**2)
-
-
 def cycle_times(config: ExperimentConfig) -> np.ndarray:
     start = datetime.fromisoformat(config.run.start_time)
     step = timedelta(hours=config.run.cycle_hours)
@@ -654,8 +644,8 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         truth=truth,
         observations=observations,
         observation=observation,
-        filter_observation=with_error_inflation(
-            observation, config.filter.observation_error_inflation
+        filter_observation=observation.with_error_inflation(
+            config.filter.observation_error_inflation
         ),
         observation_labels=labels,
         initial_state=jax.tree_util.tree_map(jnp.asarray, x0),
