@@ -313,6 +313,41 @@ def test_training_checks_the_sigma_data_count_against_the_channels():
         sigma_data_of([0.5, 0.6], grid)
 
 
+def test_focused_noise_levels_draw_a_fraction_of_the_batch_below_the_focus_level():
+    from filtrax.training.config import load_training_config
+    from filtrax.training.engine import config_digest, noise_levels, sample_noise_levels
+
+    u = jax.random.uniform(jax.random.key(0), (1000,))
+    opt = {"sigma_min": 0.02, "sigma_max": 88.0, "rho": 7.0}
+    plain = np.asarray(sample_noise_levels(u, opt))
+    np.testing.assert_array_equal(plain, np.asarray(noise_levels(u, 0.02, 88.0, 7.0)))
+    focused = np.asarray(
+        sample_noise_levels(u, {**opt, "focus_fraction": 0.25, "focus_sigma_max": 1.0})
+    )
+    # The first quarter is the same law on [0.02, 1]; the rest is untouched.
+    np.testing.assert_allclose(focused[:250], np.asarray(noise_levels(u[:250], 0.02, 1.0, 7.0)))
+    np.testing.assert_array_equal(focused[250:], plain[250:])
+    assert focused[:250].max() <= 1.0 and (plain[:250] > 1.0).mean() > 0.5
+
+    path = Path(__file__).parents[1] / "configs/heldsuarez/continue_hs.toml"
+    base = load_training_config(path)
+    # Off (the default), the new keys leave earlier runs' checkpoint digests as they were.
+    assert config_digest(base) == config_digest(
+        load_training_config(path, ["training.focus_sigma_max=2.0"])
+    )
+    assert config_digest(base) != config_digest(
+        load_training_config(path, ["training.focus_fraction=0.5"])
+    )
+    message = (
+        "training.focus_sigma_max = 100.0 must lie in (training.sigma_min, training.sigma_max]"
+        " = (0.02, 88.0] when training.focus_fraction > 0"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_training_config(
+            path, ["training.focus_fraction=0.5", "training.focus_sigma_max=100.0"]
+        )
+
+
 def test_smoke_training_bundles_a_truth_segment(smoke_run):
     _, weights = smoke_run
     card = tomllib.loads(weights.with_suffix(".toml").read_text())

@@ -84,8 +84,8 @@ from .engine import (
     dataclass_dict,
     forecast_ensembles,
     loss_weight,
-    noise_levels,
     optimise,
+    sample_noise_levels,
 )
 
 logger = logging.getLogger(__name__)
@@ -139,9 +139,7 @@ def denoising_loss(network, batch, key, stats, area, opt: dict) -> jax.Array:
         previous = current
     cond = (jnp.stack([previous, current], axis=1) - mean[:, None]) / std[:, None]
     z = (following - current) / diff_std
-    sigma = noise_levels(
-        jax.random.uniform(u_key, (z.shape[0],)), opt["sigma_min"], opt["sigma_max"], opt["rho"]
-    )
+    sigma = sample_noise_levels(jax.random.uniform(u_key, (z.shape[0],)), opt)
     noisy = z + sigma[:, None, None, None] * jax.random.normal(noise_key, z.shape)
     denoiser = EDMPreconditionedDenoiser(network, sigma_data=opt["sigma_data"])
     denoised = jax.vmap(denoiser)(noisy, sigma, cond)
@@ -170,6 +168,8 @@ def train_network(
     stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
     area = jnp.asarray(grid.area_weights(), jnp.float32)
     opt = {"sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "rho": t.rho}
+    opt["focus_fraction"] = t.focus_fraction
+    opt["focus_sigma_max"] = t.focus_sigma_max
     opt["sigma_data"] = sigma_data
     opt["condition_noise"] = t.condition_noise
     opt["history"] = config.network.history

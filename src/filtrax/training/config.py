@@ -84,6 +84,16 @@ class OptimisationConfig(_Validated):
     sigma_min: float = _field(0.02, "smallest training noise level", **POSITIVE)
     sigma_max: float = _field(88.0, "largest training noise level", **POSITIVE)
     rho: float = _field(7.0, "exponent of the noise-level distribution", **POSITIVE)
+    focus_fraction: float = _field(
+        0.0,
+        "fraction of each batch whose noise levels are drawn from [sigma_min, "
+        "focus_sigma_max] instead (0 = off)",
+        min=0.0,
+        max=1.0,
+    )
+    focus_sigma_max: float = _field(
+        1.0, "largest noise level of the focused part of each batch", **POSITIVE
+    )
     chunk: int = _field(250, "steps per compiled chunk (progress and checkpoint unit)", min=1)
     checkpoint_every: int = _field(2000, "steps between checkpoints", min=1)
     stop_after: int = _field(
@@ -98,6 +108,14 @@ class OptimisationConfig(_Validated):
             raise ConfigError(
                 f"training.sigma_min = {self.sigma_min!r} must be < "
                 f"training.sigma_max = {self.sigma_max!r}"
+            )
+        if self.focus_fraction > 0 and not (
+            self.sigma_min < self.focus_sigma_max <= self.sigma_max
+        ):
+            raise ConfigError(
+                f"training.focus_sigma_max = {self.focus_sigma_max!r} must lie in "
+                f"(training.sigma_min, training.sigma_max] = ({self.sigma_min!r}, "
+                f"{self.sigma_max!r}] when training.focus_fraction > 0"
             )
 
 

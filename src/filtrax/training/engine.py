@@ -3,6 +3,10 @@ r"""The optimisation loop every learned emulator shares: GenCast's loss, AdamW, 
 **Noise levels** (GenCast, method spec §4.4): :math:`\sigma = (\sigma_\min^{1/\rho} +
 u(\sigma_\max^{1/\rho} - \sigma_\min^{1/\rho}))^\rho`, :math:`u \sim U[0, 1]`, with loss
 weight :math:`\lambda(\sigma) = (\sigma^2 + 1)/\sigma^2` (EDM with :math:`\sigma_\text{data}=1`).
+With ``training.focus_fraction`` > 0 that fraction of each batch draws its σ from the same
+law on :math:`[\sigma_\min, \sigma_\text{focus}]` instead (:func:`sample_noise_levels`):
+the small noise levels, where a network must learn to use its noisy input, get more of the
+gradient, while the large ones, where it learns the conditional mean, keep theirs.
 
 **Optimiser.** AdamW with linear warm-up and cosine decay to 1 % of the peak, global-norm
 clipping, and an exponential moving average of the iterates (the shipped weights).
@@ -43,6 +47,21 @@ def noise_levels(u, sigma_min, sigma_max, rho):
     return (low + u * (high - low)) ** rho
 
 
+def sample_noise_levels(u, opt: dict):
+    r"""Training noise levels for uniforms ``u`` of shape ``(batch,)``: :func:`noise_levels`
+    on :math:`[\sigma_\min, \sigma_\max]`, except for the first
+    ``round(focus_fraction * batch)`` entries, mapped onto
+    :math:`[\sigma_\min, \sigma_\text{focus}]`. ``opt`` holds ``sigma_min``, ``sigma_max``,
+    ``rho`` and optionally ``focus_fraction`` and ``focus_sigma_max`` (static)."""
+    sigma = noise_levels(u, opt["sigma_min"], opt["sigma_max"], opt["rho"])
+    fraction = opt.get("focus_fraction", 0.0)
+    if fraction > 0:  # static: the default program is unchanged
+        focused = jnp.arange(u.shape[0]) < round(fraction * u.shape[0])
+        low = noise_levels(u, opt["sigma_min"], opt["focus_sigma_max"], opt["rho"])
+        sigma = jnp.where(focused, low, sigma)
+    return sigma
+
+
 def loss_weight(sigma, sigma_data=1.0):
     r""":math:`\lambda(\sigma) = (\sigma^2 + \sigma_\text{data}^2)/(\sigma\,\sigma_\text{data})^2`,
     EDM's weight (Karras et al. 2022, Table 1), which makes the loss of the raw network output
@@ -76,6 +95,9 @@ def config_digest(config) -> str:
         keep.pop(name, None)
     keep["training"].pop("checkpoint_every")
     keep["training"].pop("stop_after", None)
+    if not keep["training"].get("focus_fraction"):  # off: digests of earlier runs still match
+        keep["training"].pop("focus_fraction", None)
+        keep["training"].pop("focus_sigma_max", None)
     for name in ("truth_segment_start", "truth_segment_length"):  # outputs, not inputs
         keep["data"].pop(name, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

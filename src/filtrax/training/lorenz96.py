@@ -55,8 +55,8 @@ from .engine import (
     dataclass_dict,
     forecast_ensembles,
     loss_weight,
-    noise_levels,
     optimise,
+    sample_noise_levels,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,9 +110,7 @@ def denoising_loss(network, batch, key, stats, opt: dict) -> jax.Array:
     cond = (jnp.stack([previous, current], axis=1) - stats["mean"]) / stats["std"]
     z = (following - current) / stats["diff_std"]
     u_key, noise_key = jax.random.split(key)
-    sigma = noise_levels(
-        jax.random.uniform(u_key, (z.shape[0],)), opt["sigma_min"], opt["sigma_max"], opt["rho"]
-    )
+    sigma = sample_noise_levels(jax.random.uniform(u_key, (z.shape[0],)), opt)
     noisy = z + sigma[:, None] * jax.random.normal(noise_key, z.shape)
     denoiser = EDMPreconditionedDenoiser(network, sigma_data=1.0)
     denoised = jax.vmap(denoiser)(noisy, sigma, cond)
@@ -135,6 +133,8 @@ def train_network(config: TrainingConfig, train_data: np.ndarray, stats: dict, o
     data = jnp.asarray(train_data, jnp.float32)
     stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
     opt = {"sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "rho": t.rho}
+    opt["focus_fraction"] = t.focus_fraction
+    opt["focus_sigma_max"] = t.focus_sigma_max
 
     def loss_fn(network, key, data):
         batch_key, loss_key = jax.random.split(key)
