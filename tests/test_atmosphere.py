@@ -346,6 +346,8 @@ def test_focused_noise_levels_draw_a_fraction_of_the_batch_below_the_focus_level
         load_training_config(
             path, ["training.focus_fraction=0.5", "training.focus_sigma_max=100.0"]
         )
+    with pytest.raises(ConfigError, match=r"focus_fraction = 0.01 selects no entry of a batch "):
+        load_training_config(path, ["training.focus_fraction=0.01"])
 
 
 def test_smoke_training_bundles_a_truth_segment(smoke_run):

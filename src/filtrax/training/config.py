@@ -117,6 +117,12 @@ class OptimisationConfig(_Validated):
                 f"(training.sigma_min, training.sigma_max] = ({self.sigma_min!r}, "
                 f"{self.sigma_max!r}] when training.focus_fraction > 0"
             )
+        if self.focus_fraction > 0 and round(self.focus_fraction * self.batch_size) == 0:
+            raise ConfigError(
+                f"training.focus_fraction = {self.focus_fraction!r} selects no entry of a batch "
+                f"of training.batch_size = {self.batch_size}; expected 0 (off) or more than "
+                f"{0.5 / self.batch_size:.3g}"
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
