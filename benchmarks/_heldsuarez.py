@@ -5,27 +5,48 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 
 from filtrax.dynamics.heldsuarez import stack_channels
 from filtrax.emulators.atmosphere import AtmosphereEmulator, bundled_emulator, load_emulator
+from filtrax.emulators.cards import load_card
+from filtrax.experiments.factory import bundled_truth_path
 from filtrax.training.atmosphere import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--emulator``/``--weights`` (which emulator), ``--config`` (its sampler) and
-    ``--store`` (the held-out data)."""
+def add_emulator_choice(parser: argparse.ArgumentParser) -> None:
+    """``--emulator`` (a bundled card) or ``--weights`` (a ``filtrax train`` output)."""
     parser.add_argument("--emulator", default="hs_t21_16x32", help="bundled card name")
     parser.add_argument("--weights", default=None, help="weights of 'filtrax train' instead")
+
+
+def chosen_emulator(args: argparse.Namespace) -> AtmosphereEmulator:
+    """The emulator :func:`add_emulator_choice`'s arguments name."""
+    return load_emulator(None, args.weights) if args.weights else bundled_emulator(args.emulator)
+
+
+def first_transition(
+    emulator: AtmosphereEmulator, card: str = "hs_t21_16x32"
+) -> tuple[jnp.ndarray, np.ndarray]:
+    """The conditioning of the first state pair of ``card``'s bundled truth segment, and the
+    true next residual normalised by the emulator's difference std, ``(channel, lat, lon)``."""
+    segment = stack_channels(xr.open_dataset(bundled_truth_path(load_card(card))))
+    cond = emulator.condition(jnp.asarray(segment[0:2]))
+    return cond, (segment[2] - segment[1]) / np.asarray(emulator.diff_std)[:, None, None]
+
+
+def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
+    """:func:`add_emulator_choice`, ``--config`` (the sampler) and ``--store`` (the held-out
+    data)."""
+    add_emulator_choice(parser)
     parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster.toml")
     parser.add_argument("--store", default="runs/data/hs_test.zarr", help="held-out store")
 
 
 def emulator_and_data(args: argparse.Namespace) -> tuple[AtmosphereEmulator, np.ndarray]:
     """The emulator the arguments name, and the store's states ``(time, channel, lat, lon)``."""
-    emulator = (
-        load_emulator(None, args.weights) if args.weights else bundled_emulator(args.emulator)
-    )
-    return emulator, stack_channels(open_store(args.store).load()).astype(np.float32)
+    return chosen_emulator(args), stack_channels(open_store(args.store).load()).astype(np.float32)

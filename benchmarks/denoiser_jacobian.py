@@ -34,42 +34,32 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 
-from filtrax.dynamics.heldsuarez import stack_channels
-from filtrax.emulators.atmosphere import bundled_emulator, load_emulator
-from filtrax.emulators.cards import load_card
-from filtrax.experiments.factory import bundled_truth_path
+from _heldsuarez import add_emulator_choice, chosen_emulator, first_transition
 
 IDENTICAL = ("temperature@0.9375", "geopotential@0.9375", "near_surface_temperature")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--emulator", default="hs_t21_16x32", help="bundled card name")
-    parser.add_argument("--weights", default=None, help="weights of 'filtrax train' instead")
+    add_emulator_choice(parser)
     parser.add_argument("--points", type=int, default=8)
     parser.add_argument("--sigmas", default="0.02,0.05,0.1,0.2,0.35,0.6,1,3")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.points < 1:
         parser.error(f"--points must be >= 1, got {args.points}")
-    emulator = (
-        load_emulator(None, args.weights) if args.weights else bundled_emulator(args.emulator)
-    )
+    emulator = chosen_emulator(args)
     names = [c.label() for c in emulator.grid.channels]
     missing = [n for n in IDENTICAL if n not in names]
     if missing:
         parser.error(f"emulator {emulator.name!r} lacks the channels {missing}")
     own, first, second = (names.index(n) for n in IDENTICAL)
-    segment = stack_channels(xr.open_dataset(bundled_truth_path(load_card("hs_t21_16x32"))))
-    cond = emulator.condition(jnp.asarray(segment[0:2]))
-    residual = (segment[2] - segment[1]) / np.asarray(emulator.diff_std)[:, None, None]
+    # One truth for every emulator: a trained card need not ship a segment of its own.
+    cond, residual = first_transition(emulator)
     spread = float(np.max(np.abs(residual[[first, second]] - residual[own])))
-    sigma_data = np.broadcast_to(
-        np.asarray(emulator.denoiser.sigma_data, np.float64), (len(names),)
-    )
-    s2 = float(sigma_data[own]) ** 2
+    sigma_data = emulator.denoiser.sigma_data_like(jnp.asarray(residual))
+    s2 = float(np.broadcast_to(np.asarray(sigma_data), residual.shape)[own, 0, 0]) ** 2
     rng = np.random.default_rng(args.seed)
     num_lat, num_lon = residual.shape[1:]
     points = [(int(rng.integers(num_lat)), int(rng.integers(num_lon))) for _ in range(args.points)]

@@ -21,12 +21,9 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 
-from filtrax.dynamics.heldsuarez import stack_channels
+from _heldsuarez import first_transition
 from filtrax.emulators.atmosphere import bundled_emulator
-from filtrax.emulators.cards import load_card
-from filtrax.experiments.factory import bundled_truth_path
 
 
 def main() -> None:
@@ -42,9 +39,7 @@ def main() -> None:
     if args.channel not in names:
         parser.error(f"--channel {args.channel!r} unknown; available: {', '.join(names)}")
     c = names.index(args.channel)
-    segment = stack_channels(xr.open_dataset(bundled_truth_path(load_card(args.emulator))))
-    cond = emulator.condition(jnp.asarray(segment[0:2]))
-    residual = (segment[2] - segment[1]) / np.asarray(emulator.diff_std)[:, None, None]
+    cond, residual = first_transition(emulator, args.emulator)
     impulse = jnp.zeros(residual.shape).at[c, args.lat, args.lon].set(1.0)
     print(
         f"column of V[z | z_sigma] at {args.channel} (lat index {args.lat}, lon index {args.lon})"

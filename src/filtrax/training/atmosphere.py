@@ -84,6 +84,7 @@ from .engine import (
     dataclass_dict,
     forecast_ensembles,
     loss_weight,
+    noise_level_options,
     optimise,
     sample_noise_levels,
 )
@@ -167,9 +168,7 @@ def train_network(
     states = jnp.asarray(data, jnp.float32)
     stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
     area = jnp.asarray(grid.area_weights(), jnp.float32)
-    opt = {"sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "rho": t.rho}
-    opt["focus_fraction"] = t.focus_fraction
-    opt["focus_sigma_max"] = t.focus_sigma_max
+    opt = noise_level_options(t)
     opt["sigma_data"] = sigma_data
     opt["condition_noise"] = t.condition_noise
     opt["history"] = config.network.history

@@ -68,6 +68,12 @@ class NetworkConfig(_Validated):
     bottleneck: int = _field(16, "features mixed by the second stencil", min=1)
 
 
+def focused_entries(fraction: float, batch: int) -> int:
+    """How many entries of a batch of ``batch`` draw their noise level on the focused range
+    (``training.focus_fraction``); the first ones."""
+    return round(fraction * batch)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimisationConfig(_Validated):
     """``[training]``: the EDM denoising loss and AdamW."""
@@ -117,7 +123,7 @@ class OptimisationConfig(_Validated):
                 f"(training.sigma_min, training.sigma_max] = ({self.sigma_min!r}, "
                 f"{self.sigma_max!r}] when training.focus_fraction > 0"
             )
-        if self.focus_fraction > 0 and round(self.focus_fraction * self.batch_size) == 0:
+        if self.focus_fraction > 0 and focused_entries(self.focus_fraction, self.batch_size) == 0:
             raise ConfigError(
                 f"training.focus_fraction = {self.focus_fraction!r} selects no entry of a batch "
                 f"of training.batch_size = {self.batch_size}; expected 0 (off) or more than "

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..experiments.config import _toml_value
 from ..io.atomic import atomic_savez
+from .config import focused_entries
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +51,27 @@ def noise_levels(u, sigma_min, sigma_max, rho):
 def sample_noise_levels(u, opt: dict):
     r"""Training noise levels for uniforms ``u`` of shape ``(batch,)``: :func:`noise_levels`
     on :math:`[\sigma_\min, \sigma_\max]`, except for the first
-    ``round(focus_fraction * batch)`` entries, mapped onto
+    :func:`~filtrax.training.config.focused_entries` entries, mapped onto
     :math:`[\sigma_\min, \sigma_\text{focus}]`. ``opt`` holds ``sigma_min``, ``sigma_max``,
     ``rho`` and optionally ``focus_fraction`` and ``focus_sigma_max`` (static)."""
     sigma = noise_levels(u, opt["sigma_min"], opt["sigma_max"], opt["rho"])
     fraction = opt.get("focus_fraction", 0.0)
     if fraction > 0:  # static: the default program is unchanged
-        focused = jnp.arange(u.shape[0]) < round(fraction * u.shape[0])
+        focused = jnp.arange(u.shape[0]) < focused_entries(fraction, u.shape[0])
         low = noise_levels(u, opt["sigma_min"], opt["focus_sigma_max"], opt["rho"])
         sigma = jnp.where(focused, low, sigma)
     return sigma
+
+
+def noise_level_options(t) -> dict:
+    """What :func:`sample_noise_levels` reads from a ``[training]`` section ``t``."""
+    return {
+        "sigma_min": t.sigma_min,
+        "sigma_max": t.sigma_max,
+        "rho": t.rho,
+        "focus_fraction": t.focus_fraction,
+        "focus_sigma_max": t.focus_sigma_max,
+    }
 
 
 def loss_weight(sigma, sigma_data=1.0):

@@ -55,6 +55,7 @@ from .engine import (
     dataclass_dict,
     forecast_ensembles,
     loss_weight,
+    noise_level_options,
     optimise,
     sample_noise_levels,
 )
@@ -132,9 +133,7 @@ def train_network(config: TrainingConfig, train_data: np.ndarray, stats: dict, o
     network = build_network(dataclass_dict(config.network), jax.random.fold_in(root, INIT_STREAM))
     data = jnp.asarray(train_data, jnp.float32)
     stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
-    opt = {"sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "rho": t.rho}
-    opt["focus_fraction"] = t.focus_fraction
-    opt["focus_sigma_max"] = t.focus_sigma_max
+    opt = noise_level_options(t)
 
     def loss_fn(network, key, data):
         batch_key, loss_key = jax.random.split(key)
