@@ -34,9 +34,25 @@ def first_transition(
 ) -> tuple[jnp.ndarray, np.ndarray]:
     """The conditioning of the first state pair of ``card``'s bundled truth segment, and the
     true next residual normalised by the emulator's difference std, ``(channel, lat, lon)``."""
+    conds, residuals = truth_transitions(emulator, card)
+    return conds[0], residuals[0]
+
+
+def truth_transitions(
+    emulator: AtmosphereEmulator, card: str = "hs_t21_16x32"
+) -> tuple[jnp.ndarray, np.ndarray]:
+    """Every transition of ``card``'s bundled truth segment: the conditionings
+    ``(transition, 2, channel, lat, lon)`` and the true next residuals normalised by the
+    emulator's difference std, ``(transition, channel, lat, lon)``."""
     segment = stack_channels(xr.open_dataset(bundled_truth_path(load_card(card))))
-    cond = emulator.condition(jnp.asarray(segment[0:2]))
-    return cond, (segment[2] - segment[1]) / np.asarray(emulator.diff_std)[:, None, None]
+    conds = jnp.stack(
+        [
+            emulator.condition(jnp.asarray(segment[t - 1 : t + 1]))
+            for t in range(1, len(segment) - 1)
+        ]
+    )
+    residuals = np.diff(segment, axis=0)[1:] / np.asarray(emulator.diff_std)[:, None, None]
+    return conds, residuals
 
 
 def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:

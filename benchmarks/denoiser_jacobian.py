@@ -23,6 +23,12 @@ noisy version of the true residual, for several σ, and prints the diagonal, the
 the two identical channels and to the next cell east (means over the points), next to
 :math:`c_\text{skip}` and the three-copy denoiser's value.
 
+A second table gives EDM's loss, :math:`\lambda(\sigma)\,\|D(x) - z\|^2` per entry
+(cos-lat weighted; 1 for the isotropic denoiser at small σ), over every transition of the
+bundled truth segment, for the three identical channels, for the others, and for the three
+once the denoiser's outputs are replaced by their average: what a denoiser that had learned
+the copies would reach.
+
     python benchmarks/denoiser_jacobian.py                         # the shipped emulator
     python benchmarks/denoiser_jacobian.py --weights runs/train/<name>/<name>.npz
 """
@@ -35,7 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _heldsuarez import add_emulator_choice, chosen_emulator, first_transition
+from _heldsuarez import add_emulator_choice, chosen_emulator, first_transition, truth_transitions
+from filtrax.training.engine import loss_weight
 
 IDENTICAL = ("temperature@0.9375", "geopotential@0.9375", "near_surface_temperature")
 
@@ -91,6 +98,40 @@ def main() -> None:
         print(
             f"{sigma:6.3g} {np.mean(diagonal):7.3f} {np.mean(copies):10.3f} "
             f"{np.mean(east):7.3f} {c_skip:8.3f} {three:7.3f}"
+        )
+    print_losses(emulator, [own, first, second], args)
+
+
+def print_losses(emulator, identical: list[int], args) -> None:
+    """EDM's loss per entry on the truth segment's transitions (module docstring)."""
+    conds, residuals = truth_transitions(emulator)
+    z = jnp.asarray(residuals)
+    area = jnp.asarray(emulator.grid.area_weights())
+    sigma_data = jnp.broadcast_to(
+        emulator.denoiser.sigma_data_like(z[0]).reshape(-1), (z.shape[1],)
+    )
+    others = [c for c in range(z.shape[1]) if c not in identical]
+    denoise = jax.jit(jax.vmap(emulator.denoiser, in_axes=(0, None, 0)))
+    print(
+        f"\nEDM loss per entry, {z.shape[0]} transitions of the bundled truth: the three identical "
+        "channels, the others, the three with their outputs averaged"
+    )
+    header = f"{'sigma':>6} {'identical':>10} {'others':>7} {'averaged':>9}"
+    print(header + "\n" + "-" * len(header))
+    key = jax.random.fold_in(jax.random.key(args.seed), 1)
+    for sigma in (float(s) for s in args.sigmas.split(",")):
+        noisy = z + sigma * jax.random.normal(key, z.shape)
+        denoised = denoise(noisy, jnp.asarray(sigma), conds)
+        weight = loss_weight(sigma, sigma_data)[:, None, None]
+        loss = np.asarray(jnp.mean(weight * area * (denoised - z) ** 2, axis=(0, 2, 3)))
+        mean_of_copies = jnp.mean(denoised[:, identical], axis=1, keepdims=True)
+        averaged = denoised.at[:, identical].set(
+            jnp.broadcast_to(mean_of_copies, z[:, identical].shape)
+        )
+        loss_averaged = np.asarray(jnp.mean(weight * area * (averaged - z) ** 2, axis=(0, 2, 3)))
+        print(
+            f"{sigma:6.3g} {loss[identical].mean():10.3f} {loss[others].mean():7.3f} "
+            f"{loss_averaged[identical].mean():9.3f}"
         )
 
 

@@ -20,7 +20,7 @@ from filtrax.cli import main
 from filtrax.diffusion.denoisers import EDMPreconditionedDenoiser
 from filtrax.dynamics.heldsuarez import HeldSuarezSetup, stack_channels, write_segment
 from filtrax.emulators.atmosphere import AtmosphereEmulator, load_emulator, save_emulator
-from filtrax.emulators.sphere_unet import SphereUNet, pad_sphere
+from filtrax.emulators.sphere_unet import NoisyInputPath, SphereUNet, pad_sphere
 from filtrax.experiments.config import ConfigError, config_from_dict
 from filtrax.experiments.factory import build_experiment
 from filtrax.io.grid import Channel, GridSpec
@@ -67,6 +67,41 @@ def test_sphere_unet_is_equivariant_under_longitude_shifts():
     # ... and not trivially: a latitude flip is not a symmetry (Coriolis changes sign).
     flipped = net(x[:, ::-1], jnp.asarray(0.3), cond[:, :, ::-1])
     assert not np.allclose(np.asarray(flipped)[:, ::-1], np.asarray(out), atol=1e-3)
+
+
+def test_noisy_input_path_starts_as_its_base_and_keeps_the_symmetry():
+    base = _unet()
+    path = NoisyInputPath(base, channels=3, terms=3, key=jax.random.key(4))
+    key1, key2 = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(key1, (3, 8, 8))
+    cond = jax.random.normal(key2, (2, 3, 8, 8))
+    for c_noise in (-0.98, 0.0, 1.1):  # sigma = 0.02, 1, 81
+        np.testing.assert_array_equal(
+            np.asarray(path(x, jnp.asarray(c_noise), cond)),
+            np.asarray(base(x, jnp.asarray(c_noise), cond)),
+        )
+    # The stencils get a gradient at the start, so training moves away from the base.
+    grads = eqx.filter_grad(lambda n: jnp.sum(n(x, jnp.asarray(-0.5), cond) ** 2))(path)
+    assert float(jnp.abs(grads.stencils.weight).max()) > 0
+    # The bands: one at each end of [0.02, 2], and nothing left far above it.
+    np.testing.assert_allclose(np.asarray(path.bands(jnp.asarray(0.02)))[0], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(path.bands(jnp.asarray(2.0)))[-1], 0.5, rtol=1e-5)
+    assert float(path.bands(jnp.asarray(80.0)).max()) < 1e-6
+    # With stencils V_k the path adds m(sigma) sum_k phi_k V_k x: linear in x, gone at large
+    # sigma, and, like the U-Net, equivariant under longitude shifts.
+    weight = jax.random.normal(jax.random.key(5), path.stencils.weight.shape)
+    path = eqx.tree_at(lambda n: n.stencils.weight, path, weight)
+    c_small = jnp.asarray(math.log(0.1) / 4)
+    added = [path(s * x, c_small, cond) - base(s * x, c_small, cond) for s in (1, 2)]
+    assert float(jnp.abs(added[0]).max()) > 0.1
+    np.testing.assert_allclose(np.asarray(added[1]), 2 * np.asarray(added[0]), rtol=1e-4, atol=1e-4)
+    large = path(x, jnp.asarray(1.1), cond) - base(x, jnp.asarray(1.1), cond)
+    assert float(jnp.abs(large).max()) < 1e-3 * float(jnp.abs(added[0]).max())
+    out = path(x, c_small, cond)
+    shifted = path(jnp.roll(x, 2, axis=-1), c_small, jnp.roll(cond, 2, axis=-1))
+    np.testing.assert_allclose(np.asarray(shifted), np.roll(np.asarray(out), 2, axis=-1), atol=1e-4)
+    with pytest.raises(ValueError, match=r"NoisyInputPath\.terms must be >= 2, got 1"):
+        NoisyInputPath(base, channels=3, terms=1, key=jax.random.key(4))
 
 
 def _emulator():
@@ -338,6 +373,13 @@ def test_focused_noise_levels_draw_a_fraction_of_the_batch_below_the_focus_level
     assert config_digest(base) != config_digest(
         load_training_config(path, ["training.focus_fraction=0.5"])
     )
+    # Likewise a noisy-input path of 0 terms (none).
+    assert config_digest(base) == config_digest(
+        load_training_config(path, ["network.noisy_path=0"])
+    )
+    assert config_digest(base) != config_digest(
+        load_training_config(path, ["network.noisy_path=2"])
+    )
     message = (
         "training.focus_sigma_max = 100.0 must lie in (training.sigma_min, training.sigma_max]"
         " = (0.02, 88.0] when training.focus_fraction > 0"
@@ -379,14 +421,16 @@ def test_bundled_emulator_and_poster_config():
     np.testing.assert_array_equal(
         np.asarray(experiment.initial_particles[1]), np.asarray(experiment.initial_state)
     )
-    # The fine-tuned card runs on the same bundled truth, so the two are compared on one truth.
-    focus = load_config(
-        root / "configs/heldsuarez/poster.toml",
-        ["filter.particles=2", "model.emulator=hs_t21_16x32_focus"],
-    )
-    other = build_experiment(focus)
-    assert other.emulator.name == "hs_t21_16x32_focus"
-    np.testing.assert_array_equal(np.asarray(other.truth), np.asarray(experiment.truth))
+    # The other cards run on the same bundled truth, so all are compared on one truth.
+    for name in ("hs_t21_16x32_focus", "hs_t21_16x32_path"):
+        other_config = load_config(
+            root / "configs/heldsuarez/poster.toml",
+            ["filter.particles=2", f"model.emulator={name}"],
+        )
+        other = build_experiment(other_config)
+        assert other.emulator.name == name
+        np.testing.assert_array_equal(np.asarray(other.truth), np.asarray(experiment.truth))
+    assert isinstance(other.emulator.denoiser.network, NoisyInputPath)
     wrong_step = load_config(root / "configs/heldsuarez/poster.toml", ["run.cycle_hours=6"])
     with pytest.raises(ConfigError, match=r"run.cycle_hours = 6.0 but emulator"):
         build_experiment(wrong_step)
@@ -425,6 +469,54 @@ def test_fine_tuning_starts_from_the_given_weights_and_checks_them(smoke_run, tm
     assert start.keys() == tuned.keys()
     for name in start:
         np.testing.assert_allclose(tuned[name], start[name], rtol=1e-6, atol=1e-7)
+    # Weights without a noisy-input path can be given one: it starts with zero gains, so the
+    # network is the start's exactly; the reverse, or another number of terms, is refused.
+    grafted = train(
+        tmp_path / "path",
+        f"training.initialise_from={weights}",
+        "training.learning_rate=1e-30",
+        "network.noisy_path=2",
+    )
+    assert grafted.exit_code == 0, grafted.output
+    with_path = load_emulator(None, tmp_path / "path" / "hs_smoke.npz")
+    assert isinstance(with_path.denoiser.network, NoisyInputPath)
+    assert with_path.denoiser.network.terms == 2
+    grafted_arrays = module_arrays(with_path.denoiser.network.base)
+    for name in start:
+        np.testing.assert_allclose(grafted_arrays[name], start[name], rtol=1e-6, atol=1e-7)
+    for terms in (0, 3):
+        refused = train(
+            tmp_path / f"path{terms}",
+            f"training.initialise_from={tmp_path / 'path' / 'hs_smoke.npz'}",
+            f"network.noisy_path={terms}",
+        )
+        assert refused.exit_code == 2
+        assert f"has network.noisy_path = 2; the config asks for {terms}" in refused.output
+    # No optimiser steps: the path is grafted and its stencils fit by least squares
+    # (filtrax.training.noisy_path), the base network left as it was.
+    fitted = train(
+        tmp_path / "fit",
+        f"training.initialise_from={weights}",
+        "training.steps=0",
+        "network.noisy_path=2",
+        "training.path_fit_samples=4",
+    )
+    assert fitted.exit_code == 0, fitted.output
+    fit_card = tomllib.loads((tmp_path / "fit" / "hs_smoke.toml").read_text())
+    assert fit_card["training"]["steps_completed"] == 0
+    assert fit_card["training"]["path_fit_samples"] == 4
+    fit_network = load_emulator(None, tmp_path / "fit" / "hs_smoke.npz").denoiser.network
+    assert float(jnp.abs(fit_network.stencils.weight).max()) > 0
+    fit_arrays = module_arrays(fit_network.base)
+    for name in start:
+        np.testing.assert_array_equal(fit_arrays[name], start[name])
+    for overrides, message in [
+        (["training.path_fit_samples=4"], "training.path_fit_samples = 4 needs a noisy-input"),
+        (["training.steps=0"], "training.steps = 0 needs training.initialise_from"),
+        (["network.noisy_path=1"], "network.noisy_path = 1; expected 0 (none) or >= 2"),
+    ]:
+        refused = train(tmp_path / "refused", *overrides)
+        assert refused.exit_code == 2 and message in refused.output, refused.output
     # The control: a random start is not the given weights.
     random = train(tmp_path / "random", "training.learning_rate=1e-30")
     assert random.exit_code == 0, random.output
@@ -466,7 +558,7 @@ def test_fine_tuning_keeps_the_weights_statistics_and_refuses_another_climate(sm
     # a little off are accepted, and the weights' own are kept (they normalise its inputs).
     stats = channel_statistics(stack_channels(open_store(store).load()))
     nearby = {**stats, "std": stats["std"] * 1.03, "mean": stats["mean"] + 0.02 * stats["std"]}
-    _, kept = initial_network(str(weights), config, grid, nearby)
+    _, kept = initial_network(str(weights), config, grid, nearby, jax.random.key(0))
     for name in ("mean", "std", "diff_std"):
         np.testing.assert_array_equal(kept[name], np.asarray(getattr(start, name)))
     # Another climate is refused, naming the statistic, the channel and both values.
@@ -474,7 +566,7 @@ def test_fine_tuning_keeps_the_weights_statistics_and_refuses_another_climate(sm
     far["diff_std"][2] *= math.exp(2 * STATISTICS_TOLERANCE)
     label = re.escape(grid.channels[2].label())
     with pytest.raises(ValueError, match=rf"diff_std of {label} is .* there and .* in the weights"):
-        initial_network(str(weights), config, grid, far)
+        initial_network(str(weights), config, grid, far, jax.random.key(0))
     # A latitude moved by a rounding error is the same grid; by a degree it is not.
     lats = list(grid.latitudes)
     lats[3] += 1e-12
@@ -483,12 +575,12 @@ def test_fine_tuning_keeps_the_weights_statistics_and_refuses_another_climate(sm
     moved = dataclasses.replace(grid, latitudes=tuple(lats))
     assert grid.difference(moved) == "latitudes differ by up to 1 degrees"
     with pytest.raises(ValueError, match=r"its grid differs from .*: latitudes differ by up to 1"):
-        initial_network(str(weights), config, moved, stats)
+        initial_network(str(weights), config, moved, stats, jax.random.key(0))
     fewer = dataclasses.replace(grid, channels=grid.channels[:-1])
     assert grid.difference(fewer).startswith("channels temperature@")
 
 
-@pytest.mark.parametrize("name", ["hs_t21_16x32", "hs_t21_16x32_focus"])
+@pytest.mark.parametrize("name", ["hs_t21_16x32", "hs_t21_16x32_focus", "hs_t21_16x32_path"])
 def test_shipped_card_meets_the_calibration_target_it_reports(name):
     """The card's own held-out validation: spread/skill in [0.6, 1.4] at 1-10 days, and the
     ensemble mean beats persistence at 12 h and 24 h, for every variable (issue 5)."""
@@ -503,5 +595,8 @@ def test_shipped_card_meets_the_calibration_target_it_reports(name):
         assert all(0.6 <= r <= 1.4 for r in ratios), (variable, ratios)
         rmse, persistence = scores[f"rmse_{variable}"], scores[f"rmse_persistence_{variable}"]
         assert rmse[0] < persistence[0] and rmse[1] < persistence[1], variable
-    # Both are fine-tuned with noisy conditioning frames (configs/heldsuarez/finetune_hs.toml).
+    # All are fine-tuned with noisy conditioning frames (configs/heldsuarez/finetune_hs.toml);
+    # a card with no optimiser steps (a least-squares path fit) through the card it starts from.
+    if card["training"]["steps"] == 0:
+        card = load_card(Path(card["training"]["initialise_from"]).stem)
     assert card["training"]["condition_noise"] == 0.5

@@ -56,7 +56,7 @@ from ..diffusion.latent_noise import (
 from ..io.grid import Channel, GridSpec
 from ._base import AbstractTwoFrameEmulator
 from .cards import fill_module, load_card, load_weights, module_arrays, write_weights
-from .sphere_unet import SphereUNet
+from .sphere_unet import NoisyInputPath, SphereUNet
 
 STATISTICS_FIELDS = ("mean", "std", "diff_std")
 
@@ -180,15 +180,30 @@ def sigma_data_of(values, grid: GridSpec) -> float | tuple[float, ...]:
     return values
 
 
-def build_network(architecture: dict, grid: GridSpec, key) -> SphereUNet:
-    return SphereUNet(
+def build_network(architecture: dict, grid: GridSpec, key) -> SphereUNet | NoisyInputPath:
+    """The card's or config's ``[network]``: a :class:`SphereUNet`, wrapped in a
+    :class:`NoisyInputPath` of ``noisy_path`` terms when that is > 0."""
+    unet_key, path_key = jax.random.split(key)
+    network = SphereUNet(
         channels=len(grid.channels),
         condition_frames=2,
         widths=tuple(int(w) for w in architecture["widths"]),
         latitudes=grid.latitudes,
         embed=int(architecture.get("embed", 64)),
-        key=key,
+        key=unet_key if architecture.get("noisy_path", 0) else key,
     )
+    return with_noisy_path(network, int(architecture.get("noisy_path", 0)), grid, path_key)
+
+
+def with_noisy_path(network, terms: int, grid: GridSpec, key) -> SphereUNet | NoisyInputPath:
+    """``network`` wrapped in a :class:`NoisyInputPath` of ``terms`` terms (0: unchanged).
+
+    The path's stencils start at zero, so the wrapped network is ``network`` exactly:
+    existing weights can be given one and fine-tuned or fit (``training.initialise_from``,
+    ``training.path_fit_samples``)."""
+    if terms == 0:
+        return network
+    return NoisyInputPath(network, channels=len(grid.channels), terms=terms, key=key)
 
 
 def save_emulator(path: str | Path, emulator: AtmosphereEmulator) -> str:

@@ -36,6 +36,14 @@ from jaxtyping import Array, Float
 from .._typing import Key
 
 
+def noise_features(c_noise: Float[Array, ""], num_frequencies: int) -> Float[Array, " f2"]:
+    r"""Sines and cosines of :math:`c_\text{noise}` at frequencies 1 … 64 (log-spaced)."""
+    dtype = jnp.result_type(c_noise, jnp.float32)
+    frequencies = jnp.exp(jnp.linspace(0.0, math.log(64.0), num_frequencies, dtype=dtype))
+    angles = c_noise * frequencies
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
+
+
 def pad_sphere(x: Float[Array, "lat lon feature"], width: int) -> Float[Array, "lat2 lon2 feature"]:
     """Halo of ``width`` cells: periodic in longitude, across the poles in latitude.
 
@@ -234,9 +242,7 @@ class SphereUNet(eqx.Module):
         cond: Float[Array, "frames channel lat lon"],
     ) -> Float[Array, "channel lat lon"]:
         dtype = x_scaled.dtype
-        frequencies = jnp.exp(jnp.linspace(0.0, math.log(64.0), self.num_frequencies, dtype=dtype))
-        angles = c_noise * frequencies
-        embedding = jax.nn.silu(self.embed_in(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])))
+        embedding = jax.nn.silu(self.embed_in(noise_features(c_noise, self.num_frequencies)))
         embedding = jax.nn.silu(self.embed_out(embedding))
         num_lon = x_scaled.shape[-1]
         static = jnp.broadcast_to(
@@ -258,3 +264,82 @@ class SphereUNet(eqx.Module):
             if j < len(self.up_convs):
                 h = self.up_convs[j](_upsample(h))
         return self.head(jax.nn.silu(h)).transpose(2, 0, 1)
+
+
+class NoisyInputPath(eqx.Module):
+    r"""A network plus a linear path from its noisy input to its output, one stencil per
+    band of noise levels.
+
+    .. math::
+
+        F(x, c_\text{noise}, c) = F_\text{base}(x, c_\text{noise}, c)
+            + m(\sigma) \sum_{k=1}^{K} \phi_k(\sigma)\, (V_k \star x),
+        \qquad m(\sigma) = \frac{\sigma^2 + \sigma_\text{ref}^2}{\sigma\, \sigma_\text{ref}},
+
+    with :math:`V_k` spherical 3 × 3 convolutions mixing every channel (zero-initialised, so
+    the wrapped network starts as ``base`` exactly), :math:`\phi_k` fixed bands of noise
+    levels on [0.02, 2] (:meth:`bands`), and :math:`\sigma =
+    e^{4 c_\text{noise}}` (EDM's :math:`c_\text{noise} = \ln\sigma/4`, the default of
+    :class:`~filtrax.diffusion.denoisers.EDMPreconditionedDenoiser`).
+
+    **Why.** Under EDM preconditioning :math:`D = c_\text{skip} x + c_\text{out} F(c_\text{in}
+    x)`. The exact denoiser of a Gaussian with covariance :math:`\Sigma` has
+    :math:`\partial D/\partial x = \Sigma(\Sigma + \sigma^2 I)^{-1}`, whose departure from
+    :math:`c_\text{skip} I` is bounded; in :math:`F`'s units it is that departure times
+    :math:`1/(c_\text{out} c_\text{in}) = (\sigma^2 + \sigma_\text{data}^2)/(\sigma
+    \sigma_\text{data})`, about :math:`\sigma_\text{data}/\sigma` at small :math:`\sigma`.
+    So at small :math:`\sigma` the network must amplify small differences of its input (two
+    channels that carry the same value, neighbouring cells) by :math:`1/\sigma`, and a
+    trained U-Net was measured not to (its :math:`\partial D/\partial x \approx
+    c_\text{skip} I`; ``benchmarks/denoiser_jacobian.py``). Here :math:`m(\sigma)` converts
+    exactly for :math:`\sigma_\text{data} = \sigma_\text{ref}`, so each :math:`V_k` is a
+    bounded local correction of :math:`\partial D/\partial x` in the band
+    :math:`\phi_k`, a Wiener-filter stencil; the path is linear in its parameters, and
+    beyond :math:`\sigma \approx 2` it fades out (the bumps), where the base network's
+    conditional mean dominates.
+    """
+
+    base: eqx.Module
+    stencils: SphereConv
+    terms: int = eqx.field(static=True)
+    sigma_ref: float = eqx.field(static=True, default=0.4)
+
+    def __init__(
+        self,
+        base: eqx.Module,
+        *,
+        channels: int,
+        terms: int,
+        key: Key,
+        sigma_ref: float = 0.4,
+    ):
+        if terms < 2:
+            raise ValueError(f"NoisyInputPath.terms must be >= 2, got {terms}")
+        self.base = base
+        self.terms, self.sigma_ref = int(terms), float(sigma_ref)
+        self.stencils = SphereConv(channels, terms * channels, 3, key=key, zero=True)
+
+    def bands(self, sigma: Float[Array, ""]) -> Float[Array, " terms"]:
+        r""":math:`\phi_k(\sigma)`: Gaussian bumps in :math:`\ln\sigma` of width half their
+        spacing, centred log-uniformly on [0.02, 2], times :math:`1/(1 + (\sigma/2)^4)`, so
+        that :math:`m(\sigma)\phi_k(\sigma)`, which :math:`m \propto \sigma` would
+        otherwise keep alive, vanishes at large :math:`\sigma`."""
+        centres = jnp.linspace(math.log(0.02), math.log(2.0), self.terms, dtype=sigma.dtype)
+        width = 0.5 * (math.log(2.0) - math.log(0.02)) / (self.terms - 1)
+        bumps = jnp.exp(-0.5 * ((jnp.log(sigma) - centres) / width) ** 2)
+        return bumps / (1.0 + (sigma / 2.0) ** 4)
+
+    def __call__(
+        self,
+        x_scaled: Float[Array, "channel lat lon"],
+        c_noise: Float[Array, ""],
+        cond: Float[Array, "frames channel lat lon"],
+    ) -> Float[Array, "channel lat lon"]:
+        channels = x_scaled.shape[0]
+        sigma = jnp.exp(4.0 * c_noise)
+        gain = (sigma**2 + self.sigma_ref**2) / (sigma * self.sigma_ref)
+        weights = (gain * self.bands(sigma)).astype(x_scaled.dtype)
+        stencils = self.stencils(x_scaled.transpose(1, 2, 0))  # (lat, lon, terms * channel)
+        stencils = stencils.reshape(*stencils.shape[:2], self.terms, channels)
+        path = jnp.einsum("abkc,k->cab", stencils, weights)
+        return self.base(x_scaled, c_noise, cond) + path

@@ -34,7 +34,12 @@ the accumulation of its own rollout errors.
 that a two-state network can be fine-tuned to it.
 
 **Fine-tuning** (``training.initialise_from``): the network starts from existing weights of
-the same architecture instead of a random draw, and keeps their statistics.
+the same architecture instead of a random draw, and keeps their statistics. Weights without
+a noisy-input path may be given one (``network.noisy_path``).
+
+**Noisy-input path fit** (``training.path_fit_samples``): after the optimiser (or instead
+of it, with ``training.steps = 0``), the path's stencils are fit by least squares with the
+rest of the network fixed (:mod:`filtrax.training.noisy_path`).
 
 **Validation** on the held-out store, for each variable (all its levels, cos-lat weighted,
 physical units) and lead: the free ensemble's ensemble-mean RMSE, fair CRPS and spread/skill
@@ -73,8 +78,9 @@ from ..emulators.atmosphere import (
     save_emulator,
     sigma_data_of,
     trained_card,
+    with_noisy_path,
 )
-from ..emulators.sphere_unet import SphereUNet
+from ..emulators.sphere_unet import NoisyInputPath, SphereUNet
 from ..experiments.factory import sampler_from_config
 from ..io.grid import Channel, GridSpec
 from ..metrics import crps, gaussian_crps
@@ -88,9 +94,10 @@ from .engine import (
     optimise,
     sample_noise_levels,
 )
+from .noisy_path import fit_noisy_path
 
 logger = logging.getLogger(__name__)
-INIT_STREAM, LOOP_STREAM, SCORE_STREAM = 3, 4, 5
+INIT_STREAM, LOOP_STREAM, SCORE_STREAM, PATH_STREAM, PATH_FIT_STREAM = 3, 4, 5, 6, 7
 
 
 def open_store(path: str | Path) -> xr.Dataset:
@@ -192,12 +199,14 @@ STATISTICS_TOLERANCE = 0.1
 
 
 def initial_network(
-    path: str, config: AtmosphereTrainingConfig, grid: GridSpec, stats
-) -> tuple[SphereUNet, dict[str, np.ndarray]]:
+    path: str, config: AtmosphereTrainingConfig, grid: GridSpec, stats, key
+) -> tuple[SphereUNet | NoisyInputPath, dict[str, np.ndarray]]:
     """The network of the emulator at ``path`` (sha256-checked) and its normalisation
     statistics, for fine-tuning.
 
-    Its architecture and grid must be those of ``config`` and the training data. The
+    Its architecture and grid must be those of ``config`` and the training data, except
+    that weights without a noisy-input path may be given one (``network.noisy_path``; drawn
+    from ``key``, with zero stencils, so the network starts as the weights' exactly). The
     fine-tuned network keeps the statistics it was trained with (its inputs and outputs are
     normalised by them); the training data's own ``stats`` must agree with them within
     :data:`STATISTICS_TOLERANCE`, or the data is of another climate than the weights'.
@@ -221,6 +230,15 @@ def initial_network(
                 f"{field} = {path!r} has network.{name} = {card_network[name]!r}; the config "
                 f"asks for {wanted!r}"
             )
+    start_terms, wanted_terms = card_network.get("noisy_path", 0), config.network.noisy_path
+    if start_terms not in (0, wanted_terms):
+        raise ValueError(
+            f"{field} = {path!r} has network.noisy_path = {start_terms!r}; the config asks for "
+            f"{wanted_terms!r} (weights without a path can be given one, not the reverse)"
+        )
+    network = start.denoiser.network
+    if start_terms == 0:
+        network = with_noisy_path(network, wanted_terms, grid, key)
     start_stats = {k: np.asarray(getattr(start, k), np.float32) for k in STATISTICS_FIELDS}
     departures = {
         "mean": np.abs(stats["mean"] - start_stats["mean"]) / start_stats["std"],
@@ -236,7 +254,7 @@ def initial_network(
                 f"{stats[name][worst]:.6g} there and {start_stats[name][worst]:.6g} in the "
                 f"weights (tolerance {STATISTICS_TOLERANCE} of the std, or as a log-ratio)"
             )
-    return start.denoiser.network, start_stats
+    return network, start_stats
 
 
 def _variable_slices(grid: GridSpec) -> dict[str, list[int]]:
@@ -308,6 +326,8 @@ def validate(
 
 
 def _checkpoint_step(output: Path) -> int:
+    if not (output / "checkpoint.npz").exists():  # training.steps = 0: nothing was optimised
+        return 0
     with np.load(output / "checkpoint.npz", allow_pickle=False) as data:
         return int(data["step"])
 
@@ -335,7 +355,10 @@ def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
     sigma_data = sigma_data_of(config.network.sigma_data, grid)  # checked before training
     initial = None
     if config.training.initialise_from:
-        initial, stats = initial_network(config.training.initialise_from, config, grid, stats)
+        path_key = jax.random.fold_in(jax.random.key(config.seed), PATH_STREAM)
+        initial, stats = initial_network(
+            config.training.initialise_from, config, grid, stats, path_key
+        )
     network, losses, train_seconds = train_network(config, train, stats, grid, sigma_data, initial)
     emulator = AtmosphereEmulator(
         EDMPreconditionedDenoiser(network, sigma_data=sigma_data),
@@ -347,6 +370,14 @@ def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
         name=config.name,
         history=config.network.history,
     )
+    if config.training.path_fit_samples:
+        tic = time.perf_counter()
+        fit_key = jax.random.fold_in(jax.random.key(config.seed), PATH_FIT_STREAM)
+        emulator = fit_noisy_path(
+            emulator, train, fit_key, samples=config.training.path_fit_samples
+        )
+        network = emulator.denoiser.network
+        train_seconds += time.perf_counter() - tic
     weights = output / f"{config.name}.npz"
     digest = save_emulator(weights, emulator)
     scores = validate(config, emulator, train, held_out)

@@ -187,6 +187,12 @@ class UNetConfig(_Validated):
         "or one per channel in the grid's order",
         **POSITIVE,
     )
+    noisy_path: int = _field(
+        0,
+        "bands of noise levels of a linear path from the noisy input to the output, one "
+        "3 x 3 stencil each (filtrax.emulators.sphere_unet.NoisyInputPath); 0 = none",
+        min=0,
+    )
     history: int = _field(
         2,
         "states the network is conditioned on: 2 (GenCast: x^{k-1} and x^k) or 1 (x^k only, "
@@ -211,6 +217,22 @@ class AtmosphereOptimisationConfig(OptimisationConfig):
         "start from these weights (an emulator .npz with its .toml card, e.g. a 'filtrax "
         "train' output) instead of a random network: fine-tuning",
     )
+    steps: int = _field(
+        20000, "optimiser steps (0: none, with initialise_from: graft, fit and card)", min=0
+    )
+    path_fit_samples: int = _field(
+        0,
+        "after the optimiser, fit the noisy-input path's stencils by least squares on this "
+        "many (transition, sigma, noise) draws (filtrax.training.noisy_path; 0 = no fit)",
+        min=0,
+    )
+
+    def _check(self) -> None:
+        super()._check()
+        if self.steps == 0 and not self.initialise_from:
+            raise ConfigError(
+                "training.steps = 0 needs training.initialise_from (weights to start from)"
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -229,6 +251,15 @@ class AtmosphereTrainingConfig(_Validated):
     )
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+
+    def _check(self) -> None:
+        if self.training.path_fit_samples and not self.network.noisy_path:
+            raise ConfigError(
+                f"training.path_fit_samples = {self.training.path_fit_samples} needs a "
+                "noisy-input path to fit: set network.noisy_path >= 2"
+            )
+        if self.network.noisy_path == 1:
+            raise ConfigError("network.noisy_path = 1; expected 0 (none) or >= 2 terms")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

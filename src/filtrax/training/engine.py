@@ -107,9 +107,14 @@ def config_digest(config) -> str:
         keep.pop(name, None)
     keep["training"].pop("checkpoint_every")
     keep["training"].pop("stop_after", None)
-    if not keep["training"].get("focus_fraction"):  # off: digests of earlier runs still match
+    keep["training"].pop("path_fit_samples", None)  # a fit after the optimiser, not in it
+    # Options that are off leave the digest as it was before they existed, so that earlier
+    # runs still resume.
+    if not keep["training"].get("focus_fraction"):
         keep["training"].pop("focus_fraction", None)
         keep["training"].pop("focus_sigma_max", None)
+    if not keep.get("network", {}).get("noisy_path"):
+        keep.get("network", {}).pop("noisy_path", None)
     for name in ("truth_segment_start", "truth_segment_length"):  # outputs, not inputs
         keep["data"].pop(name, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
