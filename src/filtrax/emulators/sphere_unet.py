@@ -21,6 +21,10 @@ denoiser is the EDM skip path.
 **Inputs.** The noisy latent, the conditioning frames, and two static fields
 :math:`(\sin\phi, \cos\phi)` of latitude, so the network can learn latitude-dependent
 dynamics (Coriolis) while staying longitude-equivariant.
+
+**Noisy-input path.** :class:`NoisyInputPath` wraps any such network with a linear path from
+its noisy input to its output, one 3 × 3 stencil per band of noise levels, which a trained
+network can be given and fit by least squares (:mod:`filtrax.training.noisy_path`).
 """
 
 from __future__ import annotations
@@ -34,14 +38,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._typing import Key
-
-
-def noise_features(c_noise: Float[Array, ""], num_frequencies: int) -> Float[Array, " f2"]:
-    r"""Sines and cosines of :math:`c_\text{noise}` at frequencies 1 … 64 (log-spaced)."""
-    dtype = jnp.result_type(c_noise, jnp.float32)
-    frequencies = jnp.exp(jnp.linspace(0.0, math.log(64.0), num_frequencies, dtype=dtype))
-    angles = c_noise * frequencies
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])
 
 
 def pad_sphere(x: Float[Array, "lat lon feature"], width: int) -> Float[Array, "lat2 lon2 feature"]:
@@ -242,7 +238,9 @@ class SphereUNet(eqx.Module):
         cond: Float[Array, "frames channel lat lon"],
     ) -> Float[Array, "channel lat lon"]:
         dtype = x_scaled.dtype
-        embedding = jax.nn.silu(self.embed_in(noise_features(c_noise, self.num_frequencies)))
+        frequencies = jnp.exp(jnp.linspace(0.0, math.log(64.0), self.num_frequencies, dtype=dtype))
+        angles = c_noise * frequencies
+        embedding = jax.nn.silu(self.embed_in(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])))
         embedding = jax.nn.silu(self.embed_out(embedding))
         num_lon = x_scaled.shape[-1]
         static = jnp.broadcast_to(

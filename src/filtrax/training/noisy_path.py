@@ -14,9 +14,9 @@ still 1.00–1.01, where EDM's skip path has it, against 0.34 for their average.
 
 **The fit.** With the base network fixed, the path is linear in its parameters, so its
 best stencils are a linear least-squares solution, which does not care how ill-conditioned
-the inputs are. For training states :math:`(c, z)` and :math:`\sigma` drawn log-uniformly on
-[``sigma_min``, ``sigma_max``], with :math:`x = z + \sigma\epsilon`, each grid point gives one
-row:
+the inputs are. For training states :math:`(c, z)` (clean conditioning frames) and
+:math:`\sigma` drawn log-uniformly on [``sigma_min``, ``sigma_max``], with
+:math:`x = z + \sigma\epsilon`, each grid point gives one row:
 
 .. math::
 
