@@ -28,13 +28,13 @@ LON = tuple((45.0 * np.arange(8)).tolist())
 SPREAD = 0.4  # s, also the preconditioning's sigma_data
 
 
-def _copies_emulator(terms=4):
+def _copies_emulator(terms=4, size=3):
     channels = tuple(Channel(f"copy{i}") for i in range(3))
     grid = GridSpec(LAT, LON, channels, level_name="sigma")
     base = SphereUNet(
         channels=3, condition_frames=2, widths=(8,), latitudes=LAT, key=jax.random.key(0)
     )  # zero-initialised head: F_base = 0
-    network = NoisyInputPath(base, channels=3, terms=terms, key=jax.random.key(1))
+    network = NoisyInputPath(base, channels=3, terms=terms, key=jax.random.key(1), size=size)
     return AtmosphereEmulator(
         EDMPreconditionedDenoiser(network, sigma_data=SPREAD),
         mean=jnp.zeros(3),
@@ -76,6 +76,16 @@ def test_fitted_path_reaches_the_exact_three_copy_denoiser(sigma):
     # (measured: within 1 % for sigma in [0.02, 1], 3 % at 2), up to sampling error.
     error = _squared_error(fitted, sigma)
     assert exact * 0.92 < error < exact * 1.08, (error, exact, skip)
+
+
+@pytest.mark.parametrize("size", [1, 5])
+def test_fitted_path_of_other_stencil_sizes_reaches_the_exact_denoiser(size):
+    emulator = _copies_emulator(size=size)
+    assert emulator.denoiser.network.stencils.weight.shape[:2] == (size, size)
+    fitted = fit_noisy_path(emulator, _copies_states(200, 0), jax.random.key(2), samples=256)
+    sigma, s2 = 0.1, SPREAD**2
+    exact = s2 * sigma**2 / (3 * s2 + sigma**2)
+    assert exact * 0.92 < _squared_error(fitted, sigma) < exact * 1.08
 
 
 def test_fit_refuses_a_network_without_a_path_and_bad_arguments():

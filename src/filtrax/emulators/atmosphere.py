@@ -192,18 +192,23 @@ def build_network(architecture: dict, grid: GridSpec, key) -> SphereUNet | Noisy
         embed=int(architecture.get("embed", 64)),
         key=unet_key if architecture.get("noisy_path", 0) else key,
     )
-    return with_noisy_path(network, int(architecture.get("noisy_path", 0)), grid, path_key)
+    terms = int(architecture.get("noisy_path", 0))
+    size = int(architecture.get("noisy_path_size", 3))
+    return with_noisy_path(network, terms, grid, path_key, size=size)
 
 
-def with_noisy_path(network, terms: int, grid: GridSpec, key) -> SphereUNet | NoisyInputPath:
-    """``network`` wrapped in a :class:`NoisyInputPath` of ``terms`` terms (0: unchanged).
+def with_noisy_path(
+    network, terms: int, grid: GridSpec, key, *, size: int = 3
+) -> SphereUNet | NoisyInputPath:
+    """``network`` wrapped in a :class:`NoisyInputPath` of ``terms`` bands of ``size`` ×
+    ``size`` stencils (``terms`` 0: unchanged).
 
     The path's stencils start at zero, so the wrapped network is ``network`` exactly:
     existing weights can be given one and fine-tuned or fit (``training.initialise_from``,
     ``training.path_fit_samples``)."""
     if terms == 0:
         return network
-    return NoisyInputPath(network, channels=len(grid.channels), terms=terms, key=key)
+    return NoisyInputPath(network, channels=len(grid.channels), terms=terms, key=key, size=size)
 
 
 def save_emulator(path: str | Path, emulator: AtmosphereEmulator) -> str:

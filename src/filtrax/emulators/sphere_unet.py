@@ -274,11 +274,11 @@ class NoisyInputPath(eqx.Module):
             + m(\sigma) \sum_{k=1}^{K} \phi_k(\sigma)\, (V_k \star x),
         \qquad m(\sigma) = \frac{\sigma^2 + \sigma_\text{ref}^2}{\sigma\, \sigma_\text{ref}},
 
-    with :math:`V_k` spherical 3 × 3 convolutions mixing every channel (zero-initialised, so
-    the wrapped network starts as ``base`` exactly), :math:`\phi_k` fixed bands of noise
-    levels on [0.02, 2] (:meth:`bands`), and :math:`\sigma =
-    e^{4 c_\text{noise}}` (EDM's :math:`c_\text{noise} = \ln\sigma/4`, the default of
-    :class:`~filtrax.diffusion.denoisers.EDMPreconditionedDenoiser`).
+    with :math:`V_k` spherical ``size`` × ``size`` convolutions (3 by default) mixing every
+    channel (zero-initialised, so the wrapped network starts as ``base`` exactly),
+    :math:`\phi_k` fixed bands of noise levels on [0.02, 2] (:meth:`bands`), and
+    :math:`\sigma = e^{4 c_\text{noise}}` (EDM's :math:`c_\text{noise} = \ln\sigma/4`, the
+    default of :class:`~filtrax.diffusion.denoisers.EDMPreconditionedDenoiser`).
 
     **Why.** Under EDM preconditioning :math:`D = c_\text{skip} x + c_\text{out} F(c_\text{in}
     x)`. The exact denoiser of a Gaussian with covariance :math:`\Sigma` has
@@ -309,13 +309,19 @@ class NoisyInputPath(eqx.Module):
         channels: int,
         terms: int,
         key: Key,
+        size: int = 3,
         sigma_ref: float = 0.4,
     ):
         if terms < 2:
             raise ValueError(f"NoisyInputPath.terms must be >= 2, got {terms}")
         self.base = base
         self.terms, self.sigma_ref = int(terms), float(sigma_ref)
-        self.stencils = SphereConv(channels, terms * channels, 3, key=key, zero=True)
+        self.stencils = SphereConv(channels, terms * channels, size, key=key, zero=True)
+
+    @property
+    def size(self) -> int:
+        """The stencils' width in cells (odd)."""
+        return self.stencils.weight.shape[0]
 
     def bands(self, sigma: Float[Array, ""]) -> Float[Array, " terms"]:
         r""":math:`\phi_k(\sigma)`: Gaussian bumps in :math:`\ln\sigma` of width half their

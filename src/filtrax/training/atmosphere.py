@@ -238,7 +238,9 @@ def initial_network(
         )
     network = start.denoiser.network
     if start_terms == 0:
-        network = with_noisy_path(network, wanted_terms, grid, key)
+        network = with_noisy_path(
+            network, wanted_terms, grid, key, size=config.network.noisy_path_size
+        )
     start_stats = {k: np.asarray(getattr(start, k), np.float32) for k in STATISTICS_FIELDS}
     departures = {
         "mean": np.abs(stats["mean"] - start_stats["mean"]) / start_stats["std"],

@@ -193,6 +193,9 @@ class UNetConfig(_Validated):
         "3 x 3 stencil each (filtrax.emulators.sphere_unet.NoisyInputPath); 0 = none",
         min=0,
     )
+    noisy_path_size: int = _field(
+        3, "width in cells of the noisy-input path's stencils (odd)", choices=(1, 3, 5, 7)
+    )
     history: int = _field(
         2,
         "states the network is conditioned on: 2 (GenCast: x^{k-1} and x^k) or 1 (x^k only, "

@@ -115,6 +115,7 @@ def config_digest(config) -> str:
         keep["training"].pop("focus_sigma_max", None)
     if not keep.get("network", {}).get("noisy_path"):
         keep.get("network", {}).pop("noisy_path", None)
+        keep.get("network", {}).pop("noisy_path_size", None)
     for name in ("truth_segment_start", "truth_segment_length"):  # outputs, not inputs
         keep["data"].pop(name, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

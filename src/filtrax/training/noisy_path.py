@@ -24,7 +24,7 @@ the inputs are. For training states :math:`(c, z)` (clean conditioning frames) a
     \text{target} = \frac{z - c_\text{skip} x}{c_\text{out}} - F_\text{base}(c_\text{in} x,
     c_\text{noise}, c),
 
-where :math:`p` is the 3 × 3 patch of every channel around the point (spherically padded)
+where :math:`p` is the stencil-sized patch of every channel around the point (spherically padded)
 plus a constant, and rows are weighted by cos-latitude. Minimising the weighted squared error
 of the target is minimising EDM's loss (:math:`\lambda(\sigma) c_\text{out}^2 = 1`) over the
 path's parameters. The normal equations are accumulated in float64 and solved with a ridge of
@@ -45,11 +45,11 @@ from ..emulators.atmosphere import AtmosphereEmulator
 from ..emulators.sphere_unet import NoisyInputPath, pad_sphere
 
 
-def _patches(x_scaled):
-    """``(lat, lon, 9 * channel)`` features in :class:`SphereConv`'s weight order."""
-    padded = pad_sphere(x_scaled.transpose(1, 2, 0), 1)
+def _patches(x_scaled, size: int):
+    """``(lat, lon, size² * channel)`` features in :class:`SphereConv`'s weight order."""
+    padded = pad_sphere(x_scaled.transpose(1, 2, 0), size // 2)
     lat, lon = x_scaled.shape[1:]
-    rows = [padded[i : i + lat, j : j + lon] for i in range(3) for j in range(3)]
+    rows = [padded[i : i + lat, j : j + lon] for i in range(size) for j in range(size)]
     return jnp.concatenate(rows, axis=-1)
 
 
@@ -99,7 +99,7 @@ def fit_noisy_path(
         target = (z - c_skip * x) / c_out - network.base(c_in * x, c_noise, cond)
         gain = (sigma**2 + network.sigma_ref**2) / (sigma * network.sigma_ref)
         weights = gain * network.bands(sigma)  # (terms,)
-        patch = _patches(c_in * x)
+        patch = _patches(c_in * x, network.size)
         patch = jnp.concatenate([patch, jnp.ones((*patch.shape[:2], 1), patch.dtype)], -1)
         features = weights[None, None, :, None] * patch[:, :, None, :]  # (lat, lon, K, 9C+1)
         features = features.reshape(-1, network.terms * patch.shape[-1])
@@ -120,12 +120,13 @@ def fit_noisy_path(
         gram = gram + np.asarray(g, np.float64)
         moment = moment + np.asarray(m, np.float64)
     regularised = gram + ridge * np.mean(np.diag(gram)) * np.eye(gram.shape[0])
-    solution = np.linalg.solve(regularised, moment)  # (K * (9C + 1), C)
+    solution = np.linalg.solve(regularised, moment)  # (K * (size² C + 1), C)
     if not np.all(np.isfinite(solution)):
         raise FloatingPointError("the noisy-path least-squares solution is not finite")
-    per_term = solution.reshape(network.terms, 9 * channels + 1, channels)
-    # SphereConv: weight (3, 3, cin, terms * cout) with output index k * C + c; bias likewise.
-    weight = per_term[:, :-1].transpose(1, 0, 2).reshape(3, 3, channels, -1)
+    size = network.size
+    per_term = solution.reshape(network.terms, size * size * channels + 1, channels)
+    # SphereConv: weight (size, size, cin, terms * cout), output index k * C + c; bias likewise.
+    weight = per_term[:, :-1].transpose(1, 0, 2).reshape(size, size, channels, -1)
     bias = per_term[:, -1].reshape(-1)
     stencils = network.stencils
     fitted = eqx.tree_at(
