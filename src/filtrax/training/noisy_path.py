@@ -101,7 +101,7 @@ def fit_noisy_path(
         weights = gain * network.bands(sigma)  # (terms,)
         patch = _patches(c_in * x, network.size)
         patch = jnp.concatenate([patch, jnp.ones((*patch.shape[:2], 1), patch.dtype)], -1)
-        features = weights[None, None, :, None] * patch[:, :, None, :]  # (lat, lon, K, 9C+1)
+        features = weights[None, None, :, None] * patch[:, :, None, :]  # (lat, lon, K, size² C + 1)
         features = features.reshape(-1, network.terms * patch.shape[-1])
         root_w = jnp.sqrt(area).reshape(-1, 1)
         return root_w * features, root_w * target.transpose(1, 2, 0).reshape(-1, channels)
