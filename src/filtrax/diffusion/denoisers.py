@@ -109,6 +109,12 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
             )
 
     def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
+        c_skip, c_out, c_in, c_noise = self.preconditioning(x_t, sigma)
+        return c_skip * x_t + c_out * self.network(c_in * x_t, c_noise, cond)
+
+    def preconditioning(self, x_t: State, sigma: Float[Array, ""]) -> tuple[Array, ...]:
+        r""":math:`(c_\text{skip}, c_\text{out}, c_\text{in}, c_\text{noise})` at ``sigma``,
+        broadcastable against ``x_t`` (per channel with per-channel :math:`\sigma_\text{data}`)."""
         sigma = jnp.asarray(sigma, dtype=x_t.dtype)
         sigma_data = self.sigma_data_like(x_t)
         sigma_data_sq = sigma_data**2
@@ -121,7 +127,7 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
         c_in = jax.lax.rsqrt(total_var)
         c_out = sigma * sigma_data * c_in
         c_noise = jnp.log(sigma) / 4.0 if self.noise_input == "quarter_log_sigma" else sigma
-        return c_skip * x_t + c_out * self.network(c_in * x_t, c_noise, cond)
+        return c_skip, c_out, c_in, c_noise
 
     def sigma_data_like(self, x_t: State) -> Float[Array, "..."]:
         r""":math:`\sigma_\text{data}` broadcastable against ``x_t`` (a scalar, or one value

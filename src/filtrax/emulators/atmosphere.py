@@ -183,6 +183,7 @@ def sigma_data_of(values, grid: GridSpec) -> float | tuple[float, ...]:
 def build_network(architecture: dict, grid: GridSpec, key) -> SphereUNet | NoisyInputPath:
     """The card's or config's ``[network]``: a :class:`SphereUNet`, wrapped in a
     :class:`NoisyInputPath` of ``noisy_path`` terms when that is > 0."""
+    terms = int(architecture.get("noisy_path", 0))
     unet_key, path_key = jax.random.split(key)
     network = SphereUNet(
         channels=len(grid.channels),
@@ -190,9 +191,8 @@ def build_network(architecture: dict, grid: GridSpec, key) -> SphereUNet | Noisy
         widths=tuple(int(w) for w in architecture["widths"]),
         latitudes=grid.latitudes,
         embed=int(architecture.get("embed", 64)),
-        key=unet_key if architecture.get("noisy_path", 0) else key,
+        key=unet_key if terms else key,  # without a path, the draws of earlier versions
     )
-    terms = int(architecture.get("noisy_path", 0))
     size = int(architecture.get("noisy_path_size", 3))
     return with_noisy_path(network, terms, grid, path_key, size=size)
 

@@ -91,11 +91,7 @@ def fit_noisy_path(
         u = jax.random.uniform(k_sigma)
         sigma = jnp.exp(math.log(sigma_min) + u * (math.log(sigma_max) - math.log(sigma_min)))
         x = z + sigma * jax.random.normal(k_noise, z.shape)
-        sigma_data = denoiser.sigma_data_like(x)
-        total = sigma**2 + sigma_data**2
-        c_skip, c_in = sigma_data**2 / total, jax.lax.rsqrt(total)
-        c_out = sigma * sigma_data * c_in
-        c_noise = jnp.log(sigma) / 4.0
+        c_skip, c_out, c_in, c_noise = denoiser.preconditioning(x, sigma)
         target = (z - c_skip * x) / c_out - network.base(c_in * x, c_noise, cond)
         gain = (sigma**2 + network.sigma_ref**2) / (sigma * network.sigma_ref)
         weights = gain * network.bands(sigma)  # (terms,)
