@@ -259,6 +259,10 @@ def test_heldsuarez_config_takes_the_noise(hs_emulator):
     config = load_config(poster, ["model.noise=spherical"])
     assert config.model.noise == "spherical"
     emulator, _ = load_atmosphere_emulator(config)
-    assert emulator.latent_noise == SphericalWhiteNoise.from_grid(hs_emulator.grid)
+    # The card's own grid: each card stores the latitudes of the data it was trained on, and
+    # the retrained cards' (data regenerated here) differ from the shipped one's in the last
+    # bit, so the shipped card's grid is not the reference here.
+    assert emulator.latent_noise == SphericalWhiteNoise.from_grid(emulator.grid)
+    np.testing.assert_allclose(emulator.grid.latitudes, hs_emulator.grid.latitudes, rtol=1e-12)
     with pytest.raises(ConfigError, match=r"model\.noise = 'pink' is not one of: gaussian, sph"):
         load_config(poster, ["model.noise=pink"])
