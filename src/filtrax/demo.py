@@ -100,8 +100,8 @@ def atmosphere_demo(out: str, particles: int, cycles: int) -> None:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     print(
-        f"The poster's experiment on Held-Suarez (emulator "
-        f"{DEMO_CONFIG['model']['emulator']}, dinosaur's truth): FA-APF with N = {particles}, "
+        f"The poster's experiment on Held-Suarez (emulator {config.model.emulator}, "
+        f"dinosaur's truth): FA-APF with N = {particles}, "
         f"{cycles} cycles of 12 h; temperature observed on every 4th grid point (sigma = 0.1 K)."
     )
     start = time.perf_counter()
