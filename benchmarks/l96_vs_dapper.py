@@ -35,12 +35,12 @@ import sys
 import time
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from filtrax import metrics
+from filtrax.driver import SaveAt, assimilate
 from filtrax.dynamics.lorenz96 import DEFAULT_DT
 from filtrax.experiments.config import load_config
 from filtrax.experiments.factory import (
@@ -108,33 +108,39 @@ def _local(text: str) -> str:
     return text.format(block=ARGS.local_block, inflation=ARGS.local_inflation)
 
 
+class _NonFiniteError(Exception):
+    """Stops a run whose ensemble is no longer finite (reported as a note, not an error)."""
+
+
 def run_ours(experiment, config, method: str, overrides: list[str], n: int, truth, y, burn):
     overrides = [_local(o) for o in overrides]
     cfg = load_config(ARGS.config, [*ARGS.set, f"filter.particles={n}", *overrides])
     filter_ = build_filter(cfg, experiment.emulator, method)
     particles = initial_particles(cfg, experiment.initial_state, n)
-    state = filter_.init(particles)
     observation = experiment.observation
     root = jax.random.fold_in(jax.random.key(config.seed), 1)
 
-    @eqx.filter_jit
-    def step(f, s, y, k):
-        s, d = f.step(s, y, observation, jax.random.fold_in(root, k))
-        return s, d, jax.vmap(f.emulator.current_frame)(s.particles)
-
     rows = {"rmse": [], "spread": [], "crps": [], "ess": [], "alpha": [], "seconds": []}
-    for k in range(len(truth)):
-        tic = time.perf_counter()
-        state, diagnostics, frames = step(filter_, state, jnp.asarray(y[k]), jnp.asarray(k))
-        frames = np.asarray(jax.block_until_ready(frames), np.float64)
-        rows["seconds"].append(time.perf_counter() - tic)
+
+    def record(chunk) -> None:
+        k = chunk.first_cycle
+        frames = np.asarray(chunk.analysis[0], np.float64)
+        rows["seconds"].append(chunk.seconds)
         if not np.all(np.isfinite(frames)):
-            return {"note": f"non-finite particles at cycle {k}"}
+            raise _NonFiniteError(f"non-finite particles at cycle {k}")
         rows["rmse"].append(metrics.rmse(frames, truth[k]))
         rows["spread"].append(metrics.spread(frames))
         rows["crps"].append(metrics.crps(frames, truth[k]))
-        rows["ess"].append(float(diagnostics.ess))
-        rows["alpha"].append(float(diagnostics.alpha))
+        rows["ess"].append(float(chunk.diagnostics.ess[0]))
+        rows["alpha"].append(float(chunk.diagnostics.alpha[0]))
+
+    try:
+        assimilate(
+            filter_, particles, np.asarray(y[: len(truth)]), observation, key=root,
+            save=SaveAt(moments=False), chunk_cycles=1, callback=record, allow_nonfinite=True,
+        )  # fmt: skip
+    except _NonFiniteError as stop:
+        return {"note": str(stop)}
     after = slice(burn, None)
     rmse, rmse_ci = metrics.time_mean_with_interval(np.asarray(rows["rmse"][after]))
     profile = phase_seconds(filter_, filter_.init(particles), jnp.asarray(y[0]), observation, root)

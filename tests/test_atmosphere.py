@@ -271,6 +271,44 @@ def test_data_store_has_cf_attributes_and_era5_names(smoke_run):
     assert (hours == 12).all()
 
 
+def test_a_killed_data_run_resumes_to_the_same_store_and_refuses_other_settings(
+    smoke_run, tmp_path, monkeypatch
+):
+    """Killed after its first 5-day chunk, the run resumes from the saved model state and
+    writes the states of the uninterrupted smoke run bit for bit; other settings are refused
+    and leave the partial run as it was."""
+    import xarray as xr
+
+    from filtrax.dynamics import heldsuarez
+
+    store, _ = smoke_run
+    out = tmp_path / "killed.zarr"
+    settings = dict(years=0.04, spin_up_days=10, seed=3, chunk_days=5, progress=False)
+    trajectory = heldsuarez.HeldSuarezSimulator.trajectory
+    calls = []
+
+    def killed_on_the_second_chunk(self, state, num):
+        calls.append(num)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return trajectory(self, state, num)
+
+    monkeypatch.setattr(heldsuarez.HeldSuarezSimulator, "trajectory", killed_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        heldsuarez.generate_heldsuarez(out, **settings)
+    monkeypatch.setattr(heldsuarez.HeldSuarezSimulator, "trajectory", trajectory)
+    assert not out.exists() and (tmp_path / "killed.zarr.partial").exists()
+    with pytest.raises(ValueError, match="seed = 3 there, 4 asked"):
+        heldsuarez.generate_heldsuarez(out, **{**settings, "seed": 4})
+    heldsuarez.generate_heldsuarez(out, **settings)
+    assert not (tmp_path / "killed.zarr.resume.npz").exists()
+    expected, resumed = xr.open_zarr(store, consolidated=False), xr.open_zarr(out)
+    assert resumed.sizes == expected.sizes
+    np.testing.assert_array_equal(resumed["time"].values, expected["time"].values)
+    for name in expected.data_vars:
+        np.testing.assert_array_equal(resumed[name].values, expected[name].values)
+
+
 def test_smoke_card_and_a_short_run(smoke_run, tmp_path):
     store, weights = smoke_run
     card = tomllib.loads(weights.with_suffix(".toml").read_text())

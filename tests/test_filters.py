@@ -145,12 +145,27 @@ def test_observation_shape_mismatch_is_rejected(model, observations):
         run(fa_apf(model), model, observations[:, :2], 4)
 
 
-def test_empty_observation_set_is_rejected_with_guidance(model, observations):
+def test_a_cycle_without_observations_is_a_forecast_step(model, observations):
+    """An all-NaN row moves the FA-APF's members by the emulator's own transition (guidance
+    needs an observation): α = 0, ESS = N, no evidence, unguided call counts, and the
+    members are the free ensemble's from the same state and key, bit for bit."""
     missing = np.asarray(observations).copy()
     missing[2] = np.nan
-    with pytest.raises(ValueError, match=r"observations\[2\] has no observed"):
-        run(fa_apf(model), model, missing, 4)
-    # Without guidance an empty cycle is fine: it is a pure forecast.
+    filter_ = fa_apf(model)
+    result = run(filter_, model, missing, 4)
+    assert float(result.diagnostics.alpha[2]) == 0.0
+    np.testing.assert_allclose(result.diagnostics.ess[2], 4.0, rtol=1e-6)
+    assert np.isnan(result.diagnostics.log_evidence_increment[2])
+    assert (
+        int(result.diagnostics.backward_calls[2]) == 0 < int(result.diagnostics.backward_calls[1])
+    )
+    before = run(filter_, model, missing[:2], 4)
+    free = run(
+        fx.FreeEnsemble(unguided(model)), model, missing[2:3], 4, initial_state=before.final_state
+    )
+    np.testing.assert_array_equal(result.analysis[2], free.analysis[0])
+    assert np.all(np.isfinite(result.analysis[3]))
+    # Without guidance an empty cycle is fine too: uniform weights, a pure forecast.
     result = run(fx.BootstrapParticleFilter(unguided(model)), model, missing, 4)
     np.testing.assert_allclose(result.diagnostics.ess[2], 4.0, rtol=1e-5)
 
@@ -179,6 +194,43 @@ def test_nan_initial_particles_are_rejected(model, observations):
             model.observation_model(),
             key=jax.random.key(0),
         )
+
+
+def test_a_bad_key_or_particles_without_their_axis_are_named(model, observations):
+    free = fx.FreeEnsemble(unguided(model))
+    with pytest.raises(ValueError, match=r"key must be a JAX random key .* got int 1"):
+        fx.assimilate(free, jnp.zeros((4, D)), observations, model.observation_model(), key=1)
+    with pytest.raises(ValueError, match=r"leaf shapes \(6,\); the leading axis is the particle"):
+        fx.assimilate(
+            free, jnp.zeros(D), observations, model.observation_model(), key=jax.random.key(0)
+        )
+    # A legacy uint32 key is a key too.
+    run(free, model, observations[:1], 2, key=0)
+    fx.assimilate(
+        free, jnp.zeros((2, D)), observations[:1], model.observation_model(),
+        key=jax.random.PRNGKey(0),
+    )  # fmt: skip
+
+
+def test_chunks_and_a_callback_give_the_same_cycles(model, observations):
+    """Running the cycles one chunk at a time, with a callback that receives each chunk,
+    gives the one-call result bit for bit; the result then keeps the diagnostics only."""
+    filter_ = fa_apf(model)
+    whole = run(filter_, model, observations, 4)
+    chunks = []
+    chunked = run(filter_, model, observations, 4, chunk_cycles=4, callback=chunks.append)
+    assert [c.first_cycle for c in chunks] == [0, 4]
+    assert [c.analysis.shape[0] for c in chunks] == [4, 2]
+    np.testing.assert_array_equal(
+        np.concatenate([c.analysis for c in chunks]), np.asarray(whole.analysis)
+    )
+    np.testing.assert_array_equal(chunked.diagnostics.ess, whole.diagnostics.ess)
+    assert chunked.analysis is None and chunked.analysis_mean is None
+    moments_only = run(filter_, model, observations, 4, save=fx.SaveAt(ensemble=False))
+    assert moments_only.analysis is None
+    np.testing.assert_array_equal(moments_only.analysis_mean, whole.analysis_mean)
+    with pytest.raises(ValueError, match="chunk_cycles = 0"):
+        run(filter_, model, observations, 4, chunk_cycles=0)
 
 
 def test_nan_during_the_run_raises_naming_the_cycle(model, observations):

@@ -17,6 +17,7 @@ from .diffusion.samplers import DPMSolverPlusPlus2SSampler as DPMSolverPlusPlus2
 from .diffusion.samplers import EulerSampler as EulerSampler
 from .diffusion.samplers import HeunSampler as HeunSampler
 from .driver import AssimilationResult as AssimilationResult
+from .driver import SaveAt as SaveAt
 from .driver import assimilate as assimilate
 from .dynamics.linear_gaussian import LinearGaussianEmulator as LinearGaussianEmulator
 from .dynamics.linear_gaussian import LinearGaussianModel as LinearGaussianModel
@@ -36,11 +37,15 @@ from .filters.letkf import (
 )
 from .filters.localisation import BlockLocalisation as BlockLocalisation
 from .filters.particle import AbstractFilter as AbstractFilter
+from .filters.particle import AbstractPotential as AbstractPotential
 from .filters.particle import AuxiliaryParticleFilter as AuxiliaryParticleFilter
 from .filters.particle import BootstrapParticleFilter as BootstrapParticleFilter
 from .filters.particle import CycleDiagnostics as CycleDiagnostics
 from .filters.particle import FilterState as FilterState
 from .filters.particle import FreeEnsemble as FreeEnsemble
+from .filters.particle import ObservationLikelihood as ObservationLikelihood
+from .filters.particle import ParticleFilter as ParticleFilter
+from .filters.particle import PredictivePotential as PredictivePotential
 from .filters.proposals import EmulatorProposal as EmulatorProposal
 from .filters.tempering import AbstractTempering as AbstractTempering
 from .filters.tempering import ESSBandTempering as ESSBandTempering

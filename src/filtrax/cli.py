@@ -131,7 +131,7 @@ def train(config: Path, overrides: tuple[str, ...]) -> None:
     from .training.lorenz96 import train_lorenz96
 
     try:
-        raw = tomllib.loads(config.read_text(encoding="utf-8"))
+        raw = tomllib.loads(config.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as error:
         _fail(ConfigError(f"{config}: invalid TOML: {error}"))
     if "model" in raw:
@@ -191,8 +191,7 @@ def data(
     """
     import jax
 
-    from .dynamics.lorenz96 import generate_dataset, write_dataset
-    from .training.lorenz96 import setting_model
+    from .dynamics.lorenz96 import generate_dataset, setting_model, write_dataset
 
     try:
         dataset = generate_dataset(
@@ -209,37 +208,99 @@ def data(
         _fail(error)
 
 
+def _parse_grid(text: str) -> tuple[int, int]:
+    try:
+        lat, lon = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--state-grid = {text!r}; expected LATxLON, e.g. 32x64") from None
+    if lat < 2 or lon < 2:
+        raise ValueError(f"--state-grid = {text!r}; expected at least 2 x 2 cells")
+    return lat, lon
+
+
+def _parse_levels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--levels = {text!r}; expected comma-separated level indices (0-7) or 'all'"
+        ) from None
+
+
 @main.command(
     "heldsuarez-data",
     epilog="""\b
 Examples:
   filtrax heldsuarez-data --years 5 --seed 0 --out runs/data/hs_train.zarr
   filtrax heldsuarez-data --years 1 --seed 1 --out runs/data/hs_test.zarr
+  filtrax heldsuarez-data --truth-grid TL31 --state-grid 32x64 --levels all \\
+      --years 20 --seed 0 --out runs/data/hs32_train.zarr
 """,
 )
 @click.option("--years", type=float, default=5.0, show_default=True, help="after the spin-up")
 @click.option("--spin-up-days", type=float, default=200.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="places the initial bump")
 @click.option("--truth-grid", type=click.Choice(["T21", "TL31", "T31"]), default="T21")
+@click.option(
+    "--state-grid",
+    default="16x32",
+    show_default=True,
+    help="the coarse equiangular grid, LATxLON (32x64: 5.625°)",
+)
+@click.option(
+    "--levels",
+    default="1,3,5,7",
+    show_default=True,
+    help="σ levels kept (indices 0-7, 0 = top), or 'all'",
+)
+@click.option(
+    "--time-step-minutes",
+    type=float,
+    default=None,
+    help="the integrator's step (default: 30 at T21, 20 at TL31 and T31)",
+)
+@click.option("--chunk-days", type=int, default=60, show_default=True, help="days per write")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="a .zarr store")
-def heldsuarez_data(years: float, spin_up_days: float, seed: int, truth_grid: str, out: Path):
+def heldsuarez_data(
+    years: float,
+    spin_up_days: float,
+    seed: int,
+    truth_grid: str,
+    state_grid: str,
+    levels: str,
+    time_step_minutes: float | None,
+    chunk_days: int,
+    out: Path,
+):
     """Write coarse-grained Held–Suarez states (dinosaur) every 12 h to OUT (zarr).
 
     The truth runs at TRUTH_GRID with 8 σ levels; states are conservatively averaged to
-    16 × 32 and 4 levels (filtrax.dynamics.heldsuarez). Settings, versions and the seed
-    are in the store's attributes.
+    STATE_GRID and the LEVELS kept (filtrax.dynamics.heldsuarez). Settings, versions and
+    the seed are in the store's attributes. A killed run, called again with the same
+    settings, resumes from its last written chunk (OUT.partial and OUT.resume.npz).
     """
-    from .dynamics.heldsuarez import HeldSuarezSetup, generate_heldsuarez
+    from .dynamics.heldsuarez import TIME_STEP_MINUTES, HeldSuarezSetup, generate_heldsuarez
 
     try:
+        state_lat, state_lon = _parse_grid(state_grid)
+        kept = tuple(range(8)) if levels == "all" else _parse_levels(levels)
         out.parent.mkdir(parents=True, exist_ok=True)
         path = generate_heldsuarez(
             out,
             years=years,
             spin_up_days=spin_up_days,
             seed=seed,
-            setup=HeldSuarezSetup(truth_grid=truth_grid),
+            chunk_days=chunk_days,
+            setup=HeldSuarezSetup(
+                truth_grid=truth_grid,
+                time_step_minutes=time_step_minutes or TIME_STEP_MINUTES[truth_grid],
+                state_lat=state_lat,
+                state_lon=state_lon,
+                state_levels=kept,
+            ),
         )
+    except FloatingPointError as error:
+        _fail(ValueError(f"{error}; a smaller --time-step-minutes may keep it stable"))
     except ValueError as error:
         _fail(error)
     click.echo(f"wrote {path}")

@@ -82,6 +82,16 @@ DEMO_CONFIG = {
 }
 
 
+def _is_run_named(run_dir, name: str) -> bool:
+    """Whether ``run_dir`` holds a run directory whose config is named ``name``."""
+    import tomllib
+
+    try:
+        return tomllib.loads((run_dir / "config.toml").read_text()).get("name") == name
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+
+
 def atmosphere_demo(out: str, particles: int, cycles: int) -> None:
     """Run :data:`DEMO_CONFIG` into ``out`` and print per-variable skill."""
     import shutil
@@ -98,6 +108,12 @@ def atmosphere_demo(out: str, particles: int, cycles: int) -> None:
     config = config_from_dict(data)
     run_dir = Path(out)
     if run_dir.exists():
+        # The demo starts afresh, but only ever replaces a run of its own.
+        if not _is_run_named(run_dir, config.name):
+            raise SystemExit(
+                f"error: {run_dir} exists and is not a previous run of this demo; move it away "
+                f"or pass another --out"
+            )
         shutil.rmtree(run_dir)
     print(
         f"The poster's experiment on Held-Suarez (emulator {config.model.emulator}, "

@@ -11,6 +11,9 @@ in :class:`~filtrax.filters.particle.CycleDiagnostics` and raised as
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -22,23 +25,45 @@ from .filters.particle import AbstractFilter, CycleDiagnostics, FilterState, num
 from .observations.model import ObservationModel
 
 
+class SaveAt(eqx.Module):
+    """What :func:`assimilate` keeps of every cycle, besides its diagnostics (as diffrax's
+    ``SaveAt`` says what ``diffeqsolve`` keeps).
+
+    Attributes:
+        moments: the ensemble mean and spread of the current frames.
+        ensemble: the whole analysis ensemble (memory ``K·N·frame``).
+    """
+
+    moments: bool = eqx.field(static=True, default=True)
+    ensemble: bool = eqx.field(static=True, default=True)
+
+
+#: The default: diagnostics, moments and the ensemble of every cycle.
+SAVE_EVERYTHING = SaveAt()
+
+
 class AssimilationResult(eqx.Module):
-    """The output of :func:`assimilate`.
+    """The output of :func:`assimilate`, or of one chunk of its cycles.
 
     Attributes:
         final_state: the filter state after the last cycle (resume from it).
         diagnostics: :class:`CycleDiagnostics` with a leading cycle axis.
         analysis: the analysis ensemble's current frames per cycle,
-            ``(cycle, particle, *frame)``, or ``None`` when not recorded.
-        analysis_mean: the ensemble mean frame per cycle, ``(cycle, *frame)``.
-        analysis_spread: ``sqrt`` of the unbiased ensemble variance per cycle, ``(cycle, *frame)``.
+            ``(cycle, particle, *frame)``, or ``None`` when not saved.
+        analysis_mean: the ensemble mean frame per cycle, ``(cycle, *frame)``, or ``None``.
+        analysis_spread: ``sqrt`` of the unbiased ensemble variance per cycle, or ``None``.
+        first_cycle: the index of the first cycle held here.
+        seconds: wall-clock seconds of computing these cycles (the first chunk's include
+            compilation).
     """
 
     final_state: FilterState
     diagnostics: CycleDiagnostics
     analysis: Float[Array, "cycle particle *frame"] | None
-    analysis_mean: Float[Array, " cycle *frame"]
-    analysis_spread: Float[Array, " cycle *frame"]
+    analysis_mean: Float[Array, " cycle *frame"] | None
+    analysis_spread: Float[Array, " cycle *frame"] | None
+    first_cycle: int = eqx.field(static=True, default=0)
+    seconds: float = eqx.field(static=True, default=0.0)
 
 
 def _validate(
@@ -46,6 +71,7 @@ def _validate(
     particles: PyTree,
     observations: Array,
     observation: ObservationModel,
+    key: Key,
 ) -> None:
     if not isinstance(filter, AbstractFilter):
         raise ValueError(f"filter must be an AbstractFilter, got {type(filter).__name__}")
@@ -54,6 +80,13 @@ def _validate(
             f"observation must be an ObservationModel, got {type(observation).__name__}"
         )
     n = num_particles_of(particles)
+    if not (
+        isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    ) and not (isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)):
+        raise ValueError(
+            f"key must be a JAX random key such as jax.random.key(0), got {type(key).__name__} "
+            f"{key!r}"
+        )
     if n < 1:
         raise ValueError("initial_particles has no particle (leading axis of size 0)")
     filter.particle_map.check(n)
@@ -69,30 +102,60 @@ def _validate(
         raise ValueError(
             f"observations must have shape (cycle, {observation.num_observations}), got {obs.shape}"
         )
-    observation.check_observations(
-        obs, name="observations", require_observed=filter.requires_observations
-    )
+    # A cycle without observations (an all-NaN row) is a forecast step (see the filters).
+    observation.check_observations(obs, name="observations", require_observed=False)
     frame = filter.emulator.current_frame(jax.tree_util.tree_map(lambda x: x[0], particles))
     if tuple(frame.shape) != observation.state_shape:
+        shapes = [tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(particles)]
         raise ValueError(
-            f"the emulator's frame has shape {tuple(frame.shape)} but the observation operator "
-            f"expects state_shape {observation.state_shape}"
+            f"initial_particles (leaf shapes {', '.join(map(str, shapes))}; the leading axis is "
+            f"the particle) gives the emulator's frame shape {tuple(frame.shape)}, but the "
+            f"observation operator expects state_shape {observation.state_shape}"
         )
 
 
 @eqx.filter_jit
-def _run(filter, state, observations, observation, key, record_ensemble):
+def _run(filter, state, observations, observation, key, save: SaveAt):
     def cycle(state, inputs):
         k, y = inputs
         state, diagnostics = filter.step(state, y, observation, jax.random.fold_in(key, k))
         frames = jax.vmap(filter.emulator.current_frame)(state.particles)
-        mean = jnp.mean(frames, axis=0)
-        spread = jnp.sqrt(jnp.var(frames, axis=0, ddof=1)) if frames.shape[0] > 1 else 0 * mean
-        out = (diagnostics, mean, spread, frames if record_ensemble else None)
-        return state, out
+        mean = spread = None
+        if save.moments:
+            mean = jnp.mean(frames, axis=0)
+            spread = jnp.sqrt(jnp.var(frames, axis=0, ddof=1)) if frames.shape[0] > 1 else 0 * mean
+        return state, (diagnostics, mean, spread, frames if save.ensemble else None)
 
     cycles = state.cycle + jnp.arange(observations.shape[0], dtype=state.cycle.dtype)
     return jax.lax.scan(cycle, state, (cycles, observations))
+
+
+def _check_finite(diagnostics: CycleDiagnostics, first_cycle: int) -> None:
+    bad = np.flatnonzero(np.asarray(diagnostics.num_nonfinite) > 0)
+    if bad.size:
+        k = int(bad[0])
+        raise FloatingPointError(
+            f"cycle {first_cycle + k}: {int(diagnostics.num_nonfinite[k])} particles had "
+            f"a non-finite log-likelihood or state (pass allow_nonfinite=True to inspect)"
+        )
+
+
+def _concatenate(chunks: list[AssimilationResult]) -> AssimilationResult:
+    def stacked(field):
+        parts = [getattr(c, field) for c in chunks]
+        if parts[0] is None:
+            return None
+        return jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves), *parts)
+
+    return AssimilationResult(
+        chunks[-1].final_state,
+        stacked("diagnostics"),
+        stacked("analysis"),
+        stacked("analysis_mean"),
+        stacked("analysis_spread"),
+        chunks[0].first_cycle,
+        sum(c.seconds for c in chunks),
+    )
 
 
 def assimilate(
@@ -103,10 +166,18 @@ def assimilate(
     *,
     key: Key,
     initial_state: FilterState | None = None,
-    record_ensemble: bool = True,
+    save: SaveAt = SAVE_EVERYTHING,
+    chunk_cycles: int | None = None,
+    callback: Callable[[AssimilationResult], None] | None = None,
     allow_nonfinite: bool = False,
 ) -> AssimilationResult:
-    """Run ``filter`` over ``observations[k]``, ``k = 0..K-1``.
+    """Run ``filter`` over ``observations[k]``, ``k = 0..K-1``: the library's one cycle loop.
+
+    The cycles run as a ``lax.scan`` inside one compiled program, ``chunk_cycles`` at a
+    time (all at once by default); every chunk has the same length but perhaps the last,
+    so the program compiles once (twice with a shorter last chunk). A row of ``observations``
+    that is all NaN is a cycle without observations: the filter moves its members by the
+    emulator and keeps them all.
 
     Args:
         filter: any :class:`~filtrax.filters.particle.AbstractFilter`.
@@ -116,26 +187,42 @@ def assimilate(
         key: the root key; cycle ``k`` uses ``fold_in(key, k)``.
         initial_state: resume from a saved :class:`FilterState` (its ``cycle`` continues the
             key sequence) instead of starting from ``initial_particles``.
-        record_ensemble: keep every cycle's analysis ensemble (memory ``K·N·frame``).
+        save: what to keep of each cycle (:class:`SaveAt`).
+        chunk_cycles: cycles per compiled call (``None``: all).
+        callback: called on the host with each chunk's :class:`AssimilationResult` (its
+            ``first_cycle``, state after the chunk and saved cycles), e.g. to write and
+            checkpoint. With a callback the chunks are its to keep: the result holds the
+            final state and the diagnostics only.
         allow_nonfinite: return instead of raising when a cycle produced non-finite values.
 
     Returns:
         An :class:`AssimilationResult`.
     """
-    _validate(filter, initial_particles, observations, observation)
+    _validate(filter, initial_particles, observations, observation, key)
     state = filter.init(initial_particles) if initial_state is None else initial_state
     # Sharded layouts: put the particles on their devices before the first cycle.
     state = eqx.tree_at(lambda s: s.particles, state, filter.particle_map.place(state.particles))
-    final, (diagnostics, mean, spread, ensemble) = _run(
-        filter, state, jnp.asarray(observations), observation, key, record_ensemble
-    )
-    result = AssimilationResult(final, diagnostics, ensemble, mean, spread)
-    if not allow_nonfinite:
-        bad = np.flatnonzero(np.asarray(diagnostics.num_nonfinite) > 0)
-        if bad.size:
-            k = int(bad[0])
-            raise FloatingPointError(
-                f"cycle {int(state.cycle) + k}: {int(diagnostics.num_nonfinite[k])} particles had "
-                f"a non-finite log-likelihood or state (pass allow_nonfinite=True to inspect)"
+    observations = jnp.asarray(observations)
+    total = observations.shape[0]
+    size = total if chunk_cycles is None else chunk_cycles
+    if not (isinstance(size, int) and size >= 1):
+        raise ValueError(f"chunk_cycles = {chunk_cycles!r}; expected None or an integer >= 1")
+    chunks = []
+    for start in range(0, total, size):
+        first_cycle = int(state.cycle)
+        tic = time.perf_counter()
+        state, (diagnostics, mean, spread, ensemble) = jax.block_until_ready(
+            _run(filter, state, observations[start : start + size], observation, key, save)
+        )
+        chunk = AssimilationResult(
+            state, diagnostics, ensemble, mean, spread, first_cycle, time.perf_counter() - tic
+        )
+        if not allow_nonfinite:
+            _check_finite(diagnostics, first_cycle)
+        if callback is not None:
+            callback(chunk)
+            chunk = AssimilationResult(
+                state, diagnostics, None, None, None, first_cycle, chunk.seconds
             )
-    return result
+        chunks.append(chunk)
+    return _concatenate(chunks)

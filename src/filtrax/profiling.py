@@ -30,13 +30,10 @@ import numpy as np
 from .filters.particle import (
     WEIGHT_STREAM,
     AbstractFilter,
-    AuxiliaryParticleFilter,
-    BootstrapParticleFilter,
+    ParticleFilter,
     _propagate,
     _select,
-    _select_from_predictions,
     particle_keys,
-    selects_from_predictions,
 )
 from .filters.proposals import EmulatorProposal
 
@@ -87,7 +84,7 @@ def phase_seconds(
     if not isinstance(proposal, EmulatorProposal):
         out["filter"] = out["cycle"]
         return out
-    unguided = EmulatorProposal(proposal.emulator, proposal.sampler)
+    unguided = proposal.unguided()
 
     @eqx.filter_jit
     def propagate(p, particles, y, keys):
@@ -99,28 +96,28 @@ def phase_seconds(
         guided = timed(propagate, proposal, state.particles, y, keys)
         out["guidance"] = max(guided - out["emulator"], 0.0)
         spent = guided
-    if isinstance(filter_, AuxiliaryParticleFilter):
+    particle_filter = isinstance(filter_, ParticleFilter)
+    if particle_filter and filter_.potential.acts_before_move:
         emulator = filter_.emulator
 
         @eqx.filter_jit
         def weights(w, particles, y, keys):
             def one(k, s):
                 k = jax.random.fold_in(k, WEIGHT_STREAM)
-                return w.log_likelihood(k, emulator, observation, s, y)
+                return w.log_likelihood(s, y, observation, emulator, key=k)
 
             return filter_.particle_map(one, keys, particles)
 
-        out["weights"] = timed(weights, filter_.predictive_weight, state.particles, y, keys)
+        out["weights"] = timed(weights, filter_.potential, state.particles, y, keys)
         spent += out["weights"]
-    particle_filter = isinstance(filter_, AuxiliaryParticleFilter | BootstrapParticleFilter)
-    if particle_filter and selects_from_predictions(filter_):
+    if particle_filter and filter_.selects_from_predictions:
         # Block-local selection and inflation work on predicted observations: time that path
         # (inflation, per-observation terms, per-block α and resampling, the stitch).
 
         @eqx.filter_jit
         def local_selection(f, predictions, log_weights, particles, y, key):
-            return _select_from_predictions(
-                f, particles, predictions, log_weights, y, observation, key
+            return f.select_from_predictions(
+                particles, predictions, log_weights, y, observation, key
             )[0]
 
         dtype = state.log_weights.dtype

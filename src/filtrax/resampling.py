@@ -90,6 +90,11 @@ RESAMPLERS: dict[str, Resampler] = {
 }
 
 
+def as_resampler(scheme: str | Resampler) -> Resampler:
+    """A scheme itself, or the one registered under its name."""
+    return get_resampler(scheme) if isinstance(scheme, str) else scheme
+
+
 def get_resampler(name: str) -> Resampler:
     """Look a scheme up by name (for configs and the command line)."""
     try:

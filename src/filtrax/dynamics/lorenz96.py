@@ -247,6 +247,17 @@ class TwoScaleLorenz96(eqx.Module):
         return saved
 
 
+#: The named two-scale settings (Wilks 2005; Lorenz 1996), as configs and cards name them.
+SETTINGS = {"wilks05": TwoScaleLorenz96.wilks05, "lorenz96": TwoScaleLorenz96.lorenz96}
+
+
+def setting_model(name: str) -> TwoScaleLorenz96:
+    """The two-scale model of the named setting."""
+    if name not in SETTINGS:
+        raise ValueError(f"unknown Lorenz-96 setting {name!r}; expected one of {sorted(SETTINGS)}")
+    return SETTINGS[name]()
+
+
 @eqx.filter_jit
 def _scan(
     model: TwoScaleLorenz96,

@@ -28,7 +28,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import time
+import tomllib
+import zipfile
 from pathlib import Path
 
 import dask.array
@@ -39,15 +40,14 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from .. import metrics as scores
-from ..driver import assimilate
-from ..filters.particle import AbstractFilter, FilterState, FreeEnsemble
-from ..filters.proposals import EmulatorProposal
+from ..driver import SaveAt, assimilate
+from ..filters.particle import AbstractFilter, FilterState
 from ..io.atomic import atomic_savez, atomic_write_bytes
 from ..io.datasets import dataset_to_frames, frames_to_dataset
 from ..parallel import initialize_distributed, is_main_process, to_host
 from ..profiling import PHASES, phase_seconds
-from .config import ExperimentConfig, ParallelConfig, config_from_dict
-from .factory import Experiment, build_experiment, build_sampler
+from .config import ConfigError, ExperimentConfig, ParallelConfig, config_from_dict
+from .factory import Experiment, build_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,20 @@ def _save_checkpoint(path: Path, state: FilterState, history: dict, digest: str)
 
 
 def _load_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[FilterState, dict]:
-    with np.load(path, allow_pickle=False) as data:
+    try:
+        return _read_checkpoint(path, template, digest)
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        if isinstance(error, RunDirectoryError):
+            raise
+        raise RunDirectoryError(
+            f"--resume: checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
+            f"restore it, or delete it to rerun that ensemble from cycle 0"
+        ) from None
+
+
+def _read_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[FilterState, dict]:
+    # np.load leaves a file it failed to read open; this handle is closed either way.
+    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
         stored = bytes(data["config_sha256"]).decode()
         if stored != digest:
             raise RunDirectoryError(
@@ -150,14 +163,6 @@ def _write_cycle(store: Path, experiment: Experiment, k: int, ensemble: np.ndarr
     dataset.to_zarr(store, region={"cycle": slice(k, k + 1)}, consolidated=False)
 
 
-def _forecast_filter(experiment: Experiment) -> AbstractFilter:
-    """The filter used on cycles with no observation: a pure forecast (p(y|x) is flat)."""
-    return FreeEnsemble(
-        EmulatorProposal(experiment.emulator, build_sampler(experiment.config)),
-        particle_map=experiment.filter.particle_map,
-    )
-
-
 def _run_member(
     name: str,
     filter_: AbstractFilter,
@@ -179,7 +184,6 @@ def _run_member(
         logger.info("%s: resuming at cycle %d of %d", name, int(state.cycle), num_cycles)
     if is_main_process() and (not store.exists() or not (resume and checkpoint.exists())):
         _preallocate(store, experiment, state.log_weights.shape[0])
-    forecast = _forecast_filter(experiment)
     start = int(state.cycle)
     bar = tqdm(
         total=num_cycles,
@@ -190,36 +194,39 @@ def _run_member(
         dynamic_ncols=True,
     )
     squared_errors: list[float] = []
-    for k in range(start, num_cycles):
-        y = experiment.observations[k : k + 1]
-        active = filter_ if np.isfinite(y).any() or not filter_.requires_observations else forecast
-        tic = time.perf_counter()
-        result = assimilate(
-            active,
+
+    def record(chunk) -> None:
+        """Write the chunk's cycles, then checkpoint: a killed run resumes after them."""
+        ensembles = to_host(chunk.analysis)
+        for i, ensemble in enumerate(ensembles):
+            k = chunk.first_cycle + i
+            for field in HISTORY_FIELDS[:-1]:
+                history[field][k] = float(np.asarray(getattr(chunk.diagnostics, field))[i])
+            history["seconds"][k] = chunk.seconds / len(ensembles)
+            if is_main_process():
+                _write_cycle(store, experiment, k, ensemble)
+            postfix = {"ESS": f"{history['ess'][k]:.1f}", "alpha": f"{history['alpha'][k]:.2g}"}
+            if experiment.truth is not None:
+                squared_errors.append(
+                    float(np.mean((ensemble.mean(axis=0) - experiment.truth[k]) ** 2))
+                )
+                postfix["RMSE"] = f"{np.sqrt(np.mean(squared_errors)):.3g}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+        _save_checkpoint(checkpoint, chunk.final_state, history, digest)
+
+    if start < num_cycles:
+        assimilate(
+            filter_,
             state.particles,
-            y,
+            experiment.observations[start:],
             experiment.filter_observation,
             key=root,
             initial_state=state,
+            save=SaveAt(moments=False, ensemble=True),
+            chunk_cycles=1,
+            callback=record,
         )
-        ensemble = to_host(jax.block_until_ready(result.analysis))[0]
-        seconds = time.perf_counter() - tic
-        state = result.final_state
-        diagnostics = result.diagnostics
-        for field in HISTORY_FIELDS[:-1]:
-            history[field][k] = float(np.asarray(getattr(diagnostics, field))[0])
-        history["seconds"][k] = seconds
-        if is_main_process():
-            _write_cycle(store, experiment, k, ensemble)
-        _save_checkpoint(checkpoint, state, history, digest)
-        postfix = {"ESS": f"{history['ess'][k]:.1f}", "alpha": f"{history['alpha'][k]:.2g}"}
-        if experiment.truth is not None:
-            squared_errors.append(
-                float(np.mean((ensemble.mean(axis=0) - experiment.truth[k]) ** 2))
-            )
-            postfix["RMSE"] = f"{np.sqrt(np.mean(squared_errors)):.3g}"
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
     bar.close()
 
 
@@ -399,6 +406,64 @@ def _write_inputs(experiment: Experiment, run_dir: Path) -> None:
         truth.to_netcdf(run_dir / "truth.nc")
 
 
+def _check_fresh(run_dir: Path) -> None:
+    """A new run goes into a new or empty directory only: it never replaces files."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise RunDirectoryError(f"--out {run_dir} is a file, not a directory")
+    if (run_dir / "checkpoints").exists() or (run_dir / "config.toml").exists():
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    present = sorted(p.name for p in run_dir.iterdir())
+    if present:
+        shown = ", ".join(present[:3]) + (", …" if len(present) > 3 else "")
+        raise RunDirectoryError(
+            f"{run_dir} is not empty ({shown}) and holds no filtrax run; a run writes only into "
+            f"a new or empty directory: choose another --out"
+        )
+
+
+def _check_resumable(run_dir: Path, digest: str) -> None:
+    config_path = run_dir / "config.toml"
+    if not config_path.exists():
+        raise RunDirectoryError(f"--resume: {run_dir} holds no run (no config.toml)")
+    try:
+        previous = config_from_dict(tomllib.loads(config_path.read_text(encoding="utf-8")))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, ConfigError) as error:
+        raise RunDirectoryError(
+            f"--resume: {config_path} is unreadable ({error}); it records the run's config: "
+            f"restore it, or start a new --out directory"
+        ) from None
+    if config_digest(previous) != digest:
+        raise RunDirectoryError(
+            f"--resume: the config differs from the one in {config_path}; resume with the "
+            f"same config and overrides, or start a new --out directory"
+        )
+
+
+def _check_same_inputs(experiment: Experiment, run_dir: Path) -> None:
+    """On resume, the observations (and truth) must be those the finished cycles used: an
+    observation file edited since would mix two sets of observations in one run."""
+    for name, values in (("observations", experiment.observations), ("truth", experiment.truth)):
+        path = run_dir / f"{name}.nc"
+        if values is None or not path.exists():
+            continue
+        with xr.open_dataset(path) as stored:
+            previous = stored["y"].values if name == "observations" else None
+            if previous is None:
+                previous = dataset_to_frames(stored.load(), experiment.grid)
+        if previous.shape != np.shape(values) or not np.array_equal(
+            previous, np.asarray(values, previous.dtype), equal_nan=True
+        ):
+            source = {"observations": "observations.path", "truth": "truth.path"}[name]
+            raise RunDirectoryError(
+                f"--resume: the {name} differ from those this run used ({path}); was "
+                f"{source} edited since? Restore it, or start a new --out directory"
+            )
+
+
 def run_experiment(
     config: ExperimentConfig,
     run_dir: str | Path,
@@ -411,30 +476,22 @@ def run_experiment(
     if config.parallel.distributed:
         initialize_distributed()
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.toml"
     digest = config_digest(config)
     if resume:
-        if not config_path.exists():
-            raise RunDirectoryError(f"--resume: {run_dir} holds no run (no config.toml)")
-        import tomllib
-
-        previous = config_from_dict(tomllib.loads(config_path.read_text()))
-        if config_digest(previous) != digest:
-            raise RunDirectoryError(
-                f"--resume: the config differs from the one in {config_path}; resume with the "
-                f"same config and overrides, or start a new --out directory"
-            )
-    elif (run_dir / "checkpoints").exists():
-        raise RunDirectoryError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
+        _check_resumable(run_dir, digest)
+    else:
+        _check_fresh(run_dir)
+    # Build (and so read every input file) before touching the directory: a config that
+    # fails leaves nothing behind that a second attempt would take for a run.
+    experiment = build_experiment(config)
     main = is_main_process()
     if main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(config_path, config.to_toml().encode())
-    experiment = build_experiment(config)
-    if main:
-        _write_inputs(experiment, run_dir)
+        if resume and (run_dir / "observations.nc").exists():
+            _check_same_inputs(experiment, run_dir)
+        else:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(run_dir / "config.toml", config.to_toml().encode())
+            _write_inputs(experiment, run_dir)
     members = [("analysis", experiment.filter)]
     if experiment.baseline is not None:
         members.append(("baseline", experiment.baseline))

@@ -48,7 +48,14 @@ from .._typing import Key, LogWeights, Observation, Scalar
 from ..emulators._base import AbstractEmulator
 from ..observations.model import ObservationModel
 from ..parallel import AbstractParticleMap, VectorisedParticles
-from ..resampling import RESAMPLERS, effective_sample_size, get_resampler, normalize_log_weights
+from ..resampling import (
+    RESAMPLERS,
+    Resampler,
+    as_resampler,
+    effective_sample_size,
+    normalize_log_weights,
+    systematic,
+)
 from .inflation import AbstractInflation, FixedInflation, inflate
 from .localisation import BlockLocalisation
 from .proposals import EmulatorProposal
@@ -146,7 +153,7 @@ def _select(
     log_likelihoods: Array,
     log_weights: LogWeights,
     tempering: AbstractTempering,
-    resampling: str,
+    resample: Resampler,
     key: Key,
     *,
     uniform_selection: Array | bool = False,
@@ -162,7 +169,6 @@ def _select(
     selection = previous + _temper(log_likelihoods, alpha)
     ess = effective_sample_size(selection)
     evidence = jax.scipy.special.logsumexp(previous + log_likelihoods)
-    resample = get_resampler(resampling)
     ancestors = resample(jax.random.fold_in(key, RESAMPLING_STREAM), selection, n)
     return ancestors, alpha, ess, evidence
 
@@ -174,7 +180,7 @@ def _select_blocks(
     observation: ObservationModel,
     frame_template: Array,
     tempering: AbstractTempering,
-    resampling: str,
+    resample: Resampler,
     key: Key,
     *,
     uniform_selection: Array | bool = False,
@@ -193,74 +199,13 @@ def _select_blocks(
 
     def one_block(ll, block_key):
         return _select(
-            ll, log_weights, tempering, resampling, block_key, uniform_selection=uniform_selection
+            ll, log_weights, tempering, resample, block_key, uniform_selection=uniform_selection
         )
 
     ancestors, alpha, ess, _ = jax.vmap(one_block, in_axes=(1, 0))(block_ll, block_keys)
     previous = normalize_log_weights(log_weights)
     evidence = jax.scipy.special.logsumexp(previous + jnp.sum(block_ll, axis=1))
     return ancestors, jnp.mean(alpha), jnp.mean(ess), evidence, jnp.any(bad, axis=1), site_blocks
-
-
-def selects_from_predictions(filter_) -> bool:
-    """Whether a particle filter selects from per-observation predictions (block-local
-    selection or inflation) rather than from one log-likelihood per particle."""
-    return filter_.localisation is not None or not filter_.inflation.is_identity
-
-
-def _select_from_predictions(
-    filter_,
-    particles: PyTree,
-    predictions: Float[Array, "particle obs"],
-    log_weights: LogWeights,
-    y: Observation,
-    observation: ObservationModel,
-    key: Key,
-    *,
-    uniform_selection: Array | bool = False,
-):
-    """Inflate, weight by ``log N(y; ŷ_i, R)`` per observation, select globally or per block.
-
-    Returns ``(selected particles, α, ESS, log-evidence, NaN flags, λ)``.
-    """
-    dtype = predictions.dtype
-    if filter_.inflation.is_identity:
-        factor = jnp.ones((), dtype)
-    else:
-        factor = filter_.inflation.factor(predictions, y, observation)
-        particles = filter_.particle_map.constrain(inflate(particles, factor))
-        predictions = inflate(predictions, factor)
-    terms = jax.vmap(lambda p: observation.log_likelihood_terms(y, p))(predictions)
-    if filter_.localisation is None:
-        log_likelihoods, bad = _sanitize(jnp.sum(terms, axis=1))
-        ancestors, alpha, ess, evidence = _select(
-            log_likelihoods,
-            log_weights,
-            filter_.tempering,
-            filter_.resampling,
-            key,
-            uniform_selection=uniform_selection,
-        )
-        selected = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
-    else:
-        template = filter_.emulator.current_frame(jax.tree_util.tree_map(lambda x: x[0], particles))
-        ancestors, alpha, ess, evidence, bad, site_blocks = _select_blocks(
-            terms,
-            log_weights,
-            filter_.localisation,
-            observation,
-            template,
-            filter_.tempering,
-            filter_.resampling,
-            key,
-            uniform_selection=uniform_selection,
-        )
-        selected = filter_.localisation.stitch(particles, ancestors, site_blocks)
-    return filter_.particle_map.constrain(selected), alpha, ess, evidence, bad, factor
-
-
-def _uniform_log_weights(n: int, dtype: jnp.dtype) -> LogWeights:
-    return jnp.full((n,), -jnp.log(jnp.asarray(n, dtype)), dtype)
 
 
 class AbstractFilter(eqx.Module):
@@ -281,11 +226,6 @@ class AbstractFilter(eqx.Module):
     def emulator(self) -> AbstractEmulator:
         """The emulator whose frames the filter tracks."""
 
-    @property
-    @abc.abstractmethod
-    def requires_observations(self) -> bool:
-        """Whether every cycle needs at least one observed value."""
-
     @abc.abstractmethod
     def call_counts(self, num_particles: int, num_observations: int) -> tuple[int, int]:
         """Denoiser ``(forward evaluations, VJPs)`` per cycle."""
@@ -301,232 +241,412 @@ class AbstractFilter(eqx.Module):
     def step(
         self, state: FilterState, y: Observation, observation: ObservationModel, key: Key
     ) -> tuple[FilterState, CycleDiagnostics]:
-        """Assimilate ``y`` (the observation at the end of this cycle)."""
+        """Assimilate ``y`` (the observation at the end of this cycle; all NaN: none)."""
 
     def _diagnostics(
         self, ess, alpha, evidence, num_nonfinite, num_particles, num_obs, inflation=1.0
     ):
-        forward, backward = self.call_counts(num_particles, num_obs)
-        dtype = jnp.asarray(ess).dtype
-        return CycleDiagnostics(
-            ess=jnp.asarray(ess, dtype),
-            alpha=jnp.asarray(alpha, dtype),
-            log_evidence_increment=jnp.asarray(evidence, dtype),
-            forward_calls=jnp.asarray(forward, jnp.int32),
-            backward_calls=jnp.asarray(backward, jnp.int32),
-            num_nonfinite=jnp.asarray(num_nonfinite, jnp.int32),
-            inflation=jnp.asarray(inflation, dtype),
-        )
+        return _cycle_diagnostics(
+            self.call_counts(num_particles, num_obs), ess, alpha, evidence, num_nonfinite,
+            inflation,
+        )  # fmt: skip
 
 
-def _check_resampling(name: str, owner: str) -> None:
-    if name not in RESAMPLERS:
-        raise ValueError(f"{owner}.resampling is {name!r}; expected one of {sorted(RESAMPLERS)}")
+def _cycle_diagnostics(counts, ess, alpha, evidence, num_nonfinite, inflation=1.0):
+    forward, backward = counts
+    dtype = jnp.asarray(ess).dtype
+    return CycleDiagnostics(
+        ess=jnp.asarray(ess, dtype),
+        alpha=jnp.asarray(alpha, dtype),
+        log_evidence_increment=jnp.asarray(evidence, dtype),
+        forward_calls=jnp.asarray(forward, jnp.int32),
+        backward_calls=jnp.asarray(backward, jnp.int32),
+        num_nonfinite=jnp.asarray(num_nonfinite, jnp.int32),
+        inflation=jnp.asarray(inflation, dtype),
+    )
 
 
-class AuxiliaryParticleFilter(AbstractFilter):
-    r"""The fully adapted auxiliary particle filter (FA-APF) with a guided-diffusion proposal.
+def forecast_step(
+    proposal: EmulatorProposal,
+    particle_map: AbstractParticleMap,
+    state: FilterState,
+    y: Observation,
+    observation: ObservationModel,
+    key: Key,
+) -> tuple[FilterState, CycleDiagnostics]:
+    """A cycle with no assimilation: every member moves by the emulator's own transition.
+
+    The weights are kept, α = 0, ESS = N, and no evidence is estimated. This is the free
+    ensemble's step, and every filter's step on a cycle without observations.
+    """
+    proposal = proposal.unguided()
+    n = num_particles_of(state.particles)
+    keys = particle_keys(key, n)
+    children = _propagate(proposal, keys, state.particles, y, observation, particle_map)
+    dtype = state.log_weights.dtype
+    forward, backward = proposal.call_counts()
+    diagnostics = _cycle_diagnostics(
+        (n * forward, n * backward),
+        jnp.asarray(n, dtype),
+        jnp.zeros((), dtype),
+        jnp.asarray(jnp.nan, dtype),
+        jnp.sum(_nonfinite_particles(children)),
+    )
+    return FilterState(children, state.log_weights, state.cycle + 1), diagnostics
+
+
+class AbstractPotential(eqx.Module):
+    r"""How a particle filter weighs its particles against :math:`y^{k+1}`: the potential
+    :math:`\log G_k` of the Feynman–Kac model (Chopin & Papaspiliopoulos 2020, ch. 5).
+
+    A potential acts *before* the move (on :math:`s^k`, the fully adapted filter: the
+    incremental weight :math:`p(y^{k+1}\mid s^k)` does not depend on the new sample, so
+    selection precedes propagation) or *after* it (on :math:`x^{k+1}`, the bootstrap
+    filter's :math:`p(y^{k+1}\mid x^{k+1})`).
+    """
+
+    @property
+    @abc.abstractmethod
+    def acts_before_move(self) -> bool:
+        """Whether the potential weighs the particles at ``k`` (before propagation)."""
+
+    @property
+    @abc.abstractmethod
+    def splits_per_observation(self) -> bool:
+        """Whether ``log G`` is a sum over observations of ``log N(y_j; ŷ_j, R_jj)`` with
+        predicted observations ``ŷ`` (what block-local selection and inflation need)."""
+
+    @abc.abstractmethod
+    def call_counts(self, num_observations: int) -> tuple[int, int]:
+        """Denoiser ``(forward evaluations, VJPs)`` per particle."""
+
+    @abc.abstractmethod
+    def log_likelihood(
+        self, particle: PyTree, y: Observation, observation: ObservationModel,
+        emulator: AbstractEmulator, *, key: Key,
+    ) -> Scalar:  # fmt: skip
+        """``log G`` of one particle."""
+
+    def predicted_observations(
+        self, particle: PyTree, observation: ObservationModel, emulator: AbstractEmulator,
+        *, key: Key,
+    ) -> Array:  # fmt: skip
+        """``ŷ`` of one particle, when :attr:`splits_per_observation`."""
+        raise NotImplementedError(f"{type(self).__name__} does not split per observation")
+
+
+class PredictivePotential(AbstractPotential):
+    r"""The FA-APF's :math:`\log\hat p(y^{k+1}\mid s^k)` from a predictive-weight
+    approximation (:mod:`.weights`), on the particles before the move.
 
     Attributes:
-        proposal: an :class:`EmulatorProposal` with guidance (MMPS for the method).
-        predictive_weight: Dirac (paper) or moment-matched (tuning-free) weights.
-        tempering: α strategy; the paper uses :class:`ESSBandTempering`, moment-matched
-            weights use ``FixedTempering(1.0)``.
-        resampling: ``"systematic"`` (default), ``"stratified"``, ``"residual"`` or
-            ``"multinomial"``.
-        skip_first_selection: use α = 0 in cycle 0, as the authors do when all particles
-            start as copies of one state (their weights differ only by noise).
-        localisation: ``None`` (the paper's global selection) or a
-            :class:`~filtrax.filters.localisation.BlockLocalisation`: weights, α and
-            ancestors per block of sites, parents stitched from the blocks' ancestors. It
-            needs Dirac weights (their log-likelihood is a sum over observations). The
-            diagnostics' α and ESS are then means over blocks.
-        inflation: λ ≥ 1 on the particles at ``k`` about their mean, and on their predicted
-            observations, before the weights (:mod:`.inflation`; fixed or re-chosen every
-            cycle from the innovation). It compensates an emulator whose spread
-            under-represents its error. Anything but ``FixedInflation(1)`` needs Dirac
-            weights.
+        weight: Dirac (the paper) or moment-matched (tuning-free) predictive weights.
+    """
+
+    weight: AbstractPredictiveWeight
+
+    @property
+    def acts_before_move(self) -> bool:
+        return True
+
+    @property
+    def splits_per_observation(self) -> bool:
+        return self.weight.splits_per_observation
+
+    def call_counts(self, num_observations):
+        return self.weight.call_counts(num_observations)
+
+    def log_likelihood(self, particle, y, observation, emulator, *, key):
+        return self.weight.log_likelihood(key, emulator, observation, particle, y)
+
+    def predicted_observations(self, particle, observation, emulator, *, key):
+        return observation.predict(self.weight.predicted_frame(key, emulator, particle))
+
+
+class ObservationLikelihood(AbstractPotential):
+    r"""The exact :math:`\log p(y^{k+1}\mid x^{k+1})` of the moved particles (bootstrap PF)."""
+
+    @property
+    def acts_before_move(self) -> bool:
+        return False
+
+    @property
+    def splits_per_observation(self) -> bool:
+        return True
+
+    def call_counts(self, num_observations):
+        return 0, 0
+
+    def log_likelihood(self, particle, y, observation, emulator, *, key):
+        return observation.log_likelihood(y, emulator.current_frame(particle))
+
+    def predicted_observations(self, particle, observation, emulator, *, key):
+        return observation.predict(emulator.current_frame(particle))
+
+
+class ParticleFilter(AbstractFilter):
+    r"""The particle filter of a Feynman–Kac model: a proposal, a potential, a selection.
+
+    One cycle (the potential acting before the move, the FA-APF; after it, the bootstrap
+    PF, which then weighs the moved particles and selects among them):
+
+    1. :math:`\ell_i = \log G(\cdot_i)` from :attr:`potential` (its key: stream
+       :data:`WEIGHT_STREAM` of the particle's key);
+    2. α from :attr:`tempering`; :math:`\log w_i = \log w^k_i + \alpha\ell_i`;
+    3. ancestors by :attr:`resampling`, globally or per block of sites
+       (:attr:`localisation`), after :attr:`inflation` of the particles and of their
+       predicted observations about their means;
+    4. every particle moves by :attr:`proposal` (stream :data:`PROPOSAL_STREAM`).
+
+    A cycle without observations (all NaN) moves the particles by the emulator's own
+    transition and keeps them all (:func:`forecast_step`) when the proposal is guided,
+    since guidance needs an observation; an unguided filter weighs them uniformly.
+
+    :func:`AuxiliaryParticleFilter` and :func:`BootstrapParticleFilter` build the two
+    configurations, with their checks.
+
+    Attributes:
+        proposal: the move (guided: the optimal proposal's approximation; unguided: the
+            emulator's transition).
+        potential: :class:`PredictivePotential` or :class:`ObservationLikelihood`.
+        tempering: α strategy.
+        resampling: a resampling scheme of :mod:`filtrax.resampling` (a name is looked up).
+        skip_first_selection: α = 0 in cycle 0 (particles that start as copies of one
+            state differ in weight only by noise).
+        localisation: ``None`` (global selection) or a block localisation.
+        inflation: λ ≥ 1 about the mean before the weights (:mod:`.inflation`).
     """
 
     proposal: EmulatorProposal
-    predictive_weight: AbstractPredictiveWeight = DiracPredictiveWeight()
-    tempering: AbstractTempering = ESSBandTempering()
-    resampling: str = eqx.field(static=True, default="systematic")
+    potential: AbstractPotential
+    tempering: AbstractTempering
+    resampling: Resampler = eqx.field(static=True, default=systematic, converter=as_resampler)
     skip_first_selection: bool = eqx.field(static=True, default=False)
     localisation: BlockLocalisation | None = None
     inflation: AbstractInflation = FixedInflation()
 
-    def __check_init__(self) -> None:
-        _check_resampling(self.resampling, "AuxiliaryParticleFilter")
-        dirac = isinstance(self.predictive_weight, DiracPredictiveWeight)
-        if self.localisation is not None and not dirac:
-            raise ValueError(
-                "AuxiliaryParticleFilter.localisation needs DiracPredictiveWeight, got "
-                f"{type(self.predictive_weight).__name__}: the moment-matched log-likelihood "
-                "couples observations and does not split into blocks"
-            )
-        if not self.inflation.is_identity and not dirac:
-            raise ValueError(
-                "AuxiliaryParticleFilter.inflation needs DiracPredictiveWeight, got "
-                f"{type(self.predictive_weight).__name__}: it widens the predicted observations"
-            )
-        if not self.proposal.is_guided:
-            raise ValueError(
-                "AuxiliaryParticleFilter.proposal must be guided (the FA-APF samples the "
-                "optimal proposal); use BootstrapParticleFilter for an unguided proposal"
-            )
-
     @property
     def emulator(self) -> AbstractEmulator:
         return self.proposal.emulator
 
     @property
-    def requires_observations(self) -> bool:
-        return True
+    def selects_from_predictions(self) -> bool:
+        """Whether selection works on per-observation predictions (block-local selection
+        or inflation) rather than on one log-likelihood per particle."""
+        return self.localisation is not None or not self.inflation.is_identity
 
     def call_counts(self, num_particles, num_observations):
-        wf, wb = self.predictive_weight.call_counts(num_observations)
+        wf, wb = self.potential.call_counts(num_observations)
         pf, pb = self.proposal.call_counts()
         return num_particles * (wf + pf), num_particles * (wb + pb)
 
     def step(self, state, y, observation, key):
-        particles = state.particles
-        n = num_particles_of(particles)
+        if not self.proposal.is_guided:
+            return self._assimilate(state, y, observation, key)
+        observed = jnp.any(jnp.isfinite(y))
+        return jax.lax.cond(
+            observed,
+            lambda s: self._assimilate(s, y, observation, key),
+            lambda s: forecast_step(self.proposal, self.particle_map, s, y, observation, key),
+            state,
+        )
+
+    def _assimilate(self, state, y, observation, key):
+        n = num_particles_of(state.particles)
         keys = particle_keys(key, n)
-        emulator = self.emulator
         first = self.skip_first_selection & (state.cycle == 0)
-
-        if not selects_from_predictions(self):
-
-            def weight(k, s):
-                k = jax.random.fold_in(k, WEIGHT_STREAM)
-                return self.predictive_weight.log_likelihood(k, emulator, observation, s, y)
-
-            log_likelihoods = self.particle_map.replicate(
-                self.particle_map(weight, keys, particles)
-            )
-            log_likelihoods, bad = _sanitize(log_likelihoods)
-            ancestors, alpha, ess, evidence = _select(
-                log_likelihoods,
-                state.log_weights,
-                self.tempering,
-                self.resampling,
-                key,
+        if self.potential.acts_before_move:
+            parents, alpha, ess, evidence, bad, factor = self.select(
+                state.particles, state.log_weights, y, observation, keys, key,
                 uniform_selection=first,
-            )
-            parents = self.particle_map.constrain(
-                jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
-            )
-            factor = 1.0
+            )  # fmt: skip
+            children = self._move(keys, parents, y, observation)
+            selected = children
         else:
-
-            def predict(k, s):
-                k = jax.random.fold_in(k, WEIGHT_STREAM)
-                frame = self.predictive_weight.predicted_frame(k, emulator, s)
-                return observation.predict(frame)
-
-            predictions = self.particle_map.replicate(self.particle_map(predict, keys, particles))
-            parents, alpha, ess, evidence, bad, factor = _select_from_predictions(
-                self,
-                particles,
-                predictions,
-                state.log_weights,
-                y,
-                observation,
-                key,
-                uniform_selection=first,
+            children = self._move(keys, state.particles, y, observation)
+            selected, alpha, ess, evidence, bad, factor = self.select(
+                children, state.log_weights, y, observation, keys, key, uniform_selection=first
             )
-        children = _propagate(self.proposal, keys, parents, y, observation, self.particle_map)
         nonfinite = jnp.sum(bad | _nonfinite_particles(children))
-        uniform = _uniform_log_weights(n, state.log_weights.dtype)
-        new_state = FilterState(children, uniform, state.cycle + 1)
+        uniform = jnp.full((n,), -jnp.log(jnp.asarray(n, state.log_weights.dtype)))
         diagnostics = self._diagnostics(
             ess, alpha, evidence, nonfinite, n, observation.num_observations, factor
         )
-        return new_state, diagnostics
+        return FilterState(selected, uniform, state.cycle + 1), diagnostics
+
+    def _move(self, keys, particles, y, observation):
+        return _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
+
+    def _per_particle(self, fn, keys, particles):
+        """``fn(particle, key)`` for every particle, the key on stream :data:`WEIGHT_STREAM`,
+        gathered on every device (selection needs all of them)."""
+
+        def one(k, s):
+            return fn(s, jax.random.fold_in(k, WEIGHT_STREAM))
+
+        return self.particle_map.replicate(self.particle_map(one, keys, particles))
+
+    def select(self, particles, log_weights, y, observation, keys, key, *, uniform_selection=False):
+        """Weigh ``particles`` and select among them: the selected particles (equally
+        weighted), α, the ESS before resampling, the log-evidence increment, NaN flags and
+        the inflation λ."""
+        emulator = self.emulator
+        if self.selects_from_predictions:
+
+            def predict(s, k):
+                return self.potential.predicted_observations(s, observation, emulator, key=k)
+
+            predictions = self._per_particle(predict, keys, particles)
+            return self.select_from_predictions(
+                particles, predictions, log_weights, y, observation, key,
+                uniform_selection=uniform_selection,
+            )  # fmt: skip
+
+        def weigh(s, k):
+            return self.potential.log_likelihood(s, y, observation, emulator, key=k)
+
+        log_likelihoods, bad = _sanitize(self._per_particle(weigh, keys, particles))
+        ancestors, alpha, ess, evidence = _select(
+            log_likelihoods, log_weights, self.tempering, self.resampling, key,
+            uniform_selection=uniform_selection,
+        )  # fmt: skip
+        selected = self.particle_map.constrain(
+            jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
+        )
+        return selected, alpha, ess, evidence, bad, jnp.ones((), log_weights.dtype)
+
+    def select_from_predictions(
+        self, particles, predictions, log_weights, y, observation, key, *, uniform_selection=False
+    ):
+        """Inflate, weight by ``log N(y; ŷ_i, R)`` per observation, select globally or per
+        block; returns what :meth:`select` does."""
+        dtype = predictions.dtype
+        if self.inflation.is_identity:
+            factor = jnp.ones((), dtype)
+        else:
+            factor = self.inflation.factor(predictions, y, observation)
+            particles = self.particle_map.constrain(inflate(particles, factor))
+            predictions = inflate(predictions, factor)
+        terms = jax.vmap(lambda p: observation.log_likelihood_terms(y, p))(predictions)
+        if self.localisation is None:
+            log_likelihoods, bad = _sanitize(jnp.sum(terms, axis=1))
+            ancestors, alpha, ess, evidence = _select(
+                log_likelihoods, log_weights, self.tempering, self.resampling, key,
+                uniform_selection=uniform_selection,
+            )  # fmt: skip
+            selected = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
+        else:
+            template = self.emulator.current_frame(
+                jax.tree_util.tree_map(lambda x: x[0], particles)
+            )
+            ancestors, alpha, ess, evidence, bad, site_blocks = _select_blocks(
+                terms, log_weights, self.localisation, observation, template, self.tempering,
+                self.resampling, key, uniform_selection=uniform_selection,
+            )  # fmt: skip
+            selected = self.localisation.stitch(particles, ancestors, site_blocks)
+        return self.particle_map.constrain(selected), alpha, ess, evidence, bad, factor
 
 
-class BootstrapParticleFilter(AbstractFilter):
-    r"""Propagate with the unguided emulator, weight by ``p(y | x)``, resample.
+def _check_resampling(name, owner: str) -> None:
+    if isinstance(name, str) and name not in RESAMPLERS:
+        raise ValueError(f"{owner}.resampling is {name!r}; expected one of {sorted(RESAMPLERS)}")
 
-    Attributes:
+
+def AuxiliaryParticleFilter(
+    proposal: EmulatorProposal,
+    predictive_weight: AbstractPredictiveWeight | None = None,
+    tempering: AbstractTempering | None = None,
+    resampling: str | Resampler = "systematic",
+    skip_first_selection: bool = False,
+    localisation: BlockLocalisation | None = None,
+    inflation: AbstractInflation | None = None,
+    *,
+    particle_map: AbstractParticleMap | None = None,
+) -> ParticleFilter:
+    r"""The fully adapted auxiliary particle filter (FA-APF; Pitt & Shephard 1999; Savary,
+    Rozet & Louppe 2025): a :class:`ParticleFilter` whose potential is the predictive
+    weight :math:`p(y^{k+1}\mid s^k)`, acting before a guided move.
+
+    Args:
+        proposal: a guided :class:`EmulatorProposal` (MMPS for the method).
+        predictive_weight: Dirac (paper; default) or moment-matched (tuning-free) weights.
+        tempering: α strategy (default :class:`ESSBandTempering`, the paper's); moment-matched
+            weights use ``FixedTempering(1.0)``.
+        resampling: ``"systematic"`` (default), ``"stratified"``, ``"residual"`` or
+            ``"multinomial"``, or the scheme itself.
+        skip_first_selection: α = 0 in cycle 0, as the authors do when all particles start
+            as copies of one state.
+        localisation: ``None`` (the paper's global selection) or a
+            :class:`~filtrax.filters.localisation.BlockLocalisation`; needs weights that
+            split per observation (Dirac). α and ESS are then means over blocks.
+        inflation: λ ≥ 1 on the particles at ``k`` and on their predicted observations
+            (:mod:`.inflation`); anything but ``FixedInflation(1)`` needs Dirac weights.
+        particle_map: the particles' layout (:mod:`filtrax.parallel`).
+    """
+    predictive_weight = DiracPredictiveWeight() if predictive_weight is None else predictive_weight
+    tempering = ESSBandTempering() if tempering is None else tempering
+    inflation = FixedInflation() if inflation is None else inflation
+    _check_resampling(resampling, "AuxiliaryParticleFilter")
+    name = type(predictive_weight).__name__
+    if localisation is not None and not predictive_weight.splits_per_observation:
+        raise ValueError(
+            f"AuxiliaryParticleFilter.localisation needs DiracPredictiveWeight, got {name}: "
+            "the moment-matched log-likelihood couples observations and does not split into "
+            "blocks"
+        )
+    if not inflation.is_identity and not predictive_weight.splits_per_observation:
+        raise ValueError(
+            f"AuxiliaryParticleFilter.inflation needs DiracPredictiveWeight, got {name}: it "
+            "widens the predicted observations"
+        )
+    if not proposal.is_guided:
+        raise ValueError(
+            "AuxiliaryParticleFilter.proposal must be guided (the FA-APF samples the "
+            "optimal proposal); use BootstrapParticleFilter for an unguided proposal"
+        )
+    layout = {} if particle_map is None else {"particle_map": particle_map}
+    return ParticleFilter(
+        proposal, PredictivePotential(predictive_weight), tempering, resampling,
+        skip_first_selection, localisation, inflation, **layout,
+    )  # fmt: skip
+
+
+def BootstrapParticleFilter(
+    proposal: EmulatorProposal,
+    tempering: AbstractTempering | None = None,
+    resampling: str | Resampler = "systematic",
+    localisation: BlockLocalisation | None = None,
+    inflation: AbstractInflation | None = None,
+    *,
+    particle_map: AbstractParticleMap | None = None,
+) -> ParticleFilter:
+    r"""The bootstrap particle filter (Gordon, Salmond & Smith 1993): a
+    :class:`ParticleFilter` that moves with the emulator's own transition, then weighs by
+    :math:`p(y\mid x^{k+1})` and resamples.
+
+    Args:
         proposal: an unguided :class:`EmulatorProposal`.
         tempering: α on ``log p(y | x)``; ``FixedTempering(1.0)`` (default) is the textbook
             filter.
-        resampling: the resampling scheme's name.
-        localisation: ``None`` (global selection) or a
-            :class:`~filtrax.filters.localisation.BlockLocalisation` (the block particle
-            filter of Rebeschini & van Handel 2015).
-        inflation: λ ≥ 1 on the propagated particles about their mean, before the
-            weights (:mod:`.inflation`; ``FixedInflation(1)``: none).
+        resampling: the resampling scheme (or its name).
+        localisation: ``None`` (global selection) or a block localisation (the block
+            particle filter of Rebeschini & van Handel 2015).
+        inflation: λ ≥ 1 on the moved particles about their mean, before the weights.
+        particle_map: the particles' layout (:mod:`filtrax.parallel`).
     """
-
-    proposal: EmulatorProposal
-    # A factory, not an instance: FixedTempering holds a JAX array, and creating one at import
-    # would start the XLA backend before jax.distributed.initialize() can run.
-    tempering: AbstractTempering = eqx.field(default_factory=lambda: FixedTempering(1.0))
-    resampling: str = eqx.field(static=True, default="systematic")
-    localisation: BlockLocalisation | None = None
-    inflation: AbstractInflation = FixedInflation()
-
-    def __check_init__(self) -> None:
-        _check_resampling(self.resampling, "BootstrapParticleFilter")
-        if self.proposal.is_guided:
-            raise ValueError(
-                "BootstrapParticleFilter.proposal must be unguided: its weight p(y|x) is only "
-                "correct for the emulator's own transition"
-            )
-
-    @property
-    def emulator(self) -> AbstractEmulator:
-        return self.proposal.emulator
-
-    @property
-    def requires_observations(self) -> bool:
-        return False
-
-    def call_counts(self, num_particles, num_observations):
-        pf, pb = self.proposal.call_counts()
-        return num_particles * pf, num_particles * pb
-
-    def step(self, state, y, observation, key):
-        particles = state.particles
-        n = num_particles_of(particles)
-        keys = particle_keys(key, n)
-        emulator = self.emulator
-
-        children = _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
-
-        if not selects_from_predictions(self):
-
-            def likelihood(s):
-                return observation.log_likelihood(y, emulator.current_frame(s))
-
-            log_likelihoods = self.particle_map.replicate(self.particle_map(likelihood, children))
-            log_likelihoods, bad = _sanitize(log_likelihoods)
-            ancestors, alpha, ess, evidence = _select(
-                log_likelihoods, state.log_weights, self.tempering, self.resampling, key
-            )
-            selected = self.particle_map.constrain(
-                jax.tree_util.tree_map(lambda leaf: leaf[ancestors], children)
-            )
-            factor = 1.0
-        else:
-
-            def predict(s):
-                return observation.predict(emulator.current_frame(s))
-
-            predictions = self.particle_map.replicate(self.particle_map(predict, children))
-            selected, alpha, ess, evidence, bad, factor = _select_from_predictions(
-                self, children, predictions, state.log_weights, y, observation, key
-            )
-        nonfinite = jnp.sum(bad | _nonfinite_particles(children))
-        uniform = _uniform_log_weights(n, state.log_weights.dtype)
-        new_state = FilterState(selected, uniform, state.cycle + 1)
-        diagnostics = self._diagnostics(
-            ess, alpha, evidence, nonfinite, n, observation.num_observations, factor
+    tempering = FixedTempering(1.0) if tempering is None else tempering
+    inflation = FixedInflation() if inflation is None else inflation
+    _check_resampling(resampling, "BootstrapParticleFilter")
+    if proposal.is_guided:
+        raise ValueError(
+            "BootstrapParticleFilter.proposal must be unguided: its weight p(y|x) is only "
+            "correct for the emulator's own transition"
         )
-        return new_state, diagnostics
+    layout = {} if particle_map is None else {"particle_map": particle_map}
+    return ParticleFilter(
+        proposal, ObservationLikelihood(), tempering, resampling, False, localisation,
+        inflation, **layout,
+    )  # fmt: skip
 
 
 class UnguidedEnsembleFilter(AbstractFilter):
@@ -545,10 +665,6 @@ class UnguidedEnsembleFilter(AbstractFilter):
     @property
     def emulator(self) -> AbstractEmulator:
         return self.proposal.emulator
-
-    @property
-    def requires_observations(self) -> bool:
-        return False
 
     def call_counts(self, num_particles, num_observations):
         pf, pb = self.proposal.call_counts()
@@ -572,13 +688,4 @@ class FreeEnsemble(UnguidedEnsembleFilter):
     """No assimilation: every member follows the emulator (the reference forecast)."""
 
     def step(self, state, y, observation, key):
-        particles = state.particles
-        n = num_particles_of(particles)
-        keys = particle_keys(key, n)
-
-        children = _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
-        new_state = FilterState(children, state.log_weights, state.cycle + 1)
-        diagnostics = self._unweighted_diagnostics(
-            children, state.log_weights.dtype, observation.num_observations
-        )
-        return new_state, diagnostics
+        return forecast_step(self.proposal, self.particle_map, state, y, observation, key)

@@ -37,6 +37,10 @@ class EmulatorProposal(eqx.Module):
     def is_guided(self) -> bool:
         return self.guidance is not None
 
+    def unguided(self) -> EmulatorProposal:
+        """The same emulator and sampler without guidance: the emulator's own transition."""
+        return self if self.guidance is None else EmulatorProposal(self.emulator, self.sampler)
+
     def call_counts(self) -> tuple[int, int]:
         """Denoiser ``(forward evaluations, VJPs)`` per particle."""
         calls = self.sampler.num_denoiser_calls

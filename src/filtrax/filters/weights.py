@@ -54,6 +54,16 @@ class AbstractPredictiveWeight(eqx.Module):
     ) -> Scalar:
         """The approximate predictive log-likelihood of ``y`` for this particle."""
 
+    @property
+    def splits_per_observation(self) -> bool:
+        """Whether the log-likelihood is ``log N(y; h(Φ(ẑ)), R)`` of a predicted frame, a sum
+        over observations (block-local selection and inflation need it)."""
+        return False
+
+    def predicted_frame(self, key: Key, emulator: AbstractEmulator, state: PyTree):
+        """The predicted frame ``Φ(ẑ)``, when :attr:`splits_per_observation`."""
+        raise NotImplementedError(f"{type(self).__name__} does not split per observation")
+
 
 def _check_sigma_max(sigma_max: float, owner: str) -> None:
     if not (math.isfinite(sigma_max) and sigma_max > 0):
@@ -81,6 +91,10 @@ class DiracPredictiveWeight(AbstractPredictiveWeight):
 
     def call_counts(self, num_observations: int) -> tuple[int, int]:
         return self.num_noise_draws, 0
+
+    @property
+    def splits_per_observation(self) -> bool:
+        return True
 
     def predicted_frame(self, key, emulator, state):
         """``Φ(ẑ)``: the frame of the one-call (or ``M``-call) conditional mean."""

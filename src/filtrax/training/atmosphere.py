@@ -81,7 +81,7 @@ from ..emulators.atmosphere import (
     with_noisy_path,
 )
 from ..emulators.sphere_unet import NoisyInputPath, SphereUNet
-from ..experiments.factory import sampler_from_config
+from ..experiments.builders import sampler_from_section
 from ..io.grid import Channel, GridSpec
 from ..metrics import crps, gaussian_crps
 from .config import AtmosphereTrainingConfig
@@ -272,7 +272,7 @@ def validate(
     """Card scores per variable and lead on ``held_out`` ``(time, channel, lat, lon)``."""
     v = config.validation
     grid = emulator.grid
-    sampler = sampler_from_config(config.sampler)
+    sampler = sampler_from_section(config.sampler)
     max_lead = max(v.leads)
     length = held_out.shape[0]
     if length < max_lead + 3:

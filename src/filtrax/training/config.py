@@ -18,11 +18,11 @@ from ..experiments.config import (
     POSITIVE,
     ConfigError,
     SamplerConfig,
-    _build,
-    _field,
-    _to_dict,
-    _Validated,
+    Validated,
     apply_overrides,
+    build_section,
+    field,
+    to_dict,
 )
 
 __all__ = [
@@ -41,31 +41,31 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DataConfig(_Validated):
+class DataConfig(Validated):
     """``[data]``: the two-scale Lorenz-96 trajectories the emulator learns from."""
 
     SECTION: ClassVar[str] = "data"
 
-    setting: str = _field("wilks05", "two-scale setting", choices=("wilks05", "lorenz96"))
-    time_step: float = _field(0.05, "model time between emulator steps (Δt)", **POSITIVE)
-    spin_up: float = _field(20.0, "model time discarded at the start of each trajectory", min=0.0)
-    train_trajectories: int = _field(32, "independent training trajectories", min=1)
-    train_samples: int = _field(2000, "states per training trajectory", min=4)
-    validation_trajectories: int = _field(8, "held-out trajectories (other keys)", min=1)
-    validation_samples: int = _field(400, "states per held-out trajectory", min=24)
+    setting: str = field("wilks05", "two-scale setting", choices=("wilks05", "lorenz96"))
+    time_step: float = field(0.05, "model time between emulator steps (Δt)", **POSITIVE)
+    spin_up: float = field(20.0, "model time discarded at the start of each trajectory", min=0.0)
+    train_trajectories: int = field(32, "independent training trajectories", min=1)
+    train_samples: int = field(2000, "states per training trajectory", min=4)
+    validation_trajectories: int = field(8, "held-out trajectories (other keys)", min=1)
+    validation_samples: int = field(400, "states per held-out trajectory", min=24)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class NetworkConfig(_Validated):
+class NetworkConfig(Validated):
     """``[network]``: :class:`~filtrax.emulators.lorenz96.CircularStencilNetwork` sizes."""
 
     SECTION: ClassVar[str] = "network"
 
-    hidden: int = _field(128, "hidden width", min=1)
-    depth: int = _field(2, "residual per-site layers", min=0)
-    radius: int = _field(4, "first stencil radius (sites)", min=0)
-    mix_radius: int = _field(2, "second stencil radius (sites)", min=0)
-    bottleneck: int = _field(16, "features mixed by the second stencil", min=1)
+    hidden: int = field(128, "hidden width", min=1)
+    depth: int = field(2, "residual per-site layers", min=0)
+    radius: int = field(4, "first stencil radius (sites)", min=0)
+    mix_radius: int = field(2, "second stencil radius (sites)", min=0)
+    bottleneck: int = field(16, "features mixed by the second stencil", min=1)
 
 
 def focused_entries(fraction: float, batch: int) -> int:
@@ -75,34 +75,34 @@ def focused_entries(fraction: float, batch: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class OptimisationConfig(_Validated):
+class OptimisationConfig(Validated):
     """``[training]``: the EDM denoising loss and AdamW."""
 
     SECTION: ClassVar[str] = "training"
 
-    steps: int = _field(20000, "optimiser steps", min=1)
-    batch_size: int = _field(256, "transitions per step", min=1)
-    learning_rate: float = _field(1e-3, "peak learning rate (cosine decay)", **POSITIVE)
-    warmup: int = _field(500, "linear warm-up steps", min=0)
-    weight_decay: float = _field(1e-4, "AdamW weight decay", **NON_NEGATIVE)
-    clip_norm: float = _field(1.0, "global gradient-norm clip", **POSITIVE)
-    ema: float = _field(0.999, "decay of the weights' exponential moving average", min=0.0, max=1.0)
-    sigma_min: float = _field(0.02, "smallest training noise level", **POSITIVE)
-    sigma_max: float = _field(88.0, "largest training noise level", **POSITIVE)
-    rho: float = _field(7.0, "exponent of the noise-level distribution", **POSITIVE)
-    focus_fraction: float = _field(
+    steps: int = field(20000, "optimiser steps", min=1)
+    batch_size: int = field(256, "transitions per step", min=1)
+    learning_rate: float = field(1e-3, "peak learning rate (cosine decay)", **POSITIVE)
+    warmup: int = field(500, "linear warm-up steps", min=0)
+    weight_decay: float = field(1e-4, "AdamW weight decay", **NON_NEGATIVE)
+    clip_norm: float = field(1.0, "global gradient-norm clip", **POSITIVE)
+    ema: float = field(0.999, "decay of the weights' exponential moving average", min=0.0, max=1.0)
+    sigma_min: float = field(0.02, "smallest training noise level", **POSITIVE)
+    sigma_max: float = field(88.0, "largest training noise level", **POSITIVE)
+    rho: float = field(7.0, "exponent of the noise-level distribution", **POSITIVE)
+    focus_fraction: float = field(
         0.0,
         "fraction of each batch whose noise levels are drawn from [sigma_min, "
         "focus_sigma_max] instead (0 = off)",
         min=0.0,
         max=1.0,
     )
-    focus_sigma_max: float = _field(
+    focus_sigma_max: float = field(
         1.0, "largest noise level of the focused part of each batch", **POSITIVE
     )
-    chunk: int = _field(250, "steps per compiled chunk (progress and checkpoint unit)", min=1)
-    checkpoint_every: int = _field(2000, "steps between checkpoints", min=1)
-    stop_after: int = _field(
+    chunk: int = field(250, "steps per compiled chunk (progress and checkpoint unit)", min=1)
+    checkpoint_every: int = field(2000, "steps between checkpoints", min=1)
+    stop_after: int = field(
         0,
         "end the run at this step (0 = training.steps) and card the weights reached; the "
         "learning-rate schedule still spans training.steps, so a longer run can resume",
@@ -132,24 +132,24 @@ class OptimisationConfig(_Validated):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ValidationConfig(_Validated):
+class ValidationConfig(Validated):
     """``[validation]``: the scores written to the model card (held-out trajectories)."""
 
     SECTION: ClassVar[str] = "validation"
 
-    members: int = _field(16, "ensemble members of the free forecasts", min=2)
-    initial_states: int = _field(64, "held-out initial states per score", min=1)
-    leads: tuple[int, ...] = _field([1, 5, 20], "forecast leads in steps", min=1)
+    members: int = field(16, "ensemble members of the free forecasts", min=2)
+    initial_states: int = field(64, "held-out initial states per score", min=1)
+    leads: tuple[int, ...] = field([1, 5, 20], "forecast leads in steps", min=1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainingConfig(_Validated):
+class TrainingConfig(Validated):
     """A whole training run; ``output`` is the folder for weights, card and checkpoints."""
 
-    name: str = _field("lorenz96_wilks05_dt0.05", "emulator (card) name")
-    description: str = _field("", "one line for the model card")
-    seed: int = _field(0, "seed of data, initialisation and training", min=0)
-    output: str = _field("runs/train", "output folder (weights, card, checkpoint)")
+    name: str = field("lorenz96_wilks05_dt0.05", "emulator (card) name")
+    description: str = field("", "one line for the model card")
+    seed: int = field(0, "seed of data, initialisation and training", min=0)
+    output: str = field("runs/train", "output folder (weights, card, checkpoint)")
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     network: NetworkConfig = dataclasses.field(default_factory=NetworkConfig)
     training: OptimisationConfig = dataclasses.field(default_factory=OptimisationConfig)
@@ -157,46 +157,46 @@ class TrainingConfig(_Validated):
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+        return to_dict(self)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AtmosphereDataConfig(_Validated):
+class AtmosphereDataConfig(Validated):
     """``[data]``: zarr stores written by ``filtrax heldsuarez-data`` (train and held out)."""
 
     SECTION: ClassVar[str] = "data"
 
-    train: str = _field("runs/data/hs_train.zarr", "training store")
-    validation: str = _field("runs/data/hs_test.zarr", "held-out store (another run)")
-    max_train_states: int = _field(0, "use only the first N training states (0 = all)", min=0)
-    truth_segment_start: int = _field(500, "first held-out state of the bundled truth", min=1)
-    truth_segment_length: int = _field(40, "held-out states in the bundled truth (0 = none)", min=0)
+    train: str = field("runs/data/hs_train.zarr", "training store")
+    validation: str = field("runs/data/hs_test.zarr", "held-out store (another run)")
+    max_train_states: int = field(0, "use only the first N training states (0 = all)", min=0)
+    truth_segment_start: int = field(500, "first held-out state of the bundled truth", min=1)
+    truth_segment_length: int = field(40, "held-out states in the bundled truth (0 = none)", min=0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class UNetConfig(_Validated):
+class UNetConfig(Validated):
     """``[network]``: :class:`~filtrax.emulators.sphere_unet.SphereUNet` sizes."""
 
     SECTION: ClassVar[str] = "network"
 
-    widths: tuple[int, ...] = _field([32, 64, 128], "features per resolution level", min=1)
-    embed: int = _field(64, "noise-embedding width", min=1)
-    sigma_data: tuple[float, ...] = _field(
+    widths: tuple[int, ...] = field([32, 64, 128], "features per resolution level", min=1)
+    embed: int = field(64, "noise-embedding width", min=1)
+    sigma_data: tuple[float, ...] = field(
         [1.0],
         "EDM sigma_data of the normalised residual: one value for every channel (GenCast: 1), "
         "or one per channel in the grid's order",
         **POSITIVE,
     )
-    noisy_path: int = _field(
+    noisy_path: int = field(
         0,
         "bands of noise levels of a linear path from the noisy input to the output, one "
         "3 x 3 stencil each (filtrax.emulators.sphere_unet.NoisyInputPath); 0 = none",
         min=0,
     )
-    noisy_path_size: int = _field(
+    noisy_path_size: int = field(
         3, "width in cells of the noisy-input path's stencils (odd)", choices=(1, 3, 5, 7)
     )
-    history: int = _field(
+    history: int = field(
         2,
         "states the network is conditioned on: 2 (GenCast: x^{k-1} and x^k) or 1 (x^k only, "
         "given in both input slots, so that two-state weights can be fine-tuned to it)",
@@ -208,22 +208,22 @@ class UNetConfig(_Validated):
 class AtmosphereOptimisationConfig(OptimisationConfig):
     """``[training]`` of an atmosphere emulator: the EDM loss, AdamW, and two more options."""
 
-    condition_noise: float = _field(
+    condition_noise: float = field(
         0.0,
         "std of Gaussian noise added to the two conditioning frames, in units of each "
         "channel's 12 h difference std; the target is the clean next state, so the network "
         "learns to pull a slightly off-manifold state back instead of carrying its noise on",
         **NON_NEGATIVE,
     )
-    initialise_from: str = _field(
+    initialise_from: str = field(
         "",
         "start from these weights (an emulator .npz with its .toml card, e.g. a 'filtrax "
         "train' output) instead of a random network: fine-tuning",
     )
-    steps: int = _field(
+    steps: int = field(
         20000, "optimiser steps (0: none, with initialise_from: graft, fit and card)", min=0
     )
-    path_fit_samples: int = _field(
+    path_fit_samples: int = field(
         0,
         "after the optimiser, fit the noisy-input path's stencils by least squares on this "
         "many (transition, sigma, noise) draws (filtrax.training.noisy_path; 0 = no fit)",
@@ -239,14 +239,14 @@ class AtmosphereOptimisationConfig(OptimisationConfig):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AtmosphereTrainingConfig(_Validated):
+class AtmosphereTrainingConfig(Validated):
     """Training of a gridded atmosphere emulator (``family = "atmosphere"``)."""
 
-    family: str = _field("atmosphere", "emulator family", choices=("atmosphere",))
-    name: str = _field("hs_t21_16x32", "emulator (card) name")
-    description: str = _field("", "one line for the model card")
-    seed: int = _field(0, "seed of initialisation and training", min=0)
-    output: str = _field("runs/train/hs", "output folder (weights, card, checkpoint)")
+    family: str = field("atmosphere", "emulator family", choices=("atmosphere",))
+    name: str = field("hs_t21_16x32", "emulator (card) name")
+    description: str = field("", "one line for the model card")
+    seed: int = field(0, "seed of initialisation and training", min=0)
+    output: str = field("runs/train/hs", "output folder (weights, card, checkpoint)")
     data: AtmosphereDataConfig = dataclasses.field(default_factory=AtmosphereDataConfig)
     network: UNetConfig = dataclasses.field(default_factory=UNetConfig)
     training: AtmosphereOptimisationConfig = dataclasses.field(
@@ -265,7 +265,7 @@ class AtmosphereTrainingConfig(_Validated):
             raise ConfigError("network.noisy_path = 1; expected 0 (none) or >= 2 terms")
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+        return to_dict(self)
 
 
 def training_config_from_dict(
@@ -275,10 +275,10 @@ def training_config_from_dict(
     data = apply_overrides(data, overrides)
     family = data.get("family", "lorenz96")
     if family == "atmosphere":
-        return _build(AtmosphereTrainingConfig, data)
+        return build_section(AtmosphereTrainingConfig, data)
     if family != "lorenz96":
         raise ConfigError(f"family = {family!r}; expected 'lorenz96' or 'atmosphere'")
-    return _build(TrainingConfig, {k: v for k, v in data.items() if k != "family"})
+    return build_section(TrainingConfig, {k: v for k, v in data.items() if k != "family"})
 
 
 def load_training_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainingConfig:

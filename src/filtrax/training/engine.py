@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ..experiments.config import _toml_value
+from ..experiments.config import toml_value
 from ..io.atomic import atomic_savez
 from .config import focused_entries
 
@@ -267,10 +267,10 @@ def forecast_ensembles(emulator, sampler, initial_states, members: int, steps: i
 
 def card_text(card: dict) -> str:
     """A model card as TOML: top-level scalars first, then one table per dict."""
-    top = "".join(f"{k} = {_toml_value(v)}\n" for k, v in card.items() if not isinstance(v, dict))
+    top = "".join(f"{k} = {toml_value(v)}\n" for k, v in card.items() if not isinstance(v, dict))
     tables = []
     for key, value in card.items():
         if isinstance(value, dict):
-            body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items() if v is not None)
+            body = "".join(f"{k} = {toml_value(v)}\n" for k, v in value.items() if v is not None)
             tables.append(f"\n[{key}]\n{body}")
     return top + "".join(tables)

@@ -45,9 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
-from ..dynamics.lorenz96 import DEFAULT_DT, TwoScaleLorenz96, generate_dataset, write_dataset
+from ..dynamics.lorenz96 import (
+    DEFAULT_DT,
+    generate_dataset,
+    setting_model,
+    write_dataset,
+)
 from ..emulators.lorenz96 import Lorenz96Emulator, build_network, save_emulator
-from ..experiments.factory import sampler_from_config
+from ..experiments.builders import sampler_from_section
 from ..metrics import crps, gaussian_crps
 from .config import TrainingConfig
 from .engine import (
@@ -62,14 +67,7 @@ from .engine import (
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = {"wilks05": TwoScaleLorenz96.wilks05, "lorenz96": TwoScaleLorenz96.lorenz96}
 TRAIN_STREAM, VALIDATION_STREAM, INIT_STREAM, LOOP_STREAM, SCORE_STREAM = 1, 2, 3, 4, 5
-
-
-def setting_model(name: str) -> TwoScaleLorenz96:
-    if name not in SETTINGS:
-        raise ValueError(f"unknown Lorenz-96 setting {name!r}; expected one of {sorted(SETTINGS)}")
-    return SETTINGS[name]()
 
 
 def make_datasets(config: TrainingConfig):
@@ -164,7 +162,7 @@ def validate(
 ) -> dict:
     """The card's validation scores on ``held_out`` trajectories ``(trajectory, time, site)``."""
     v = config.validation
-    sampler = sampler_from_config(config.sampler)
+    sampler = sampler_from_section(config.sampler)
     max_lead = max(v.leads)
     trajectories, length, _ = held_out.shape
     if length < max_lead + 3:

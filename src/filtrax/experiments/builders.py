@@ -1,0 +1,169 @@
+"""The registries that turn config sections into library objects, one per family.
+
+Each registry maps the name a config uses (``sampler.name``, ``guidance.name``,
+``filter.tempering``, ``filter.weights``, ``filter.method``) to a builder; the config's
+allowed values are the registry's names (:mod:`filtrax.experiments.config`), so a new part
+is one registration here. Builders read their section's fields and return plain library
+objects, which can also be built by hand.
+"""
+
+from __future__ import annotations
+
+from ..diffusion.noise_levels import karras_noise_levels
+from ..diffusion.samplers import (
+    AbstractSampler,
+    AdamsBashforthSampler,
+    DDIMSampler,
+    DPMSolverPlusPlus2SSampler,
+    EulerSampler,
+    HeunSampler,
+)
+from ..filters.enkf import EnsembleKalmanFilter
+from ..filters.inflation import AbstractInflation, FixedInflation, InnovationInflation
+from ..filters.letkf import LocalEnsembleTransformKalmanFilter
+from ..filters.localisation import BlockLocalisation
+from ..filters.particle import AuxiliaryParticleFilter, BootstrapParticleFilter, FreeEnsemble
+from ..filters.proposals import EmulatorProposal
+from ..filters.tempering import AbstractTempering, ESSBandTempering, FixedTempering
+from ..filters.weights import (
+    AbstractPredictiveWeight,
+    DiracPredictiveWeight,
+    MomentMatchedPredictiveWeight,
+)
+from ..guidance.guided import AbstractGuidance, DPSGuidance, MMPSGuidance, SDAGuidance
+from ..registry import Registry
+from ..resampling import RESAMPLERS
+
+#: ``sampler.name`` -> ``builder(sampler_section, noise_levels)``.
+SAMPLERS: Registry = Registry("sampler.name")
+#: ``guidance.name`` -> ``builder(guidance_section)``.
+GUIDANCE: Registry = Registry("guidance.name")
+#: ``filter.tempering`` -> ``builder(filter_section)``.
+TEMPERING: Registry = Registry("filter.tempering")
+#: ``filter.weights`` -> ``builder(filter_section)``.
+WEIGHTS: Registry = Registry("filter.weights")
+#: ``filter.method`` -> ``builder(parts: FilterParts)``.
+FILTERS: Registry = Registry("filter.method")
+#: ``filter.resampling``: the schemes of :mod:`filtrax.resampling`.
+RESAMPLING_NAMES = tuple(RESAMPLERS)
+
+
+SAMPLERS.register(
+    "dpmpp2s",
+    lambda s, levels: DPMSolverPlusPlus2SSampler(
+        levels, churn=s.churn, churn_noise_scale=s.churn_noise
+    ),
+)
+SAMPLERS.register("heun", lambda s, levels: HeunSampler(levels))
+SAMPLERS.register("euler", lambda s, levels: EulerSampler(levels))
+SAMPLERS.register("ddim", lambda s, levels: DDIMSampler(levels, s.eta))
+SAMPLERS.register(
+    "adams_bashforth",
+    lambda s, levels: AdamsBashforthSampler(levels, s.order, s.corrections, s.langevin_step),
+)
+
+GUIDANCE.register("mmps", lambda g: MMPSGuidance(g.iterations, g.solver))
+GUIDANCE.register("dps", lambda g: DPSGuidance(g.scale))
+GUIDANCE.register("sda", lambda g: SDAGuidance(g.gamma))
+
+TEMPERING.register("ess_band", lambda f: ESSBandTempering(*f.ess_band))
+TEMPERING.register("fixed", lambda f: FixedTempering(f.alpha))
+
+WEIGHTS.register("dirac", lambda f: DiracPredictiveWeight(f.weight_sigma_max, f.noise_draws))
+WEIGHTS.register(
+    "moment_matched", lambda f: MomentMatchedPredictiveWeight(f.weight_sigma_max, f.cg_iterations)
+)
+
+
+def sampler_from_section(section) -> AbstractSampler:
+    """The ``[sampler]`` section's sampler on its Karras noise levels."""
+    levels = karras_noise_levels(section.sigma_max, section.sigma_min, section.rho, section.levels)
+    return SAMPLERS[section.name](section, levels)
+
+
+def guidance_from_section(section) -> AbstractGuidance:
+    return GUIDANCE[section.name](section)
+
+
+def tempering_from_section(section) -> AbstractTempering:
+    return TEMPERING[section.tempering](section)
+
+
+def weight_from_section(section) -> AbstractPredictiveWeight:
+    return WEIGHTS[section.weights](section)
+
+
+def inflation_from_section(section) -> AbstractInflation:
+    """``filter.inflation`` fixed, or re-chosen every cycle with it as the floor."""
+    if section.adaptive_inflation:
+        return InnovationInflation(section.inflation, section.inflation_max)
+    return FixedInflation(section.inflation)
+
+
+class FilterParts:
+    """What every filter builder may use: the config, the emulator, the sampler, the
+    particles' layout and the covariance localisation (``None``: global)."""
+
+    def __init__(self, config, emulator, sampler, layout, covariance_localisation):
+        self.config = config
+        self.section = config.filter
+        self.emulator = emulator
+        self.sampler = sampler
+        self.layout = layout
+        self.covariance_localisation = covariance_localisation
+
+    def unguided(self) -> EmulatorProposal:
+        return EmulatorProposal(self.emulator, self.sampler)
+
+    def block_localisation(self) -> BlockLocalisation | None:
+        block = self.section.localisation_block
+        return BlockLocalisation(block) if block else None
+
+
+@FILTERS.register("free")
+def _free(p: FilterParts):
+    return FreeEnsemble(p.unguided(), particle_map=p.layout)
+
+
+@FILTERS.register("enkf")
+def _enkf(p: FilterParts):
+    return EnsembleKalmanFilter(
+        p.unguided(), p.section.inflation, p.covariance_localisation, particle_map=p.layout
+    )
+
+
+@FILTERS.register("letkf")
+def _letkf(p: FilterParts):
+    f = p.section
+    return LocalEnsembleTransformKalmanFilter(
+        p.unguided(), f.inflation, f.relaxation, p.covariance_localisation, particle_map=p.layout
+    )
+
+
+@FILTERS.register("bootstrap")
+def _bootstrap(p: FilterParts):
+    f = p.section
+    return BootstrapParticleFilter(
+        p.unguided(),
+        tempering_from_section(f),
+        f.resampling,
+        p.block_localisation(),
+        inflation_from_section(f),
+        particle_map=p.layout,
+    )
+
+
+@FILTERS.register("fa_apf")
+def _fa_apf(p: FilterParts):
+    f = p.section
+    proposal = EmulatorProposal(p.emulator, p.sampler, guidance_from_section(p.config.guidance))
+    return AuxiliaryParticleFilter(
+        proposal,
+        weight_from_section(f),
+        tempering_from_section(f),
+        f.resampling,
+        f.skip_first_selection,
+        p.block_localisation(),
+        inflation_from_section(f),
+        particle_map=p.layout,
+    )
