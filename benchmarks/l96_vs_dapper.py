@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from filtrax import metrics
+from filtrax import metrics, streams
 from filtrax.driver import SaveAt, assimilate
 from filtrax.dynamics.lorenz96 import DEFAULT_DT
 from filtrax.experiments.config import load_config
@@ -96,7 +96,7 @@ def full_truth(config, experiment) -> np.ndarray:
     The same trajectory :func:`~filtrax.experiments.factory.build_experiment` took the
     experiment's truth from (same key, same code path: bit for bit).
     """
-    truth_key = jax.random.fold_in(jax.random.key(config.seed), 101)
+    truth_key = jax.random.fold_in(jax.random.key(config.seed), streams.TRUTH)
     full, slow = lorenz96_truth(config, experiment.emulator.setting, truth_key)
     if not np.array_equal(slow[2:], experiment.truth):
         raise RuntimeError("the re-built truth differs from the experiment's")
@@ -118,7 +118,7 @@ def run_ours(experiment, config, method: str, overrides: list[str], n: int, trut
     filter_ = build_filter(cfg, experiment.emulator, method)
     particles = initial_particles(cfg, experiment.initial_state, n)
     observation = experiment.observation
-    root = jax.random.fold_in(jax.random.key(config.seed), 1)
+    root = jax.random.fold_in(jax.random.key(config.seed), streams.RUN["analysis"])
 
     rows = {"rmse": [], "spread": [], "crps": [], "ess": [], "alpha": [], "seconds": []}
 

@@ -18,6 +18,8 @@ import xarray as xr
 
 GOLDEN = Path(__file__).parent / "golden"
 
+# A config of its own, not a copy of test_runs.SMALL by reference: the pinned arrays must not
+# change when another test edits its config.
 BASE = """
 name = "golden"
 seed = 5

@@ -23,7 +23,7 @@ from filtrax.emulators.atmosphere import AtmosphereEmulator, load_emulator, save
 from filtrax.emulators.sphere_unet import NoisyInputPath, SphereUNet, pad_sphere
 from filtrax.experiments.config import ConfigError, config_from_dict
 from filtrax.experiments.factory import build_experiment
-from filtrax.io.grid import Channel, GridSpec
+from filtrax.grid import Channel, GridSpec
 
 LAT = tuple((-90 + 22.5 * (np.arange(8) + 0.5)).tolist())
 LON = tuple((45.0 * np.arange(8)).tolist())

@@ -3,6 +3,7 @@ code 2, and nothing in a run directory lost or silently changed."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -118,3 +119,27 @@ def test_resume_refuses_observations_edited_since_the_run_began(finished_run, tm
     # The record of what the finished cycles used is kept as it was.
     with xr.open_dataset(stored) as dataset:
         assert float(abs(dataset["y"] - edited["y"]).max()) == 0.0
+
+
+def test_cache_info_and_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("FILTRAX_CACHE_DIR", str(tmp_path))
+    entry = tmp_path / "xla" / "some-compilation"
+    entry.parent.mkdir()
+    entry.write_bytes(b"x" * 2048)
+    runner = CliRunner()
+    info = runner.invoke(main, ["cache", "info"])
+    assert info.exit_code == 0 and "1 files" in info.output and "cap 512 MB" in info.output
+    cleared = runner.invoke(main, ["cache", "clear"])
+    assert cleared.exit_code == 0 and "removed 1 files" in cleared.output
+    assert not entry.exists()
+    # The cap: the oldest entries go first until the rest fit.
+    from filtrax.cli import _trim_cache
+
+    for age, name in enumerate(["new", "old"]):
+        (tmp_path / "xla" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "xla" / name).write_bytes(b"x" * 1000)
+        os.utime(tmp_path / "xla" / name, (1e9 - age * 1e6, 1e9 - age * 1e6))
+    _trim_cache(tmp_path / "xla", 1500)
+    assert sorted(p.name for p in (tmp_path / "xla").iterdir()) == ["new"]
+    monkeypatch.setenv("FILTRAX_CACHE_MAX_MB", "lots")
+    one_error_line(runner.invoke(main, ["cache", "info"]), "FILTRAX_CACHE_MAX_MB = 'lots'")

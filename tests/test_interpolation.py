@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.interpolate import RegularGridInterpolator
 
-from filtrax.io.grid import Channel, GridSpec
+from filtrax.grid import Channel, GridSpec
 from filtrax.observations.interpolation import BilinearInterpolation
 
 CHANNELS = (Channel("t", 850.0), Channel("t", 500.0), Channel("t2m"))

@@ -17,7 +17,7 @@ from filtrax.diffusion.latent_noise import (
     _synthesis,
     latent_noise_from_name,
 )
-from filtrax.io.grid import Channel, GridSpec
+from filtrax.grid import Channel, GridSpec
 
 HS = GridSpec.regular(16, 32, [Channel("temperature")])  # the Held–Suarez grid, L = 16
 LON_16 = tuple(22.5 * np.arange(16))

@@ -14,7 +14,7 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path, name: str) -> set[str]:
+def _imports(path: Path, name: str, modules: set[str]) -> set[str]:
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text())
     # Imports for type annotations only (under ``if TYPE_CHECKING:``) never run.
@@ -35,7 +35,10 @@ def _imports(path: Path, name: str) -> set[str]:
                 target = ".".join([*base, node.module] if node.module else base)
             else:
                 target = node.module or ""
-            candidates = [target] + [f"{target}.{alias.name}" for alias in node.names]
+            # ``from package import submodule`` depends on the submodule, not on the
+            # package's __init__ (already initialising, and not re-run).
+            submodules = [f"{target}.{alias.name}" for alias in node.names]
+            candidates = [m for m in submodules if m in modules] or [target]
         elif isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         else:
@@ -50,7 +53,7 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         # The package's own __init__ re-exports everything; importing ``filtrax`` from a
         # submodule is what would close a cycle, and that is what this graph keeps.
-        graph[name] = {m for m in _imports(path, name) if m in modules and m != name}
+        graph[name] = {m for m in _imports(path, name, set(modules)) if m in modules and m != name}
     return graph
 
 

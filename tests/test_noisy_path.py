@@ -20,7 +20,7 @@ import pytest
 from filtrax.diffusion.denoisers import EDMPreconditionedDenoiser
 from filtrax.emulators.atmosphere import AtmosphereEmulator
 from filtrax.emulators.sphere_unet import NoisyInputPath, SphereUNet
-from filtrax.io.grid import Channel, GridSpec
+from filtrax.grid import Channel, GridSpec
 from filtrax.training.noisy_path import fit_noisy_path
 
 LAT = tuple((-90 + 22.5 * (np.arange(8) + 0.5)).tolist())

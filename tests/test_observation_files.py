@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from filtrax.io.grid import Channel, GridSpec
+from filtrax.grid import Channel, GridSpec
 from filtrax.io.observation_files import (
     ObservationSet,
     read_gridded_observations,

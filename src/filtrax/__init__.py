@@ -47,6 +47,9 @@ from .filters.particle import ObservationLikelihood as ObservationLikelihood
 from .filters.particle import ParticleFilter as ParticleFilter
 from .filters.particle import PredictivePotential as PredictivePotential
 from .filters.proposals import EmulatorProposal as EmulatorProposal
+from .filters.rejuvenation import AbstractRejuvenation as AbstractRejuvenation
+from .filters.rejuvenation import KernelRejuvenation as KernelRejuvenation
+from .filters.rejuvenation import NoRejuvenation as NoRejuvenation
 from .filters.tempering import AbstractTempering as AbstractTempering
 from .filters.tempering import ESSBandTempering as ESSBandTempering
 from .filters.tempering import FixedTempering as FixedTempering

@@ -76,7 +76,7 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
     its noisy input returns :math:`c_\text{skip} x + (1-c_\text{skip})\,\mu`, the exact
     denoiser of :math:`\mathcal N(\mu, \sigma_\text{data}^2)`: matching
     :math:`\sigma_\text{data}` to the conditional spread keeps such a network's samples
-    calibrated (method spec §3.7).
+    calibrated (Price et al. 2025).
 
     Attributes:
         network: ``network(x_scaled, c_noise, cond) -> raw output`` with the shape of ``x``.
@@ -164,7 +164,7 @@ class GaussianDenoiser(AbstractDenoiser):
         eigenvectors: the orthonormal eigenvectors ``U`` of ``Q``, as columns.
 
     References:
-        Savary, Rozet & Louppe (2025), the exactness test bed (method spec §1.8).
+        Savary, Rozet & Louppe (2025), the exactness test bed.
     """
 
     eigenvalues: Float[Array, " d"]

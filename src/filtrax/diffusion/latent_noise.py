@@ -6,7 +6,7 @@ pure function of an explicit key ``k`` with the shape and dtype of a template ``
 
 GenCast does not use i.i.d. grid-point noise. It uses isotropic Gaussian noise on the sphere,
 band-limited to total wavenumbers :math:`l < L = n_\text{lon}/2` with a flat power spectrum
-(Price et al. 2025; method spec §4.6):
+(Price et al. 2025, GenCast, Nature 637):
 
 .. math::
     \varepsilon(x) = \sqrt{4\pi} \sum_{l=0}^{L-1} \sum_{m=-l}^{l}
@@ -49,7 +49,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._typing import Key, State
-from ..io.grid import GridSpec
+from ..grid import GridSpec
 from .samplers import standard_normal_noise
 
 if TYPE_CHECKING:

@@ -16,10 +16,10 @@ per sample, used for the cost accounting of the filters.
 References:
     Karras et al. (2022), arXiv:2206.00364 (Euler and Heun, Alg. 1).
     Song, Meng & Ermon (2021), DDIM, arXiv:2010.02502; the η-family in VE form as in
-    the FA-APF code and azula (method spec §1.6c).
+    the FA-APF code and azula.
     Lu et al. (2022), DPM-Solver++, arXiv:2211.01095; GenCast's 2S variant with
-    stochastic churn, Price et al. (2024) (method spec §1.6b).
-    Savary, Rozet & Louppe (2025), Adams–Bashforth + Langevin corrector (spec §1.6a).
+    stochastic churn, Price et al. (2024).
+    Savary, Rozet & Louppe (2025), Adams–Bashforth + Langevin corrector.
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ class AdamsBashforthSampler(AbstractSampler):
 
     @classmethod
     def savary2025(cls, num_levels: int = 32) -> AdamsBashforthSampler:
-        """The FA-APF authors' proposal sampler (workshop configuration, method spec §1.5)."""
+        """The FA-APF authors' proposal sampler (Savary, Rozet & Louppe 2025, workshop paper)."""
         return cls(karras_noise_levels(88.0, 2e-5, 6.0, num_levels), 3, 2, 0.25)
 
     @property

@@ -24,7 +24,7 @@ from jaxtyping import Array, Float
 
 from .._typing import Key, State
 from ..diffusion.denoisers import GaussianDenoiser
-from ..io.grid import GridSpec
+from ..grid import GridSpec
 from .linear_gaussian import AbstractResidualGaussianEmulator
 
 EARTH_RADIUS_KM = 6371.0

@@ -17,7 +17,7 @@ The emulator's latent is the residual :math:`z = x^{k+1} - A x^k \sim \mathcal N
 :class:`~filtrax.diffusion.GaussianDenoiser` with prior mean 0.
 
 References:
-    Kalman (1960); method spec §1.8 (the exactness test bed).
+    Kalman (1960); Savary, Rozet & Louppe (2025) (the exactness test bed).
 """
 
 from __future__ import annotations

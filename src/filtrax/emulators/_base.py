@@ -1,6 +1,6 @@
 r"""The emulator interface shared by every model the filters can drive.
 
-GenCast-style conventions (method spec §1.1): a particle's *state* ``s`` holds what the
+GenCast-style conventions (Price et al. 2025): a particle's *state* ``s`` holds what the
 emulator conditions on (for a second-order emulator, two frames
 :math:`(x^{k-1}, x^k)`); the diffusion runs on a *latent* ``z`` (GenCast: the normalised
 12-hour residual), and an affine map :math:`\Phi_s(z)` returns the next physical frame.
@@ -59,7 +59,7 @@ class AbstractEmulator(eqx.Module):
 class AbstractTwoFrameEmulator(AbstractEmulator):
     r"""A second-order emulator whose particle state stacks :math:`(x^{k-1}, x^k)`.
 
-    GenCast's convention (method spec §1.1): the latent has the shape of one frame, the
+    GenCast's convention (Price et al. 2025): the latent has the shape of one frame, the
     state advances by dropping the older frame, and observations see :math:`x^k`.
     Subclasses supply :meth:`condition` and :meth:`latent_to_frame`.
     """

@@ -1,6 +1,6 @@
 r"""A GenCast-style gridded emulator: normalised 12-hour residual on a latitude–longitude grid.
 
-GenCast's conventions (Price et al. 2025; method spec §1.1, §4), applied to any stack of
+GenCast's conventions (Price et al. 2025), applied to any stack of
 ``(variable, level)`` channels on an equiangular grid:
 
 * **State.** A particle state is ``(2, channel, lat, lon)`` =
@@ -20,7 +20,7 @@ GenCast's conventions (Price et al. 2025; method spec §1.1, §4), applied to an
   :math:`\sigma \in [0.02, 88]`. GenCast takes :math:`\sigma_\text{data} = 1`; a card may
   give one :math:`\sigma_\text{data}` per channel (``network.sigma_data``), the conditional
   spread of the normalised residual, which keeps a small network's members from carrying
-  the marginal spread as noise (method spec §3.7).
+  the marginal spread as noise (Price et al. 2025).
 * **Noise.** Every diffusion draw comes from :attr:`AtmosphereEmulator.latent_noise`: i.i.d.
   Gaussian by default, or GenCast's band-limited spherical white noise
   (:class:`~filtrax.diffusion.latent_noise.SphericalWhiteNoise`, ``noise="spherical"``).
@@ -53,7 +53,7 @@ from ..diffusion.latent_noise import (
     SphericalWhiteNoise,
     latent_noise_from_name,
 )
-from ..io.grid import Channel, GridSpec
+from ..grid import Channel, GridSpec
 from ._base import AbstractTwoFrameEmulator
 from .cards import fill_module, load_card, load_weights, module_arrays, write_weights
 from .sphere_unet import NoisyInputPath, SphereUNet

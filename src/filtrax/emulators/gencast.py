@@ -1,7 +1,7 @@
 r"""DeepMind's GenCast behind filtrax's emulator interface (optional extra ``gencast``).
 
 Price et al. (2025), "Probabilistic weather forecasting with machine learning", Nature
-637; conventions as collected in the method spec (``docs/method.md`` §4). Two layers:
+637, and its supplementary information. Two layers:
 
 **Pure, tested without GenCast** (everything except :func:`load_gencast`):
 
@@ -9,7 +9,7 @@ Price et al. (2025), "Probabilistic weather forecasting with machine learning", 
   variables in alphabetical order of their names, each level variable's levels contiguous
   and ascending (84 target channels at 13 levels: 0 ``10m_u``, 2 ``2m_temperature``,
   3–15 ``geopotential``, …, 31–43 ``temperature``, 44 ``total_precipitation_12hr``). The
-  same :class:`~filtrax.io.grid.GridSpec` and :mod:`filtrax.io.datasets` stacking code
+  same :class:`~filtrax.grid.GridSpec` and :mod:`filtrax.io.datasets` stacking code
   serve our own gridded emulators.
 * :func:`read_statistics` — ``mean_by_level``, ``stddev_by_level``,
   ``diffs_stddev_by_level`` and ``min_by_level`` as one value per channel.
@@ -48,8 +48,8 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 from .._typing import Key, State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
 from ..diffusion.latent_noise import AbstractLatentNoise, SphericalWhiteNoise
+from ..grid import Channel, GridSpec
 from ..io.datasets import check_grid_coordinates, frames_at_times
-from ..io.grid import Channel, GridSpec
 from ._base import AbstractEmulator
 
 GENCAST_LEVELS = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
@@ -611,7 +611,7 @@ def load_gencast_network(
 
     Builds ``denoiser.Denoiser(noise_encoder_config, denoiser_architecture_config)`` inside
     ``haiku.transform`` with ``node_output_size`` set to the number of target channels, as
-    ``GenCast.__init__`` does, so ``ckpt.params`` apply unchanged (method spec §4.7).
+    ``GenCast.__init__`` does, so ``ckpt.params`` apply unchanged.
     **Not run on our machines**: neither the code nor the weights can be downloaded here.
     """
     haiku, checkpoint, denoiser, gencast, _ = _import_graphcast()

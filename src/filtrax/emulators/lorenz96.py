@@ -2,7 +2,7 @@ r"""A learned, GenCast-style diffusion emulator of the slow variables of two-sca
 
 The emulator samples :math:`X^{k+1}` given :math:`(X^{k-1}, X^k)` only: the fast variables
 :math:`Y` are unresolved, so its transition is genuinely stochastic, as GenCast's is for
-ERA5 (method spec §1.1).
+ERA5 (Price et al. 2025).
 
 **Latent.** The normalised residual :math:`z = (X^{k+1} - X^k)/s_z`, with :math:`s_z` the
 standard deviation of one-step differences in the training data (GenCast's

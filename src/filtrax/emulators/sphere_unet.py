@@ -9,7 +9,7 @@ network is exactly equivariant under longitude shifts by whole cells at the fine
 resolution (tested); pooling by 2 reduces that to even shifts.
 
 **Layout.** Arrays are ``(lat, lon, feature)`` (NHWC once batched): XLA's CPU convolutions
-are 1.3–1.5× faster in that layout than in NCHW (``../shared/docs/feasibility.md`` §5c).
+are 1.3–1.5× faster in that layout than in NCHW (measured on our 2-core CPU machines).
 
 **Blocks.** Pre-norm residual blocks (group normalisation, SiLU, convolution) with a
 per-channel scale and shift from the noise-level embedding after the second normalisation

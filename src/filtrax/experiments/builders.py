@@ -24,6 +24,7 @@ from ..filters.letkf import LocalEnsembleTransformKalmanFilter
 from ..filters.localisation import BlockLocalisation
 from ..filters.particle import AuxiliaryParticleFilter, BootstrapParticleFilter, FreeEnsemble
 from ..filters.proposals import EmulatorProposal
+from ..filters.rejuvenation import KernelRejuvenation, NoRejuvenation
 from ..filters.tempering import AbstractTempering, ESSBandTempering, FixedTempering
 from ..filters.weights import (
     AbstractPredictiveWeight,
@@ -44,6 +45,8 @@ TEMPERING: Registry = Registry("filter.tempering")
 WEIGHTS: Registry = Registry("filter.weights")
 #: ``filter.method`` -> ``builder(parts: FilterParts)``.
 FILTERS: Registry = Registry("filter.method")
+#: ``filter.rejuvenation`` -> ``builder(filter_section)``.
+REJUVENATION: Registry = Registry("filter.rejuvenation")
 #: ``filter.resampling``: the schemes of :mod:`filtrax.resampling`.
 RESAMPLING_NAMES = tuple(RESAMPLERS)
 
@@ -73,6 +76,9 @@ WEIGHTS.register("dirac", lambda f: DiracPredictiveWeight(f.weight_sigma_max, f.
 WEIGHTS.register(
     "moment_matched", lambda f: MomentMatchedPredictiveWeight(f.weight_sigma_max, f.cg_iterations)
 )
+
+REJUVENATION.register("none", lambda f: NoRejuvenation())
+REJUVENATION.register("kernel", lambda f: KernelRejuvenation(f.rejuvenation_bandwidth))
 
 
 def sampler_from_section(section) -> AbstractSampler:
@@ -149,6 +155,7 @@ def _bootstrap(p: FilterParts):
         f.resampling,
         p.block_localisation(),
         inflation_from_section(f),
+        rejuvenation=REJUVENATION[f.rejuvenation](f),
         particle_map=p.layout,
     )
 
@@ -165,5 +172,6 @@ def _fa_apf(p: FilterParts):
         f.skip_first_selection,
         p.block_localisation(),
         inflation_from_section(f),
+        rejuvenation=REJUVENATION[f.rejuvenation](f),
         particle_map=p.layout,
     )

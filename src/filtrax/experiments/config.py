@@ -20,7 +20,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .builders import FILTERS, GUIDANCE, RESAMPLING_NAMES, SAMPLERS, TEMPERING, WEIGHTS
+from .builders import (
+    FILTERS,
+    GUIDANCE,
+    REJUVENATION,
+    RESAMPLING_NAMES,
+    SAMPLERS,
+    TEMPERING,
+    WEIGHTS,
+)
 from .errors import ConfigError
 from .models import MODELS
 from .schema import (
@@ -208,6 +216,19 @@ class FilterConfig(Validated):
         min=0.0,
         max=1.0,
     )
+    rejuvenation: str = field(
+        "none",
+        "what moves the selected particles before the proposal: none, or the regularised "
+        "particle filter's shrinkage kernel [fa_apf, bootstrap]",
+        choices=REJUVENATION.names(),
+    )
+    rejuvenation_bandwidth: float = field(
+        0.5,
+        "the kernel's bandwidth h in (0, 1] [rejuvenation = kernel]",
+        min=0.0,
+        min_exclusive=True,
+        max=1.0,
+    )
     observation_error_inflation: float = field(
         1.0,
         "the filter assumes observations.error_std times this (R inflation); the observations "
@@ -242,6 +263,11 @@ class FilterConfig(Validated):
             raise ConfigError(
                 f"filter.adaptive_inflation = true applies to fa_apf and bootstrap, not "
                 f"filter.method = {self.method!r}"
+            )
+        if self.rejuvenation != "none" and self.method not in ("fa_apf", "bootstrap"):
+            raise ConfigError(
+                f"filter.rejuvenation = {self.rejuvenation!r} applies to fa_apf and bootstrap, "
+                f"not filter.method = {self.method!r}"
             )
         if self.adaptive_inflation and self.inflation_max < self.inflation:
             raise ConfigError(
@@ -360,14 +386,19 @@ class ExperimentConfig(Validated):
 
     def to_toml(self) -> str:
         """The config as TOML (deterministic: schema order, every field written)."""
-        top, tables = [], []
-        for key, value in self.to_dict().items():
-            if isinstance(value, dict):
-                body = "".join(f"{k} = {toml_value(v)}\n" for k, v in value.items())
-                tables.append(f"[{key}]\n{body}")
-            else:
-                top.append(f"{key} = {toml_value(value)}\n")
-        return "\n".join(["".join(top), *tables])
+        return toml_text(self.to_dict())
+
+
+def toml_text(data: dict[str, Any]) -> str:
+    """A config's nested dict as TOML: top-level keys first, then one table per section."""
+    top, tables = [], []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            body = "".join(f"{k} = {toml_value(v)}\n" for k, v in value.items())
+            tables.append(f"[{key}]\n{body}")
+        else:
+            top.append(f"{key} = {toml_value(value)}\n")
+    return "\n".join(["".join(top), *tables])
 
 
 def config_from_dict(data: dict[str, Any], overrides: Sequence[str] = ()) -> ExperimentConfig:

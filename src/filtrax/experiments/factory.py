@@ -13,14 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import streams
 from ..diffusion.samplers import AbstractSampler
 from ..emulators._base import AbstractEmulator
 from ..emulators.lorenz96 import Lorenz96Emulator
 from ..filters.covariance_localisation import GaspariCohnLocalisation
 from ..filters.particle import AbstractFilter
 from ..filters.tempering import AbstractTempering
+from ..grid import GridSpec
 from ..guidance.guided import AbstractGuidance
-from ..io.grid import GridSpec
 from ..io.observation_files import (
     read_gridded_observations,
     read_site_table,
@@ -205,7 +206,7 @@ def initial_particles(config: ExperimentConfig, x0, num_particles: int):
     spread = config.model.initial_spread
     if spread == 0:
         return particles
-    init_key = jax.random.fold_in(jax.random.key(config.seed), 103)
+    init_key = jax.random.fold_in(jax.random.key(config.seed), streams.INITIAL)
 
     def perturb(leaf):
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
@@ -281,7 +282,9 @@ def _check_sources(config: ExperimentConfig, setting: ModelSetting) -> None:
 def build_experiment(config: ExperimentConfig) -> Experiment:
     """Models, truth, observations and filters for ``config`` (deterministic in ``seed``)."""
     root = jax.random.key(config.seed)
-    truth_key, obs_key, init_key = (jax.random.fold_in(root, i) for i in (101, 102, 103))
+    truth_key, obs_key, init_key = (
+        jax.random.fold_in(root, s) for s in (streams.TRUTH, streams.OBSERVATIONS, streams.INITIAL)
+    )
     num_cycles = config.run.cycles
     m = config.model
     setting = MODELS[m.name]

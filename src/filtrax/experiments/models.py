@@ -28,8 +28,8 @@ from ..emulators.atmosphere import AtmosphereEmulator, trained_card
 from ..emulators.atmosphere import load_emulator as load_atmosphere
 from ..emulators.cards import load_card
 from ..emulators.lorenz96 import Lorenz96Emulator, load_emulator
+from ..grid import Channel, GridSpec
 from ..io.datasets import frames_at_times, open_gridded
-from ..io.grid import Channel, GridSpec
 from ..observations.model import ObservationModel
 from ..observations.operators import PointSelection
 from ..registry import Registry

@@ -40,13 +40,14 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from .. import metrics as scores
+from .. import streams
 from ..driver import SaveAt, assimilate
 from ..filters.particle import AbstractFilter, FilterState
 from ..io.atomic import atomic_savez, atomic_write_bytes
 from ..io.datasets import dataset_to_frames, frames_to_dataset
 from ..parallel import initialize_distributed, is_main_process, to_host
 from ..profiling import PHASES, phase_seconds
-from .config import ConfigError, ExperimentConfig, ParallelConfig, config_from_dict
+from .config import ConfigError, ExperimentConfig, ParallelConfig, config_from_dict, toml_text
 from .factory import Experiment, build_experiment
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ HISTORY_FIELDS = (
     "backward_calls",
     "seconds",
 )
-RUN_STREAMS = {"analysis": 1, "baseline": 2}
+RUN_STREAMS = streams.RUN
 # Seconds of timed calls per phase in a run's phase profile (filtrax.profiling).
 PROFILE_BUDGET_SECONDS = 1.0
 
@@ -69,13 +70,28 @@ class RunDirectoryError(ValueError):
     """The run directory cannot be used as asked (exists, or belongs to another config)."""
 
 
+#: Keys added after runs were written, with the value that means "as before": left out of
+#: the digest at that value, so that those runs still resume.
+DIGEST_NEUTRAL_DEFAULTS = {"filter": {"rejuvenation": "none"}}
+DIGEST_DEPENDENT_KEYS = {"filter": {"rejuvenation_bandwidth": "rejuvenation"}}
+
+
 def config_digest(config: ExperimentConfig) -> str:
     """The sha256 of the config without ``[parallel]`` and ``run.profile`` (neither changes
-    the results: one lays particles out, the other only times phases after the run)."""
+    the results: one lays particles out, the other only times phases after the run), and
+    without later-added keys at their neutral value (:data:`DIGEST_NEUTRAL_DEFAULTS`)."""
     neutral = dataclasses.replace(
         config, parallel=ParallelConfig(), run=dataclasses.replace(config.run, profile=True)
     )
-    return hashlib.sha256(neutral.to_toml().encode()).hexdigest()
+    data = neutral.to_dict()
+    for section, keys in DIGEST_NEUTRAL_DEFAULTS.items():
+        for key, value in keys.items():
+            if data[section][key] == value:
+                del data[section][key]
+                for dependent, owner in DIGEST_DEPENDENT_KEYS.get(section, {}).items():
+                    if owner == key:
+                        del data[section][dependent]
+    return hashlib.sha256(toml_text(data).encode()).hexdigest()
 
 
 def _save_checkpoint(path: Path, state: FilterState, history: dict, digest: str) -> None:

@@ -33,6 +33,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .. import streams
 from ..observations.model import observation_mask
 from .covariance_localisation import GaspariCohnLocalisation
 from .particle import (
@@ -43,7 +44,7 @@ from .particle import (
     particle_keys,
 )
 
-PERTURBATION_STREAM = 2
+PERTURBATION_STREAM = streams.PERTURBATION
 
 
 class EnsembleKalmanFilter(UnguidedEnsembleFilter):

@@ -2,8 +2,8 @@ r"""Block localisation of the particle filters' selection step (the block partic
 
 The weights of a global particle filter degenerate with the number of observations: the
 log-weight variance grows linearly with it, and the ensemble size needed to avoid
-collapse grows exponentially (Snyder, Bengtsson, Bickel & Anderson 2008; method spec
-§3.5). Rebeschini & van Handel's block particle filter selects **per block of sites**
+collapse grows exponentially (Snyder, Bengtsson, Bickel & Anderson
+2008). Rebeschini & van Handel's block particle filter selects **per block of sites**
 instead. The frame's trailing site axes are tiled into contiguous blocks of
 ``block_shape`` sites, :math:`b = 1..B`, and each observation :math:`j` belongs to one
 block :math:`b(j)`. Then, in each cycle:

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
+from .. import streams
 from .._typing import Key, LogWeights, Observation, Scalar
 from ..emulators._base import AbstractEmulator
 from ..observations.model import ObservationModel
@@ -59,12 +60,13 @@ from ..resampling import (
 from .inflation import AbstractInflation, FixedInflation, inflate
 from .localisation import BlockLocalisation
 from .proposals import EmulatorProposal
+from .rejuvenation import AbstractRejuvenation, NoRejuvenation
 from .tempering import AbstractTempering, ESSBandTempering, FixedTempering
 from .weights import AbstractPredictiveWeight, DiracPredictiveWeight
 
-RESAMPLING_STREAM = 2**32 - 1
-WEIGHT_STREAM = 0
-PROPOSAL_STREAM = 1
+RESAMPLING_STREAM = streams.RESAMPLING
+WEIGHT_STREAM = streams.WEIGHT
+PROPOSAL_STREAM = streams.PROPOSAL
 
 
 class FilterState(eqx.Module):
@@ -158,7 +160,8 @@ def _select(
     *,
     uniform_selection: Array | bool = False,
 ) -> tuple[Array, Scalar, Scalar, Scalar]:
-    """Temper, weight and resample; returns ``(ancestors, α, ESS before resampling, log-evidence)``.
+    """Temper, weight and resample; returns ``(ancestors, α, ESS before resampling,
+    log-evidence, selection log-weights)``.
 
     ``uniform_selection`` forces α = 0 (every particle kept once by systematic resampling).
     """
@@ -170,7 +173,7 @@ def _select(
     ess = effective_sample_size(selection)
     evidence = jax.scipy.special.logsumexp(previous + log_likelihoods)
     ancestors = resample(jax.random.fold_in(key, RESAMPLING_STREAM), selection, n)
-    return ancestors, alpha, ess, evidence
+    return ancestors, alpha, ess, evidence, selection
 
 
 def _select_blocks(
@@ -202,7 +205,7 @@ def _select_blocks(
             ll, log_weights, tempering, resample, block_key, uniform_selection=uniform_selection
         )
 
-    ancestors, alpha, ess, _ = jax.vmap(one_block, in_axes=(1, 0))(block_ll, block_keys)
+    ancestors, alpha, ess, _, _ = jax.vmap(one_block, in_axes=(1, 0))(block_ll, block_keys)
     previous = normalize_log_weights(log_weights)
     evidence = jax.scipy.special.logsumexp(previous + jnp.sum(block_ll, axis=1))
     return ancestors, jnp.mean(alpha), jnp.mean(ess), evidence, jnp.any(bad, axis=1), site_blocks
@@ -415,6 +418,8 @@ class ParticleFilter(AbstractFilter):
             state differ in weight only by noise).
         localisation: ``None`` (global selection) or a block localisation.
         inflation: λ ≥ 1 about the mean before the weights (:mod:`.inflation`).
+        rejuvenation: what moves the selected particles before the proposal
+            (:mod:`.rejuvenation`; :class:`NoRejuvenation`: none).
     """
 
     proposal: EmulatorProposal
@@ -424,6 +429,7 @@ class ParticleFilter(AbstractFilter):
     skip_first_selection: bool = eqx.field(static=True, default=False)
     localisation: BlockLocalisation | None = None
     inflation: AbstractInflation = FixedInflation()
+    rejuvenation: AbstractRejuvenation = NoRejuvenation()
 
     @property
     def emulator(self) -> AbstractEmulator:
@@ -499,28 +505,32 @@ class ParticleFilter(AbstractFilter):
             predictions = self._per_particle(predict, keys, particles)
             return self.select_from_predictions(
                 particles, predictions, log_weights, y, observation, key,
-                uniform_selection=uniform_selection,
+                uniform_selection=uniform_selection, keys=keys,
             )  # fmt: skip
 
         def weigh(s, k):
             return self.potential.log_likelihood(s, y, observation, emulator, key=k)
 
         log_likelihoods, bad = _sanitize(self._per_particle(weigh, keys, particles))
-        ancestors, alpha, ess, evidence = _select(
+        ancestors, alpha, ess, evidence, selection = _select(
             log_likelihoods, log_weights, self.tempering, self.resampling, key,
             uniform_selection=uniform_selection,
         )  # fmt: skip
-        selected = self.particle_map.constrain(
-            jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
-        )
-        return selected, alpha, ess, evidence, bad, jnp.ones((), log_weights.dtype)
+        selected = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
+        selected = self.rejuvenation(selected, particles, selection, keys=keys)
+        return (
+            self.particle_map.constrain(selected), alpha, ess, evidence, bad,
+            jnp.ones((), log_weights.dtype),
+        )  # fmt: skip
 
     def select_from_predictions(
-        self, particles, predictions, log_weights, y, observation, key, *, uniform_selection=False
-    ):
+        self, particles, predictions, log_weights, y, observation, key, *,
+        uniform_selection=False, keys=None,
+    ):  # fmt: skip
         """Inflate, weight by ``log N(y; ŷ_i, R)`` per observation, select globally or per
         block; returns what :meth:`select` does."""
         dtype = predictions.dtype
+        n = log_weights.shape[0]
         if self.inflation.is_identity:
             factor = jnp.ones((), dtype)
         else:
@@ -530,11 +540,13 @@ class ParticleFilter(AbstractFilter):
         terms = jax.vmap(lambda p: observation.log_likelihood_terms(y, p))(predictions)
         if self.localisation is None:
             log_likelihoods, bad = _sanitize(jnp.sum(terms, axis=1))
-            ancestors, alpha, ess, evidence = _select(
+            ancestors, alpha, ess, evidence, selection = _select(
                 log_likelihoods, log_weights, self.tempering, self.resampling, key,
                 uniform_selection=uniform_selection,
             )  # fmt: skip
             selected = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
+            if not self.rejuvenation.is_identity:
+                selected = self.rejuvenation(selected, particles, selection, keys=keys)
         else:
             template = self.emulator.current_frame(
                 jax.tree_util.tree_map(lambda x: x[0], particles)
@@ -544,6 +556,11 @@ class ParticleFilter(AbstractFilter):
                 self.resampling, key, uniform_selection=uniform_selection,
             )  # fmt: skip
             selected = self.localisation.stitch(particles, ancestors, site_blocks)
+            if not self.rejuvenation.is_identity:
+                # Every block selected with weights of its own: the kernel takes its moments
+                # from the stitched, equally weighted ensemble.
+                uniform = jnp.full((n,), -jnp.log(jnp.asarray(n, log_weights.dtype)))
+                selected = self.rejuvenation(selected, selected, uniform, keys=keys)
         return self.particle_map.constrain(selected), alpha, ess, evidence, bad, factor
 
 
@@ -561,6 +578,7 @@ def AuxiliaryParticleFilter(
     localisation: BlockLocalisation | None = None,
     inflation: AbstractInflation | None = None,
     *,
+    rejuvenation: AbstractRejuvenation | None = None,
     particle_map: AbstractParticleMap | None = None,
 ) -> ParticleFilter:
     r"""The fully adapted auxiliary particle filter (FA-APF; Pitt & Shephard 1999; Savary,
@@ -581,6 +599,8 @@ def AuxiliaryParticleFilter(
             split per observation (Dirac). α and ESS are then means over blocks.
         inflation: λ ≥ 1 on the particles at ``k`` and on their predicted observations
             (:mod:`.inflation`); anything but ``FixedInflation(1)`` needs Dirac weights.
+        rejuvenation: moves the selected parents before the guided move
+            (:mod:`.rejuvenation`; default none).
         particle_map: the particles' layout (:mod:`filtrax.parallel`).
     """
     predictive_weight = DiracPredictiveWeight() if predictive_weight is None else predictive_weight
@@ -607,7 +627,8 @@ def AuxiliaryParticleFilter(
     layout = {} if particle_map is None else {"particle_map": particle_map}
     return ParticleFilter(
         proposal, PredictivePotential(predictive_weight), tempering, resampling,
-        skip_first_selection, localisation, inflation, **layout,
+        skip_first_selection, localisation, inflation, rejuvenation or NoRejuvenation(),
+        **layout,
     )  # fmt: skip
 
 
@@ -618,6 +639,7 @@ def BootstrapParticleFilter(
     localisation: BlockLocalisation | None = None,
     inflation: AbstractInflation | None = None,
     *,
+    rejuvenation: AbstractRejuvenation | None = None,
     particle_map: AbstractParticleMap | None = None,
 ) -> ParticleFilter:
     r"""The bootstrap particle filter (Gordon, Salmond & Smith 1993): a
@@ -632,6 +654,7 @@ def BootstrapParticleFilter(
         localisation: ``None`` (global selection) or a block localisation (the block
             particle filter of Rebeschini & van Handel 2015).
         inflation: λ ≥ 1 on the moved particles about their mean, before the weights.
+        rejuvenation: moves the selected particles (:mod:`.rejuvenation`; default none).
         particle_map: the particles' layout (:mod:`filtrax.parallel`).
     """
     tempering = FixedTempering(1.0) if tempering is None else tempering
@@ -645,7 +668,7 @@ def BootstrapParticleFilter(
     layout = {} if particle_map is None else {"particle_map": particle_map}
     return ParticleFilter(
         proposal, ObservationLikelihood(), tempering, resampling, False, localisation,
-        inflation, **layout,
+        inflation, rejuvenation or NoRejuvenation(), **layout,
     )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ in a target band. α is re-chosen every cycle; the filter is then biased (not co
 as N → ∞) but does not collapse.
 
 References:
-    Savary, Rozet & Louppe (2025), the FA-APF inflation (method spec §3.2).
+    Savary, Rozet & Louppe (2025), the FA-APF inflation.
     Jasra, Stephens, Doucet & Tsagaris (2011), adaptive tempering for SMC.
 """
 

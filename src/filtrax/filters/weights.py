@@ -7,7 +7,7 @@ The optimal proposal makes the incremental weight the predictive likelihood
 which a diffusion emulator does not give in closed form. Both approximations below use
 one denoiser evaluation at the highest noise level :math:`\sigma_1`, where
 :math:`D(\sigma_1\varepsilon; \sigma_1, c) \approx \mathbb E[z\mid c]` and
-:math:`\sigma_1^2 J(\sigma_1) \approx \operatorname{Cov}[z\mid c]` (method spec §1.8):
+:math:`\sigma_1^2 J(\sigma_1) \approx \operatorname{Cov}[z\mid c]` (Tweedie's formula; Efron 2011):
 
 * :class:`DiracPredictiveWeight` (the paper): :math:`\mathcal N(y;\, h(\Phi(\hat z)),\, R)`.
   It ignores the forecast spread, so its weights are too sharp; tempering compensates.
@@ -16,8 +16,8 @@ one denoiser evaluation at the highest noise level :math:`\sigma_1`, where
   In the linear-Gaussian model it is exact as :math:`\sigma_1 \to \infty`, so α = 1 is right.
 
 References:
-    Savary, Rozet & Louppe (2025), arXiv:2509.18811 (Dirac approximation, method spec §3.1).
-    Method spec §3.4 (moment matching; cf. the ICML 2026 follow-up, arXiv:2605.20028).
+    Savary, Rozet & Louppe (2025), arXiv:2509.18811 (the Dirac approximation).
+    Moment matching: the ICML 2026 follow-up, arXiv:2605.20028.
 """
 
 from __future__ import annotations

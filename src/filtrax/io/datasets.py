@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .grid import GridSpec
+from ..grid import GridSpec
 
 # CF standard names of the ERA5 / WeatherBench-2 variables we may carry.
 STANDARD_NAMES = {

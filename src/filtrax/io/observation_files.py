@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 import jax.numpy as jnp
 import numpy as np
 
+from ..grid import GridSpec
 from ..observations.interpolation import BilinearInterpolation
 from ..observations.model import ObservationModel
 from ..observations.operators import AbstractObservationOperator, PointSelection
-from .grid import GridSpec
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,6 +1,6 @@
 """Bilinear interpolation of a gridded frame to scattered points (stations).
 
-A frame has shape ``(channel, lat, lon)`` as described by a :class:`~filtrax.io.grid.GridSpec`.
+A frame has shape ``(channel, lat, lon)`` as described by a :class:`~filtrax.grid.GridSpec`.
 Each observation point names a channel and a location; its predicted value is the bilinear
 interpolation of that channel at that location:
 
@@ -31,7 +31,7 @@ from .._typing import Observation, State
 from .operators import AbstractObservationOperator
 
 if TYPE_CHECKING:
-    from ..io.grid import GridSpec
+    from ..grid import GridSpec
 
 
 def _longitude_cells(grid_lon: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +68,7 @@ class BilinearInterpolation(AbstractObservationOperator):
     Args:
         grid: the grid of the frame; ``state_shape`` is ``grid.shape``.
         channels: the channel index of each point, shape ``(obs,)`` (see
-            :meth:`GridSpec.channel_index <filtrax.io.grid.GridSpec.channel_index>`).
+            :meth:`GridSpec.channel_index <filtrax.grid.GridSpec.channel_index>`).
         latitudes: degrees north in ``[-90, 90]``, shape ``(obs,)``. Points poleward of the
             outermost grid row are clamped to that row.
         longitudes: degrees east in ``[-180, 360)``, shape ``(obs,)``; normalised to

@@ -82,7 +82,7 @@ from ..emulators.atmosphere import (
 )
 from ..emulators.sphere_unet import NoisyInputPath, SphereUNet
 from ..experiments.builders import sampler_from_section
-from ..io.grid import Channel, GridSpec
+from ..grid import Channel, GridSpec
 from ..metrics import crps, gaussian_crps
 from .config import AtmosphereTrainingConfig
 from .engine import (

@@ -1,6 +1,7 @@
 r"""The optimisation loop every learned emulator shares: GenCast's loss, AdamW, EMA, resume.
 
-**Noise levels** (GenCast, method spec §4.4): :math:`\sigma = (\sigma_\min^{1/\rho} +
+**Noise levels** (GenCast, Price et al. 2025; Karras et al. 2022):
+:math:`\sigma = (\sigma_\min^{1/\rho} +
 u(\sigma_\max^{1/\rho} - \sigma_\min^{1/\rho}))^\rho`, :math:`u \sim U[0, 1]`, with loss
 weight :math:`\lambda(\sigma) = (\sigma^2 + 1)/\sigma^2` (EDM with :math:`\sigma_\text{data}=1`).
 With ``training.focus_fraction`` > 0 that fraction of each batch draws its σ from the same

@@ -4,7 +4,7 @@ r"""Train, validate and card a Lorenz-96 slow-variable diffusion emulator.
 conventions) sampled every :math:`\Delta t`; the validation trajectories are drawn with
 another key and never enter training.
 
-**Loss** (GenCast's, method spec §4.4). With :math:`z = (X^{k+1} - X^k)/s_z`,
+**Loss** (GenCast's: Price et al. 2025; Karras et al. 2022). With :math:`z = (X^{k+1} - X^k)/s_z`,
 :math:`\sigma = (\sigma_\min^{1/\rho} + u(\sigma_\max^{1/\rho} - \sigma_\min^{1/\rho}))^\rho`,
 :math:`u \sim U[0, 1]`, :math:`\sigma \in [0.02, 88]`, :math:`\rho = 7`:
 

@@ -1,0 +1,89 @@
+"""The regularised particle filter's shrinkage kernel (filtrax.filters.rejuvenation)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import filtrax as fx
+from filtrax.filters.particle import particle_keys
+
+
+def weighted_pool(n: int, d: int):
+    """Particles with unequal weights, their weighted mean and covariance."""
+    x = (
+        jax.random.normal(jax.random.key(0), (n, d))
+        @ jnp.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.7]])[:d, :d]
+        + jnp.arange(d, dtype=jnp.float32)[None]
+    )
+    log_w = -0.5 * jnp.sum((x - 1.0) ** 2, axis=1)
+    log_w = log_w - jax.scipy.special.logsumexp(log_w)
+    w = np.exp(np.asarray(log_w, np.float64))
+    mean = w @ np.asarray(x, np.float64)
+    anomalies = np.asarray(x, np.float64) - mean
+    return x, log_w, mean, (w[:, None] * anomalies).T @ anomalies
+
+
+def shrinkage_without_shrinking(selected, weighed, log_weights, *, keys, h):
+    """The negative control: jitter by the weighted covariance without the shrinkage a."""
+    n = log_weights.shape[0]
+    w = jnp.exp(log_weights)
+    mean = (w @ weighed)[None]
+    z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 3), (n,)))(keys)
+    return selected + h * z @ (jnp.sqrt(w)[:, None] * (weighed - mean))
+
+
+@pytest.mark.parametrize("h", [0.3, 1.0])
+def test_the_kernel_keeps_the_weighted_mean_and_covariance(h):
+    n, d = 20_000, 3
+    x, log_w, mean, cov = weighted_pool(n, d)
+    keys = particle_keys(jax.random.key(1), n)
+    ancestors = fx.systematic(jax.random.key(2), log_w, n)
+    selected = x[ancestors]
+    moved = np.asarray(fx.KernelRejuvenation(h)(selected, x, log_w, keys=keys), np.float64)
+    ess = float(fx.effective_sample_size(log_w))
+    tolerance = 6 / np.sqrt(ess)  # a few Monte Carlo standard errors of the moments
+    scale = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(moved.mean(axis=0) - mean) <= tolerance * scale), (moved.mean(0), mean)
+    np.testing.assert_allclose(np.cov(moved.T), cov, atol=tolerance * float(scale.max() ** 2))
+    # The particles did move: duplicates are separated.
+    assert np.unique(moved[:, 0]).size > 0.99 * n > np.unique(np.asarray(selected)[:, 0]).size
+    # Negative control: jitter without shrinkage widens the covariance by 1 + h², and fails.
+    wide = np.asarray(shrinkage_without_shrinking(selected, x, log_w, keys=keys, h=h))
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(np.cov(wide.T), cov, atol=tolerance * float(scale.max() ** 2))
+
+
+def test_no_rejuvenation_is_the_identity_and_the_bandwidth_is_checked():
+    x = jnp.arange(12.0).reshape(4, 3)
+    log_w = jnp.full(4, -jnp.log(4.0))
+    keys = particle_keys(jax.random.key(0), 4)
+    assert fx.NoRejuvenation()(x, x, log_w, keys=keys) is x
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"bandwidth = .*; expected a number in \(0, 1\]"):
+            fx.KernelRejuvenation(bad)
+    # Integer leaves (e.g. a step counter in a state) are carried, not jittered.
+    tree = {"x": x, "step": jnp.arange(4)}
+    moved = fx.KernelRejuvenation(0.5)(tree, tree, log_w, keys=keys)
+    np.testing.assert_array_equal(moved["step"], tree["step"])
+
+
+def test_the_config_builds_the_kernel_for_the_particle_filters_only(tmp_path):
+    from filtrax.experiments.config import ConfigError, load_config
+    from filtrax.experiments.factory import build_experiment
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[model]\nname = "linear_gaussian"\nstate_dim = 4\nobserved = 2\n'
+        "[filter]\nparticles = 8\n[run]\ncycles = 2\n"
+    )
+    experiment = build_experiment(
+        load_config(path, ["filter.rejuvenation=kernel", "filter.rejuvenation_bandwidth=0.3"])
+    )
+    assert experiment.filter.rejuvenation == fx.KernelRejuvenation(0.3)
+    with pytest.raises(ConfigError, match="applies to fa_apf and bootstrap"):
+        load_config(path, ["filter.rejuvenation=kernel", "filter.method=letkf"])
+    with pytest.raises(ConfigError, match=r"rejuvenation_bandwidth = 0\.0 is out of range"):
+        load_config(path, ["filter.rejuvenation=kernel", "filter.rejuvenation_bandwidth=0"])
