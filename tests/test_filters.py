@@ -281,3 +281,35 @@ def test_guided_denoiser_rejects_bad_observations(model):
         fx.GuidedDenoiser(denoiser, fx.MMPSGuidance(1), observation, jnp.full((D // 2,), jnp.nan))
     with pytest.raises(ValueError, match="noise_variance must be finite and > 0"):
         fx.ObservationModel(observation.operator, jnp.array([1.0, -1.0, jnp.nan]))
+
+
+def test_sweeping_the_ess_band_or_the_kernel_bandwidth_does_not_retrace(model, observations):
+    """Tunables are array leaves: a filter with another ESS band or kernel bandwidth reuses
+    the compiled cycle (a static field would retrace it, as the sampler's levels do)."""
+    import equinox as eqx
+
+    traces = []
+
+    @eqx.filter_jit
+    def cycle(filter_, state, y, key):
+        traces.append(None)
+        return filter_.step(state, y, model.observation_model(), key)
+
+    def filter_with(lower, bandwidth):
+        return fa_apf(
+            model,
+            tempering=fx.ESSBandTempering(lower, 0.6),
+            rejuvenation=fx.KernelRejuvenation(bandwidth),
+        )
+
+    state = filter_with(0.2, 0.5).init(jnp.zeros((4, D)))
+    for lower, bandwidth in ((0.2, 0.5), (0.4, 0.5), (0.4, 0.9)):
+        cycle(filter_with(lower, bandwidth), state, observations[0], jax.random.key(0))
+    assert len(traces) == 1
+    # The control: a static field (the number of noise levels) does retrace.
+    other = fx.EmulatorProposal(
+        model.emulator(), fx.HeunSampler(fx.karras_noise_levels(80.0, 0.01, 7.0, 5)),
+        fx.MMPSGuidance(2),
+    )  # fmt: skip
+    cycle(fx.AuxiliaryParticleFilter(other), state, observations[0], jax.random.key(0))
+    assert len(traces) == 2

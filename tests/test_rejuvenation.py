@@ -64,6 +64,17 @@ def test_no_rejuvenation_is_the_identity_and_the_bandwidth_is_checked():
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match=r"bandwidth = .*; expected a number in \(0, 1\]"):
             fx.KernelRejuvenation(bad)
+    # The bandwidth is an array leaf: another value reuses the compiled cycle.
+    traces = []
+
+    @jax.jit
+    def rejuvenate(kernel, x):
+        traces.append(None)
+        return kernel(x, x, log_w, keys=keys)
+
+    rejuvenate(fx.KernelRejuvenation(0.3), x)
+    rejuvenate(fx.KernelRejuvenation(0.6), x)
+    assert len(traces) == 1
     # Integer leaves (e.g. a step counter in a state) are carried, not jittered.
     tree = {"x": x, "step": jnp.arange(4)}
     moved = fx.KernelRejuvenation(0.5)(tree, tree, log_w, keys=keys)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
 from .. import streams
-from .._typing import Key, LogWeights
+from .._typing import Key, LogWeights, Scalar
 
 
 class AbstractRejuvenation(eqx.Module):
@@ -70,12 +70,17 @@ class KernelRejuvenation(AbstractRejuvenation):
             redrawn from the weighted ensemble's covariance.
     """
 
-    bandwidth: float = eqx.field(static=True, default=0.5)
+    # An array leaf: sweeping the bandwidth does not recompile the cycle.
+    bandwidth: Scalar = eqx.field(default=0.5, converter=jnp.asarray)
 
     def __check_init__(self) -> None:
-        if not (isinstance(self.bandwidth, int | float) and 0 < self.bandwidth <= 1):
+        if isinstance(self.bandwidth, jax.core.Tracer):
+            return
+        value = float(self.bandwidth) if self.bandwidth.shape == () else math.nan
+        if not 0 < value <= 1:
             raise ValueError(
-                f"KernelRejuvenation.bandwidth = {self.bandwidth!r}; expected a number in (0, 1]"
+                f"KernelRejuvenation.bandwidth = {self.bandwidth.tolist()!r}; expected a "
+                f"number in (0, 1]"
             )
 
     @property
@@ -91,7 +96,7 @@ class KernelRejuvenation(AbstractRejuvenation):
             lambda k: jax.random.normal(jax.random.fold_in(k, streams.REJUVENATION), (n,))
         )(keys)
         h = self.bandwidth
-        shrink = math.sqrt(1.0 - h * h)
+        shrink = jnp.sqrt(1.0 - h * h)
 
         def move(picked: Array, pool: Array) -> Array:
             if not jnp.issubdtype(pool.dtype, jnp.floating):
@@ -100,6 +105,6 @@ class KernelRejuvenation(AbstractRejuvenation):
             mean = jnp.sum(w * pool, axis=0, keepdims=True)
             anomalies = jnp.sqrt(w) * (pool - mean)
             noise = jnp.tensordot(z.astype(pool.dtype), anomalies, axes=1)
-            return mean + shrink * (picked - mean) + h * noise
+            return mean + shrink.astype(pool.dtype) * (picked - mean) + h.astype(pool.dtype) * noise
 
         return jax.tree_util.tree_map(move, selected, weighed)

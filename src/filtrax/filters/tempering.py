@@ -61,16 +61,20 @@ class ESSBandTempering(AbstractTempering):
         iterations: the number of bisection steps (50 reach a 1e-12 relative width).
     """
 
-    lower: float = eqx.field(static=True, default=0.2)
-    upper: float = eqx.field(static=True, default=0.25)
+    # The band is made of array leaves: sweeping it does not recompile the cycle.
+    lower: Scalar = eqx.field(default=0.2, converter=jnp.asarray)
+    upper: Scalar = eqx.field(default=0.25, converter=jnp.asarray)
     min_alpha: float = eqx.field(static=True, default=1e-12)
     iterations: int = eqx.field(static=True, default=50)
 
     def __check_init__(self) -> None:
-        if not 0 < self.lower <= self.upper <= 1:
+        if isinstance(self.lower, jax.core.Tracer) or isinstance(self.upper, jax.core.Tracer):
+            return
+        lower, upper = float(self.lower), float(self.upper)
+        if not 0 < lower <= upper <= 1:
             raise ValueError(
-                f"ESSBandTempering needs 0 < lower <= upper <= 1, got lower={self.lower}, "
-                f"upper={self.upper}"
+                f"ESSBandTempering needs 0 < lower <= upper <= 1, got lower={lower}, "
+                f"upper={upper}"
             )
         if not 0 < self.min_alpha < 1:
             raise ValueError(f"ESSBandTempering.min_alpha must lie in (0, 1), got {self.min_alpha}")
@@ -80,7 +84,7 @@ class ESSBandTempering(AbstractTempering):
     def exponent(self, log_likelihoods, log_weights):
         n = log_likelihoods.shape[0]
         dtype = log_likelihoods.dtype
-        lower, upper = self.lower * n, self.upper * n
+        lower, upper = self.lower.astype(dtype) * n, self.upper.astype(dtype) * n
 
         def ess(log_alpha):
             return effective_sample_size(log_weights + jnp.exp(log_alpha) * log_likelihoods)
