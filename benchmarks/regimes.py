@@ -13,7 +13,7 @@ The last lines are ``worst FA-APF/free: r; worst FA-APF/LETKF: q; worst spread/R
 the default FA-APF and for each remedy. Finished runs under ``--out`` are reused (a killed
 suite resumes), unless their config differs, which is an error.
 
-    python benchmarks/regimes.py --quick --out runs/regimes      # < 10 min on 2 CPU cores
+    python benchmarks/regimes.py --quick --out runs/regimes      # about 4 min on 2 CPU cores
     python benchmarks/regimes.py --out runs/regimes_full          # every regime, longer runs
 
 The LETKF reference uses a Gaspari-Cohn half-width of 2 sites and λ = 1.05 on Lorenz-96
@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from filtrax.experiments.config import load_config
-from filtrax.experiments.runner import RunDirectoryError, run_experiment
+from filtrax.experiments.config import config_from_dict, load_config
+from filtrax.experiments.runner import RunDirectoryError, config_digest, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 L96 = ROOT / "configs" / "lorenz96"
@@ -76,7 +77,14 @@ def run_method(regime, method, out: Path, args) -> xr.Dataset:
         overrides = [o for o in overrides if not o.startswith("filter.localisation_half_width")]
     config = load_config(config_path, overrides)
     run_dir = out / _slug(regime) / _slug(method)
-    if not (run_dir / "metrics.nc").exists():
+    if (run_dir / "metrics.nc").exists():
+        stored = config_from_dict(tomllib.loads((run_dir / "config.toml").read_text()))
+        if config_digest(stored) != config_digest(config):
+            raise SystemExit(
+                f"error: {run_dir} holds a finished run of another config; remove it or "
+                f"choose another --out"
+            )
+    else:
         try:
             run_experiment(config, run_dir, quiet=True, report=False, resume=run_dir.exists())
         except RunDirectoryError as error:
