@@ -264,56 +264,74 @@ def _channel_coords(experiment: Experiment) -> dict:
     }
 
 
+PER_CHANNEL = ("rmse", "rmse_unweighted", "spread", "spread_unweighted", "crps")
+DESCRIPTIONS = {
+    "rmse": "RMSE of the ensemble mean against the truth, cos-latitude weighted",
+    "rmse_unweighted": "RMSE of the ensemble mean, unweighted lat-lon mean (as the authors)",
+    "spread": "sqrt of the mean unbiased ensemble variance, cos-latitude weighted",
+    "spread_unweighted": "sqrt of the mean unbiased ensemble variance, unweighted",
+    "crps": "fair CRPS, cos-latitude weighted",
+    "ess": "effective sample size before resampling",
+    "alpha": "tempering exponent of the weights",
+    "inflation": "multiplicative inflation factor of the forecast ensemble",
+    "log_evidence_increment": "log p(y_k | y_{1:k-1}) estimate",
+    "forward_calls": "denoiser forward evaluations in the cycle",
+    "backward_calls": "denoiser vector-Jacobian products in the cycle",
+    "seconds": "wall-clock seconds of the cycle (the first includes compilation)",
+}
+
+
+def _score_ensemble(experiment: Experiment, dataset: xr.Dataset, values: dict, m: int):
+    """Fill ``values[name][m]`` (cycle, channel) from one stored ensemble; returns its rank
+    histogram per channel, or ``None`` without truth."""
+    grid = experiment.grid
+    channels = 1 if grid is None else len(grid.channels)
+    weights = None if grid is None else grid.area_weights()
+    ranks = []
+    for k in range(len(experiment.cycle_times)):
+        ensemble = dataset_to_frames(dataset.isel(cycle=k).load(), grid)
+        if np.isnan(ensemble).all():
+            continue
+        if grid is None:
+            ensemble = ensemble[:, None, :]
+        truth = (
+            None if experiment.truth is None else experiment.truth[k].reshape(ensemble.shape[1:])
+        )
+        for c in range(channels):
+            members = ensemble[:, c]
+            values["spread"][m, k, c] = scores.spread(members, weights)
+            values["spread_unweighted"][m, k, c] = scores.spread(members)
+            if truth is not None:
+                values["rmse"][m, k, c] = scores.rmse(members, truth[c], weights)
+                values["rmse_unweighted"][m, k, c] = scores.rmse(members, truth[c])
+                values["crps"][m, k, c] = scores.crps(members, truth[c], weights)
+        if truth is not None:
+            ranks.append(scores.truth_ranks(ensemble, truth).reshape(channels, -1))
+    if not ranks:
+        return None
+    members = ensemble.shape[0]
+    return np.stack(
+        [
+            scores.rank_histogram(np.concatenate([r[c] for r in ranks]), members)
+            for c in range(channels)
+        ]
+    )
+
+
 def compute_metrics(experiment: Experiment, run_dir: Path) -> xr.Dataset:
     """Per-cycle scores of every recorded ensemble (``ensemble`` axis: analysis, baseline)."""
     methods = [m for m in ("analysis", "baseline") if (run_dir / f"{m}.zarr").exists()]
     num_cycles = len(experiment.cycle_times)
-    grid = experiment.grid
-    channels = 1 if grid is None else len(grid.channels)
-    weights = None if grid is None else grid.area_weights()
-    per_channel = ("rmse", "rmse_unweighted", "spread", "spread_unweighted", "crps")
-    values = {k: np.full((len(methods), num_cycles, channels), np.nan) for k in per_channel}
-    ranks = []
+    channels = 1 if experiment.grid is None else len(experiment.grid.channels)
+    values = {k: np.full((len(methods), num_cycles, channels), np.nan) for k in PER_CHANNEL}
     scalar = {k: np.full((len(methods), num_cycles), np.nan) for k in HISTORY_FIELDS}
+    ranks = []
     for m, method in enumerate(methods):
         with np.load(run_dir / "checkpoints" / f"{method}.npz", allow_pickle=False) as data:
             for k in HISTORY_FIELDS:
                 scalar[k][m] = data[f"history_{k}"]
         dataset = xr.open_zarr(run_dir / f"{method}.zarr", consolidated=False)
-        method_ranks = []
-        for k in range(num_cycles):
-            ensemble = dataset_to_frames(dataset.isel(cycle=k).load(), grid)
-            if np.isnan(ensemble).all():
-                continue
-            if grid is None:
-                ensemble = ensemble[:, None, :]
-            truth = (
-                None
-                if experiment.truth is None
-                else experiment.truth[k].reshape(ensemble.shape[1:])
-            )
-            for c in range(channels):
-                members = ensemble[:, c]
-                values["spread"][m, k, c] = scores.spread(members, weights)
-                values["spread_unweighted"][m, k, c] = scores.spread(members)
-                if truth is not None:
-                    values["rmse"][m, k, c] = scores.rmse(members, truth[c], weights)
-                    values["rmse_unweighted"][m, k, c] = scores.rmse(members, truth[c])
-                    values["crps"][m, k, c] = scores.crps(members, truth[c], weights)
-            if truth is not None:
-                method_ranks.append(scores.truth_ranks(ensemble, truth).reshape(channels, -1))
-        ranks.append(
-            np.stack(
-                [
-                    scores.rank_histogram(
-                        np.concatenate([r[c] for r in method_ranks]), ensemble.shape[0]
-                    )
-                    for c in range(channels)
-                ]
-            )
-            if method_ranks
-            else None
-        )
+        ranks.append(_score_ensemble(experiment, dataset, values, m))
     coords = {
         "ensemble": ("ensemble", methods),
         "cycle": np.arange(num_cycles),
@@ -321,26 +339,12 @@ def compute_metrics(experiment: Experiment, run_dir: Path) -> xr.Dataset:
     }
     coords.update(_channel_coords(experiment))
     data_vars = {}
-    descriptions = {
-        "rmse": "RMSE of the ensemble mean against the truth, cos-latitude weighted",
-        "rmse_unweighted": "RMSE of the ensemble mean, unweighted lat-lon mean (as the authors)",
-        "spread": "sqrt of the mean unbiased ensemble variance, cos-latitude weighted",
-        "spread_unweighted": "sqrt of the mean unbiased ensemble variance, unweighted",
-        "crps": "fair CRPS, cos-latitude weighted",
-        "ess": "effective sample size before resampling",
-        "alpha": "tempering exponent of the weights",
-        "inflation": "multiplicative inflation factor of the forecast ensemble",
-        "log_evidence_increment": "log p(y_k | y_{1:k-1}) estimate",
-        "forward_calls": "denoiser forward evaluations in the cycle",
-        "backward_calls": "denoiser vector-Jacobian products in the cycle",
-        "seconds": "wall-clock seconds of the cycle (the first includes compilation)",
-    }
-    for k in per_channel:
+    for k in PER_CHANNEL:
         if experiment.truth is None and k in ("rmse", "rmse_unweighted", "crps"):
             continue
-        data_vars[k] = (("ensemble", "cycle", "channel"), values[k], {"long_name": descriptions[k]})
+        data_vars[k] = (("ensemble", "cycle", "channel"), values[k], {"long_name": DESCRIPTIONS[k]})
     for k in HISTORY_FIELDS:
-        data_vars[k] = (("ensemble", "cycle"), scalar[k], {"long_name": descriptions[k]})
+        data_vars[k] = (("ensemble", "cycle"), scalar[k], {"long_name": DESCRIPTIONS[k]})
     if any(r is not None for r in ranks):
         size = max(r.shape[1] for r in ranks if r is not None)
         hist = np.zeros((len(methods), channels, size))

@@ -73,8 +73,7 @@ class ESSBandTempering(AbstractTempering):
         lower, upper = float(self.lower), float(self.upper)
         if not 0 < lower <= upper <= 1:
             raise ValueError(
-                f"ESSBandTempering needs 0 < lower <= upper <= 1, got lower={lower}, "
-                f"upper={upper}"
+                f"ESSBandTempering needs 0 < lower <= upper <= 1, got lower={lower}, upper={upper}"
             )
         if not 0 < self.min_alpha < 1:
             raise ValueError(f"ESSBandTempering.min_alpha must lie in (0, 1), got {self.min_alpha}")
