@@ -231,6 +231,8 @@ def test_chunks_and_a_callback_give_the_same_cycles(model, observations):
     np.testing.assert_array_equal(moments_only.analysis_mean, whole.analysis_mean)
     with pytest.raises(ValueError, match="chunk_cycles = 0"):
         run(filter_, model, observations, 4, chunk_cycles=0)
+    empty = run(filter_, model, np.asarray(observations)[:0], 4)
+    assert empty.analysis.shape[0] == 0 and int(empty.final_state.cycle) == 0
 
 
 def test_nan_during_the_run_raises_naming_the_cycle(model, observations):

@@ -204,11 +204,12 @@ def assimilate(
     state = eqx.tree_at(lambda s: s.particles, state, filter.particle_map.place(state.particles))
     observations = jnp.asarray(observations)
     total = observations.shape[0]
-    size = total if chunk_cycles is None else chunk_cycles
-    if not (isinstance(size, int) and size >= 1):
+    if chunk_cycles is not None and not (isinstance(chunk_cycles, int) and chunk_cycles >= 1):
         raise ValueError(f"chunk_cycles = {chunk_cycles!r}; expected None or an integer >= 1")
+    # No cycle at all is one empty chunk: the result has a leading axis of length 0.
+    size = max(total, 1) if chunk_cycles is None else chunk_cycles
     chunks = []
-    for start in range(0, total, size):
+    for start in range(0, max(total, 1), size):
         first_cycle = int(state.cycle)
         tic = time.perf_counter()
         state, (diagnostics, mean, spread, ensemble) = jax.block_until_ready(
