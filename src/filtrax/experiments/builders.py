@@ -9,6 +9,8 @@ objects, which can also be built by hand.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..diffusion.noise_levels import karras_noise_levels
 from ..diffusion.samplers import (
     AbstractSampler,
@@ -106,17 +108,21 @@ def inflation_from_section(section) -> AbstractInflation:
     return FixedInflation(section.inflation)
 
 
+@dataclasses.dataclass(frozen=True)
 class FilterParts:
     """What every filter builder may use: the config, the emulator, the sampler, the
     particles' layout and the covariance localisation (``None``: global)."""
 
-    def __init__(self, config, emulator, sampler, layout, covariance_localisation):
-        self.config = config
-        self.section = config.filter
-        self.emulator = emulator
-        self.sampler = sampler
-        self.layout = layout
-        self.covariance_localisation = covariance_localisation
+    config: object
+    emulator: object
+    sampler: AbstractSampler
+    layout: object
+    covariance_localisation: object
+
+    @property
+    def section(self):
+        """The ``[filter]`` section."""
+        return self.config.filter
 
     def unguided(self) -> EmulatorProposal:
         return EmulatorProposal(self.emulator, self.sampler)

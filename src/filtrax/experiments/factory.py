@@ -236,9 +236,9 @@ def _read_observation_file(config: ExperimentConfig, frame_shape, grid, times):
         if o.source == "stations":
             return read_station_table(path, grid, times)
         return read_gridded_observations(path, grid, times, o.error_std)
+    except ConfigError:
+        raise
     except (ValueError, OSError, KeyError) as error:  # pandas, pyarrow and netCDF errors too
-        if isinstance(error, ConfigError):
-            raise
         message = str(error) if str(error) else type(error).__name__
         raise ConfigError(f"observations.path = {o.path!r}: {message}") from None
 

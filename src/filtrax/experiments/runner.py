@@ -70,10 +70,10 @@ class RunDirectoryError(ValueError):
     """The run directory cannot be used as asked (exists, or belongs to another config)."""
 
 
-#: Keys added after runs were written, with the value that means "as before": left out of
-#: the digest at that value, so that those runs still resume.
-DIGEST_NEUTRAL_DEFAULTS = {"filter": {"rejuvenation": "none"}}
-DIGEST_DEPENDENT_KEYS = {"filter": {"rejuvenation_bandwidth": "rejuvenation"}}
+#: Keys added after runs were written: ``{section: {key: (the value that means "as before",
+#: keys that only matter otherwise)}}``. At that value they are left out of the digest, so
+#: that those runs still resume.
+DIGEST_NEUTRAL_DEFAULTS = {"filter": {"rejuvenation": ("none", ("rejuvenation_bandwidth",))}}
 
 
 def config_digest(config: ExperimentConfig) -> str:
@@ -85,12 +85,10 @@ def config_digest(config: ExperimentConfig) -> str:
     )
     data = neutral.to_dict()
     for section, keys in DIGEST_NEUTRAL_DEFAULTS.items():
-        for key, value in keys.items():
+        for key, (value, dependents) in keys.items():
             if data[section][key] == value:
-                del data[section][key]
-                for dependent, owner in DIGEST_DEPENDENT_KEYS.get(section, {}).items():
-                    if owner == key:
-                        del data[section][dependent]
+                for dropped in (key, *dependents):
+                    del data[section][dropped]
     return hashlib.sha256(toml_text(data).encode()).hexdigest()
 
 
@@ -111,9 +109,9 @@ def _save_checkpoint(path: Path, state: FilterState, history: dict, digest: str)
 def _load_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[FilterState, dict]:
     try:
         return _read_checkpoint(path, template, digest)
+    except RunDirectoryError:
+        raise
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
-        if isinstance(error, RunDirectoryError):
-            raise
         raise RunDirectoryError(
             f"--resume: checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
             f"restore it, or delete it to rerun that ensemble from cycle 0"
@@ -471,8 +469,9 @@ def _check_same_inputs(experiment: Experiment, run_dir: Path) -> None:
         if values is None or not path.exists():
             continue
         with xr.open_dataset(path) as stored:
-            previous = stored["y"].values if name == "observations" else None
-            if previous is None:
+            if name == "observations":
+                previous = stored["y"].values
+            else:
                 previous = dataset_to_frames(stored.load(), experiment.grid)
         if previous.shape != np.shape(values) or not np.array_equal(
             previous, np.asarray(values, previous.dtype), equal_nan=True

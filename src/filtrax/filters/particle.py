@@ -237,8 +237,7 @@ class AbstractFilter(eqx.Module):
         """Equally weighted particles at cycle 0."""
         n = num_particles_of(particles)
         dtype = jax.tree_util.tree_leaves(particles)[0].dtype
-        log_weights = jnp.full((n,), -jnp.log(jnp.asarray(n, dtype)), dtype)
-        return FilterState(particles, log_weights, jnp.zeros((), jnp.int32))
+        return FilterState(particles, uniform_log_weights(n, dtype), jnp.zeros((), jnp.int32))
 
     @abc.abstractmethod
     def step(
@@ -253,6 +252,20 @@ class AbstractFilter(eqx.Module):
             self.call_counts(num_particles, num_obs), ess, alpha, evidence, num_nonfinite,
             inflation,
         )  # fmt: skip
+
+
+def uniform_log_weights(n: int, dtype) -> LogWeights:
+    """Equal normalised log-weights ``-log N`` of ``n`` particles."""
+    return jnp.full((n,), -jnp.log(jnp.asarray(n, dtype)), dtype)
+
+
+def _unweighted_diagnostics(counts, particles, dtype, inflation=1.0) -> CycleDiagnostics:
+    """A cycle without weights: ESS = N, α = 0, no evidence estimate."""
+    n = num_particles_of(particles)
+    return _cycle_diagnostics(
+        counts, jnp.asarray(n, dtype), jnp.zeros((), dtype), jnp.asarray(jnp.nan, dtype),
+        jnp.sum(_nonfinite_particles(particles)), inflation,
+    )  # fmt: skip
 
 
 def _cycle_diagnostics(counts, ess, alpha, evidence, num_nonfinite, inflation=1.0):
@@ -286,14 +299,9 @@ def forecast_step(
     n = num_particles_of(state.particles)
     keys = particle_keys(key, n)
     children = _propagate(proposal, keys, state.particles, y, observation, particle_map)
-    dtype = state.log_weights.dtype
     forward, backward = proposal.call_counts()
-    diagnostics = _cycle_diagnostics(
-        (n * forward, n * backward),
-        jnp.asarray(n, dtype),
-        jnp.zeros((), dtype),
-        jnp.asarray(jnp.nan, dtype),
-        jnp.sum(_nonfinite_particles(children)),
+    diagnostics = _unweighted_diagnostics(
+        (n * forward, n * backward), children, state.log_weights.dtype
     )
     return FilterState(children, state.log_weights, state.cycle + 1), diagnostics
 
@@ -474,7 +482,7 @@ class ParticleFilter(AbstractFilter):
                 children, state.log_weights, y, observation, keys, key, uniform_selection=first
             )
         nonfinite = jnp.sum(bad | _nonfinite_particles(children))
-        uniform = jnp.full((n,), -jnp.log(jnp.asarray(n, state.log_weights.dtype)))
+        uniform = uniform_log_weights(n, state.log_weights.dtype)
         diagnostics = self._diagnostics(
             ess, alpha, evidence, nonfinite, n, observation.num_observations, factor
         )
@@ -545,8 +553,7 @@ class ParticleFilter(AbstractFilter):
                 uniform_selection=uniform_selection,
             )  # fmt: skip
             selected = jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
-            if not self.rejuvenation.is_identity:
-                selected = self.rejuvenation(selected, particles, selection, keys=keys)
+            selected = self.rejuvenation(selected, particles, selection, keys=keys)
         else:
             template = self.emulator.current_frame(
                 jax.tree_util.tree_map(lambda x: x[0], particles)
@@ -559,7 +566,7 @@ class ParticleFilter(AbstractFilter):
             if not self.rejuvenation.is_identity:
                 # Every block selected with weights of its own: the kernel takes its moments
                 # from the stitched, equally weighted ensemble.
-                uniform = jnp.full((n,), -jnp.log(jnp.asarray(n, log_weights.dtype)))
+                uniform = uniform_log_weights(n, log_weights.dtype)
                 selected = self.rejuvenation(selected, selected, uniform, keys=keys)
         return self.particle_map.constrain(selected), alpha, ess, evidence, bad, factor
 
@@ -695,16 +702,8 @@ class UnguidedEnsembleFilter(AbstractFilter):
 
     def _unweighted_diagnostics(self, particles, dtype, num_observations, inflation=1.0):
         """No weights: ESS = N, α = 0, no evidence estimate."""
-        n = num_particles_of(particles)
-        return self._diagnostics(
-            jnp.asarray(n, dtype),
-            jnp.zeros((), dtype),
-            jnp.asarray(jnp.nan, dtype),
-            jnp.sum(_nonfinite_particles(particles)),
-            n,
-            num_observations,
-            inflation,
-        )
+        counts = self.call_counts(num_particles_of(particles), num_observations)
+        return _unweighted_diagnostics(counts, particles, dtype, inflation)
 
 
 class FreeEnsemble(UnguidedEnsembleFilter):
