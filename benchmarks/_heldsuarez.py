@@ -25,7 +25,13 @@ def add_emulator_choice(parser: argparse.ArgumentParser) -> None:
 
 
 def chosen_emulator(args: argparse.Namespace) -> AtmosphereEmulator:
-    """The emulator :func:`add_emulator_choice`'s arguments name."""
+    """The emulator :func:`add_emulator_choice`'s arguments name (a learned or a hybrid one)."""
+    from filtrax.emulators.atmosphere import trained_card
+    from filtrax.emulators.hybrid import load_hybrid
+
+    card = trained_card(args.weights) if args.weights else load_card(args.emulator)
+    if card.get("family") == "hybrid_atmosphere":
+        return load_hybrid(card, args.weights)
     return load_emulator(None, args.weights) if args.weights else bundled_emulator(args.emulator)
 
 

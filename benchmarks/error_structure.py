@@ -72,11 +72,12 @@ def main() -> None:
     if data.shape[0] < args.states + 2:
         parser.error(f"{args.store} has {data.shape[0]} states, too few for --states")
     index = np.linspace(1, data.shape[0] - 2, args.states).astype(int)
-    states = np.stack([np.stack([data[i - 1], data[i]]) for i in index])
+    states = np.stack([np.asarray(emulator.initial_state(data[i - 1], data[i])) for i in index])
     proposal = EmulatorProposal(emulator, build_sampler(load_config(args.config)))
     step = jax.jit(jax.vmap(lambda key, state: proposal(key, state, None, None)))
     keys = jax.random.split(jax.random.key(args.seed), args.states * args.members)
-    members = np.asarray(step(keys, np.repeat(states, args.members, axis=0))[:, -1])
+    moved = step(keys, np.repeat(states, args.members, axis=0))
+    members = np.asarray(jax.vmap(emulator.current_frame)(moved))
     members = members.reshape(args.states, args.members, *members.shape[1:])
     if not np.all(np.isfinite(members)):
         raise FloatingPointError("a member is not finite")

@@ -26,12 +26,20 @@ def test_run_reproduces_its_golden_arrays(name, tmp_path):
     arrays = collect(run_case(name, tmp_path))
     assert sorted(arrays) == sorted(expected), "the run records other arrays than pinned"
     for key, value in expected.items():
-        # Same machine kind and versions: identical up to float32 round-off at most.
+        # Same versions: identical up to float32 round-off. Another CPU model rounds the
+        # LETKF's eigendecompositions differently: measured on an AMD EPYC against goldens
+        # pinned elsewhere, 2.5e-5 absolute on winds of order 10 (the code at the pinning
+        # commit included). So the tolerance is 1e-6 relative plus 1e-5 of the array's scale;
+        # a changed random stream moves the RMSE by percent and still fails.
+        finite = (
+            np.abs(value[np.isfinite(value)]) if np.issubdtype(value.dtype, np.floating) else []
+        )
+        scale = float(np.max(finite)) if len(finite) else 0.0
         np.testing.assert_allclose(
             arrays[key],
             value,
             rtol=1e-6,
-            atol=0,
+            atol=1e-5 * scale,
             equal_nan=True,
             err_msg=f"{name}: {key} differs from tests/golden/{name}.npz (pinned with jax "
             f"{pinned_jax}, running {jax.__version__}); regenerate only for a deliberate "

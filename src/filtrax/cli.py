@@ -165,7 +165,11 @@ def train(config: Path, overrides: tuple[str, ...]) -> None:
     import tomllib
 
     from .experiments.config import ConfigError
-    from .training.config import AtmosphereTrainingConfig, load_training_config
+    from .training.config import (
+        AtmosphereTrainingConfig,
+        HybridTrainingConfig,
+        load_training_config,
+    )
     from .training.lorenz96 import train_lorenz96
 
     try:
@@ -191,6 +195,13 @@ def train(config: Path, overrides: tuple[str, ...]) -> None:
 
         try:
             card = train_atmosphere(cfg)
+        except (FileNotFoundError, ValueError) as error:
+            _fail(error)
+    elif isinstance(cfg, HybridTrainingConfig):
+        from .training.hybrid import fit_hybrid
+
+        try:
+            card = fit_hybrid(cfg)
         except (FileNotFoundError, ValueError) as error:
             _fail(error)
     else:

@@ -48,10 +48,19 @@ def _skill_figure(metrics: xr.Dataset, path: Path) -> None:
     plt.close(fig)
 
 
+def _shown_channels(channels: list) -> list:
+    """At most MAX_PANELS channels, one of each variable first (``variable@level`` labels), so
+    that a 34-channel atmosphere does not show eight temperatures and nothing else."""
+    firsts = list({str(c).split("@")[0]: c for c in reversed(channels)}.values())[::-1]
+    rest = [c for c in channels if c not in firsts]
+    return (firsts + rest)[:MAX_PANELS]
+
+
 def _spread_skill_figure(metrics: xr.Dataset, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     sel = metrics.sel({"ensemble": "analysis"})
-    for channel in list(metrics.channel.values)[:MAX_PANELS]:
+    shown = _shown_channels(list(metrics.channel.values))
+    for channel in shown:
         ax.plot(
             sel.sel(channel=channel).rmse,
             sel.sel(channel=channel).spread,
@@ -59,8 +68,15 @@ def _spread_skill_figure(metrics: xr.Dataset, path: Path) -> None:
             ms=3,
             label=str(channel),
         )
-    top = float(np.nanmax([sel.rmse.max(), sel.spread.max()]))
-    ax.plot([0, top], [0, top], "k:", lw=1, label="spread = skill")
+    # Log axes: channels of different units (K, m/s, Pa) share one plot, and the diagonal
+    # spans exactly the plotted values.
+    values = np.concatenate([sel.sel(channel=shown)[k].values.ravel() for k in ("rmse", "spread")])
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size:
+        low, high = float(values.min()), float(values.max())
+        ax.plot([low, high], [low, high], "k:", lw=1, label="spread = skill")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     ax.set_xlabel("skill (RMSE)")
     ax.set_ylabel("spread")
     ax.set_title("Spread against skill, filter analysis")

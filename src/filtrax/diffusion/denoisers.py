@@ -144,6 +144,23 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
         return values.reshape(-1, *([1] * (x_t.ndim - 1)))
 
 
+class StandardNormalDenoiser(AbstractDenoiser):
+    r"""Exact denoiser of :math:`z \sim \mathcal N(0, I)`, for a latent already whitened.
+
+    .. math::
+        D(z_\sigma, \sigma) = \mathbb E[z \mid z_\sigma] = \frac{z_\sigma}{1 + \sigma^2},
+        \qquad \mathbb V[z \mid z_\sigma] = \frac{\sigma^2}{1 + \sigma^2} I.
+
+    With an affine latent-to-frame map :math:`x = b + A z` it is the exact denoiser of the
+    Gaussian :math:`\mathcal N(b, A A^\top)` seen through that map, so MMPS with it is exact
+    (its Tweedie covariance is :math:`A\,\mathbb V[z\mid z_\sigma]A^\top`); the conditioning
+    is unused (the hybrid emulator's residual, :mod:`filtrax.emulators.hybrid`).
+    """
+
+    def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
+        return x_t / (1 + jnp.asarray(sigma, x_t.dtype) ** 2)
+
+
 class GaussianDenoiser(AbstractDenoiser):
     r"""Exact denoiser of a Gaussian prior :math:`x \sim \mathcal N(\mu, Q)`, with ``cond = μ``.
 

@@ -199,6 +199,8 @@ class _Synthesis:
     band_limit: int
     legendre: np.ndarray  # (m, lat, l)
     fourier: np.ndarray  # (lon, m)
+    orthonormal_legendre: np.ndarray  # (m, lat, l): the Legendre factors of Y_lm, unscaled
+    mask: np.ndarray  # (m, l): True where |m| <= l (dinosaur's rectangular layout)
 
 
 def _show(values: np.ndarray) -> str:
@@ -275,7 +277,28 @@ def _synthesis(
     # [-1, 1]); so the amplitude sqrt(4π / (L (2l + 1))) gives Var ε = 1 exactly.
     _, total = grid.modal_axes
     amplitude = np.sqrt(4 * math.pi / (band_limit * (2 * total + 1)))
-    legendre = np.asarray(basis.p) * grid.mask[:, None, :] * amplitude
+    orthonormal = np.asarray(basis.p) * grid.mask[:, None, :]
     if descending:
-        legendre = legendre[:, ::-1, :]  # dinosaur's latitudes ascend from the south
-    return _Synthesis(grid, band_limit, np.ascontiguousarray(legendre), np.asarray(basis.f))
+        orthonormal = orthonormal[:, ::-1, :]  # dinosaur's latitudes ascend from the south
+    orthonormal = np.ascontiguousarray(orthonormal)
+    return _Synthesis(
+        grid,
+        band_limit,
+        orthonormal * amplitude,
+        np.asarray(basis.f),
+        orthonormal,
+        np.asarray(grid.mask, bool),
+    )
+
+
+def spherical_harmonic_basis(
+    latitudes: Iterable[float], longitudes: Iterable[float], band_limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""``(legendre, fourier, mask)``: real spherical harmonics on a grid, orthonormal on the
+    unit sphere, :math:`Y_{lm}(\lambda_i, \varphi_j) = \text{fourier}[i, m]\,
+    \text{legendre}[m, j, l]` for total wavenumbers ``l < band_limit`` (default
+    :math:`n_\text{lon}/2`), latitudes in the grid's order; ``mask[m, l]`` marks the
+    entries of dinosaur's rectangular ``(m, l)`` layout that are harmonics (:math:`|m| \le
+    l`). The grid is validated as :class:`SphericalWhiteNoise` validates it."""
+    synthesis = _synthesis(_float_tuple(latitudes), _float_tuple(longitudes), band_limit)
+    return synthesis.orthonormal_legendre, synthesis.fourier, synthesis.mask

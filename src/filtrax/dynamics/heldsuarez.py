@@ -299,6 +299,9 @@ class HeldSuarezSimulator:
         self.node_latitudes = np.degrees(np.arcsin(np.asarray(node_sin_lat))).ravel()
         self.node_longitudes = np.degrees(np.asarray(node_lon)).ravel()
         self._init_fn = init_fn
+        # What filtrax.dynamics.coarse_forecast needs to map a coarse state back onto the model.
+        self.spectral_grid, self.specs, self.reference_temperatures = grid, specs, ref_temps
+        self.state_grid = target
         self._step = step
         self._to_coarse = to_coarse
         self._steps_per_save = steps_per_save

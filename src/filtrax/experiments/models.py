@@ -24,9 +24,10 @@ from ..dynamics.heldsuarez import UNITS as HELDSUAREZ_UNITS
 from ..dynamics.linear_gaussian import random_linear_gaussian_model
 from ..dynamics.lorenz96 import DEFAULT_DT, full_trajectory, setting_model
 from ..emulators._base import AbstractEmulator
-from ..emulators.atmosphere import AtmosphereEmulator, trained_card
 from ..emulators.atmosphere import load_emulator as load_atmosphere
+from ..emulators.atmosphere import trained_card
 from ..emulators.cards import load_card
+from ..emulators.hybrid import load_hybrid
 from ..emulators.lorenz96 import Lorenz96Emulator, load_emulator
 from ..grid import Channel, GridSpec
 from ..io.datasets import frames_at_times, open_gridded
@@ -184,24 +185,32 @@ def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
         raise ConfigError(str(error)) from None
 
 
+#: A gridded atmosphere card's ``family`` -> ``load(card, weights, noise=...)``.
+ATMOSPHERE_FAMILIES: dict[str, Callable] = {
+    "atmosphere": load_atmosphere,
+    "hybrid_atmosphere": load_hybrid,
+}
+
+
 def load_atmosphere_emulator(config: ExperimentConfig):
     """The configured gridded atmosphere emulator (card or trained weights, drawing the
     ``model.noise`` latent noise) and its card."""
     m = config.model
+    field = "model.weights" if m.weights else "model.emulator"
     try:
-        if m.weights:
-            card = trained_card(m.weights)
-            return load_atmosphere(card, m.weights, noise=m.noise), card
-        card = load_card(m.emulator)
+        card = trained_card(m.weights) if m.weights else load_card(m.emulator)
     except (OSError, ValueError, KeyError) as error:
-        field = "model.weights" if m.weights else "model.emulator"
         raise ConfigError(f"{field} = {m.weights or m.emulator!r}: {error}") from None
-    if card.get("family") != "atmosphere":
+    family = card.get("family")
+    if family not in ATMOSPHERE_FAMILIES:
         raise ConfigError(
             f"model.emulator = {m.emulator!r} is not a gridded atmosphere emulator "
-            f"(family {card.get('family')!r}); see 'filtrax models'"
+            f"(family {family!r}); see 'filtrax models'"
         )
-    return load_atmosphere(card, noise=m.noise), card
+    try:
+        return ATMOSPHERE_FAMILIES[family](card, m.weights or None, noise=m.noise), card
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"{field} = {m.weights or m.emulator!r}: {error}") from None
 
 
 def bundled_truth_path(card: dict) -> Path:
@@ -240,7 +249,7 @@ def _heldsuarez(config: ExperimentConfig):
     step = np.timedelta64(round(config.run.cycle_hours * 3600), "s")
     times = np.concatenate([[start - step, start], cycle_times(config)])
     frames = read_truth(path, grid, times)
-    x0 = AtmosphereEmulator.initial_state(frames[0], frames[1])
+    x0 = emulator.initial_state(frames[0], frames[1])
     return emulator, grid, frames[2:], x0
 
 

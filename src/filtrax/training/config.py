@@ -30,6 +30,7 @@ __all__ = [
     "AtmosphereOptimisationConfig",
     "AtmosphereTrainingConfig",
     "DataConfig",
+    "HybridTrainingConfig",
     "NetworkConfig",
     "OptimisationConfig",
     "TrainingConfig",
@@ -268,17 +269,90 @@ class AtmosphereTrainingConfig(Validated):
         return to_dict(self)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HybridDataConfig(Validated):
+    """``[data]`` of a hybrid emulator: 32 × 64 stores written by ``filtrax heldsuarez-data``."""
+
+    SECTION: ClassVar[str] = "data"
+
+    train: str = field("runs/data/hs32_train.zarr", "training store (all 8 levels)")
+    validation: str = field("runs/data/hs32_heldout.zarr", "held-out store (another run)")
+    max_train_states: int = field(0, "use only the first N training states (0 = all)", min=0)
+    pairs: int = field(2000, "training pairs (x^k, x^k+1), spread evenly over the states", min=8)
+    truth_segment_start: int = field(500, "first held-out state of the bundled truth", min=1)
+    truth_segment_length: int = field(34, "held-out states in the bundled truth (0 = none)", min=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BaseModelConfig(Validated):
+    """``[base]``: the dynamical core of the mean path."""
+
+    SECTION: ClassVar[str] = "base"
+
+    truth_grid: str = field("T21", "dinosaur spectral grid of the forecast", choices=("T21",))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResidualConfig(Validated):
+    """``[residual]``: the structured residual (:mod:`filtrax.emulators.hybrid`)."""
+
+    SECTION: ClassVar[str] = "residual"
+
+    band_limit: int = field(0, "total wavenumbers l < L of the residual (0 = n_lon / 2)", min=0)
+    winds: bool = field(True, "winds from an isotropic streamfunction and velocity potential")
+    balance: bool = field(True, "mass fields' balanced part regressed on the streamfunction")
+
+    def _check(self) -> None:
+        if self.balance and not self.winds:
+            raise ConfigError("residual.balance = true needs residual.winds = true")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FitConfig(Validated):
+    """``[fit]``: how the training forecasts are written."""
+
+    SECTION: ClassVar[str] = "fit"
+
+    chunk: int = field(64, "training pairs forecast per resumable chunk", min=1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HybridTrainingConfig(Validated):
+    """Fitting of a hybrid atmosphere emulator (``family = "hybrid_atmosphere"``)."""
+
+    family: str = field("hybrid_atmosphere", "emulator family", choices=("hybrid_atmosphere",))
+    name: str = field("hs_t21_32x64_hybrid", "emulator (card) name")
+    description: str = field("", "one line for the model card")
+    output: str = field("runs/train/hs32_hybrid", "output folder (weights, card, forecasts)")
+    data: HybridDataConfig = dataclasses.field(default_factory=HybridDataConfig)
+    base: BaseModelConfig = dataclasses.field(default_factory=BaseModelConfig)
+    residual: ResidualConfig = dataclasses.field(default_factory=ResidualConfig)
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+#: ``family`` -> the training config it selects (the default family is ``lorenz96``).
+TRAINING_FAMILIES: dict[str, type] = {
+    "lorenz96": TrainingConfig,
+    "atmosphere": AtmosphereTrainingConfig,
+    "hybrid_atmosphere": HybridTrainingConfig,
+}
+
+
 def training_config_from_dict(
     data: dict[str, Any], overrides: Sequence[str] = ()
-) -> TrainingConfig | AtmosphereTrainingConfig:
-    """The training config of ``data``; ``family = "atmosphere"`` selects the gridded one."""
+) -> TrainingConfig | AtmosphereTrainingConfig | HybridTrainingConfig:
+    """The training config of ``data``, of the class its ``family`` selects."""
     data = apply_overrides(data, overrides)
     family = data.get("family", "lorenz96")
-    if family == "atmosphere":
-        return build_section(AtmosphereTrainingConfig, data)
-    if family != "lorenz96":
-        raise ConfigError(f"family = {family!r}; expected 'lorenz96' or 'atmosphere'")
-    return build_section(TrainingConfig, {k: v for k, v in data.items() if k != "family"})
+    if family not in TRAINING_FAMILIES:
+        raise ConfigError(f"family = {family!r}; expected one of {', '.join(TRAINING_FAMILIES)}")
+    config = TRAINING_FAMILIES[family]
+    if config is TrainingConfig:
+        data = {k: v for k, v in data.items() if k != "family"}
+    return build_section(config, data)
 
 
 def load_training_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainingConfig:
