@@ -30,7 +30,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .heldsuarez import (
     LEVEL_VARIABLES,
@@ -147,12 +146,3 @@ def coarse_forecast(
         state_levels=tuple(range(levels)),
     )
     return CoarseForecast(setup)
-
-
-def batched_forecast(forecast: CoarseForecast, frames: np.ndarray, batch: int = 32) -> np.ndarray:
-    """:math:`F` of many frames ``(time, channel, lat, lon)``, ``batch`` at a time (host arrays)."""
-    run = jax.jit(jax.vmap(forecast))
-    out = [
-        np.asarray(run(jnp.asarray(frames[i : i + batch]))) for i in range(0, len(frames), batch)
-    ]
-    return np.concatenate(out) if out else np.zeros_like(frames)

@@ -139,9 +139,17 @@ class SphericalResidual(eqx.Module):
 
     def unit(self, z: Float[Array, "channel m l"]) -> Float[Array, "channel lat lon"]:
         r""":math:`\mathcal S(Bz)`, with the winds derived from :math:`\psi, \chi`."""
-        coloured = jnp.einsum("lcd,dml->cml", self.sqrt_covariance, z, precision=_HIGHEST)
+        return self._unit(self._coloured(z))
+
+    def _coloured(self, z):
+        return jnp.einsum("lcd,dml->cml", self.sqrt_covariance, z, precision=_HIGHEST)
+
+    def _synthesise(self, coloured):
         per_m = jnp.einsum("mjl,cml->cmj", self.legendre, coloured, precision=_HIGHEST)
-        unit = jnp.einsum("im,cmj->cji", self.fourier, per_m, precision=_HIGHEST)
+        return jnp.einsum("im,cmj->cji", self.fourier, per_m, precision=_HIGHEST)
+
+    def _unit(self, coloured):
+        unit = self._synthesise(coloured)
         if not self.stream_channels:
             return unit
         u, v = winds_from_potentials(
@@ -154,21 +162,15 @@ class SphericalResidual(eqx.Module):
         unit = unit.at[jnp.asarray(self.stream_channels)].set(u.astype(unit.dtype))
         return unit.at[jnp.asarray(self.potential_channels)].set(v.astype(unit.dtype))
 
-    def streamfunction(self, z: Float[Array, "channel m l"]) -> Float[Array, "level lat lon"]:
-        r""":math:`\psi` on the grid, level by level (the balance operator's predictor)."""
-        coloured = jnp.einsum("lcd,dml->cml", self.sqrt_covariance, z, precision=_HIGHEST)
-        psi = coloured[jnp.asarray(self.stream_channels)]
-        per_m = jnp.einsum("mjl,cml->cmj", self.legendre, psi, precision=_HIGHEST)
-        return jnp.einsum("im,cmj->cji", self.fourier, per_m, precision=_HIGHEST)
-
     def __call__(self, z: Float[Array, "channel m l"]) -> Float[Array, "channel lat lon"]:
-        out = self.mean[:, :, None] + self.amplitude[:, :, None] * self.unit(z)
+        coloured = self._coloured(z)
+        out = self.mean[:, :, None] + self.amplitude[:, :, None] * self._unit(coloured)
         if self.balance is None:
             return out
         # The balanced part of the mass fields, a regression on ψ per latitude (module
         # docstring): geostrophy makes Φ ≈ f ψ, whose sign flips at the equator, which no
         # isotropic cross-covariance can carry.
-        psi = self.streamfunction(z)
+        psi = self._synthesise(coloured[jnp.asarray(self.stream_channels)])
         return out + jnp.einsum("cjk,kji->cji", self.balance, psi, precision=_HIGHEST)
 
 
@@ -207,19 +209,6 @@ def winds_from_potentials(psi, chi, latitudes, longitudes, band_limit):
             grid, grid.laplacian(psi * mask), grid.laplacian(chi * mask)
         )
     return jnp.swapaxes(u, -1, -2), jnp.swapaxes(v, -1, -2)
-
-
-def potentials_from_winds(u, v, latitudes, longitudes, band_limit):
-    r"""Spectral :math:`\psi, \chi` ``(..., m, l)`` of winds ``(..., lat, lon)``: the inverse
-    Laplacians of vorticity and divergence (dinosaur's ``uv_nodal_to_vor_div_modal``)."""
-    from dinosaur import spherical_harmonic
-
-    grid = _spectral_grid(latitudes, longitudes, band_limit)
-    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
-        vorticity, divergence = spherical_harmonic.uv_nodal_to_vor_div_modal(
-            grid, jnp.swapaxes(u, -1, -2), jnp.swapaxes(v, -1, -2)
-        )
-        return grid.inverse_laplacian(vorticity), grid.inverse_laplacian(divergence)
 
 
 class HybridAtmosphereEmulator(AbstractEmulator):
