@@ -35,9 +35,11 @@ def shrinkage_without_shrinking(selected, weighed, log_weights, *, keys, h):
     return selected + h * z @ (jnp.sqrt(w)[:, None] * (weighed - mean))
 
 
-@pytest.mark.parametrize("h", [0.3, 1.0])
+@pytest.mark.parametrize("h", [0.5, 1.0])
 def test_the_kernel_keeps_the_weighted_mean_and_covariance(h):
-    n, d = 20_000, 3
+    # Large enough that the negative control's widening by h² (25 % at h = 0.5) is many
+    # Monte Carlo errors; each particle's jitter draws n normals, so the cost grows as n².
+    n, d = 8_000, 3
     x, log_w, mean, cov = weighted_pool(n, d)
     keys = particle_keys(jax.random.key(1), n)
     ancestors = fx.systematic(jax.random.key(2), log_w, n)
