@@ -65,7 +65,7 @@ def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
     """:func:`add_emulator_choice`, ``--config`` (the sampler) and ``--store`` (the held-out
     data)."""
     add_emulator_choice(parser)
-    parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster.toml")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster16.toml")
     parser.add_argument("--store", default="runs/data/hs_test.zarr", help="held-out store")
 
 

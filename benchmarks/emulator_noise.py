@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster.toml")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster16.toml")
     parser.add_argument("--states", type=int, default=4, help="consecutive initial state pairs")
     parser.add_argument("--members", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)

@@ -57,7 +57,7 @@ METHODS = {
         ["filter.method=fa_apf", "filter.tempering=fixed", "filter.alpha=0.0"],
     ),
     # Block-local selection (filtrax.filters.localisation): weights, α and ancestors per
-    # block of 4 × 8 grid points (16 blocks on the 16 × 32 grid).
+    # block of 4 × 8 grid points (64 blocks on the 32 × 64 grid, 16 on the 16 × 32 one).
     "fa_apf_local": (
         "FA-APF (block-local, Dirac+α)",
         ["filter.method=fa_apf", "filter.weights=dirac", "filter.localisation_block=[4, 8]"],
@@ -69,7 +69,8 @@ METHODS = {
     ),
     "enkf": ("EnKF (emulator)", ["filter.method=enkf"]),
     # Gaspari–Cohn covariance localisation (filtrax.filters.covariance_localisation): zero
-    # beyond 2c = 4000 km, about the 45° spacing of the observed columns at the equator.
+    # beyond 2c = 4000 km (the 45° spacing of the 16 × 32 study's observed columns at the
+    # equator; several grid lengths of the 32 × 64 grid).
     "enkf_local": (
         "EnKF (Gaspari–Cohn, c = 2000 km)",
         ["filter.method=enkf", "filter.localisation_half_width=2000"],

@@ -36,7 +36,7 @@ from filtrax.experiments.runner import RunDirectoryError, config_digest, run_exp
 
 ROOT = Path(__file__).resolve().parents[1]
 L96 = ROOT / "configs" / "lorenz96"
-HS = ROOT / "configs" / "heldsuarez" / "poster.toml"
+HS = ROOT / "configs" / "heldsuarez" / "poster16.toml"
 FROM_REST = ["model.spin_up=0"]
 ATTRACTOR = ["model.spin_up=20"]
 #: name -> (config, overrides, quick?)

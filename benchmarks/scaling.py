@@ -50,7 +50,7 @@ from guidance_cost import jit_with_arrays, time_rounds
 LOOP = 8  # denoiser calls per timed F / T1 / T2 (chained in a compiled loop)
 MODELS = {
     "l96": ("configs/lorenz96/wilks05.toml", [16, 64, 256, 1024]),
-    "hs": ("configs/heldsuarez/poster.toml", [16, 64]),
+    "hs": ("configs/heldsuarez/poster16.toml", [16, 64]),
 }
 
 

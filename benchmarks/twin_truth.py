@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster.toml")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs/heldsuarez/poster16.toml")
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--out", type=Path, default=ROOT / "runs/twin/truth.nc")
     args = parser.parse_args()

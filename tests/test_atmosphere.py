@@ -450,7 +450,7 @@ def test_bundled_emulator_and_poster_config():
     assert len(sigma_data) == 18 and all(0.2 < v < 0.7 for v in sigma_data)
     assert emulator.time_step_hours == 12.0
     root = Path(__file__).parents[1]
-    config = load_config(root / "configs/heldsuarez/poster.toml", ["filter.particles=2"])
+    config = load_config(root / "configs/heldsuarez/poster16.toml", ["filter.particles=2"])
     experiment = build_experiment(config)
     # 30 cycles of truth after (x^-1, x^0), from the held-out segment shipped with the card.
     assert experiment.truth.shape == (30, 18, 16, 32)
@@ -465,14 +465,14 @@ def test_bundled_emulator_and_poster_config():
     # The other cards run on the same bundled truth, so all are compared on one truth.
     for name in ("hs_t21_16x32", "hs_t21_16x32_focus"):
         other_config = load_config(
-            root / "configs/heldsuarez/poster.toml",
+            root / "configs/heldsuarez/poster16.toml",
             ["filter.particles=2", f"model.emulator={name}"],
         )
         other = build_experiment(other_config)
         assert other.emulator.name == name
         np.testing.assert_array_equal(np.asarray(other.truth), np.asarray(experiment.truth))
         assert not isinstance(other.emulator.denoiser.network, NoisyInputPath)
-    wrong_step = load_config(root / "configs/heldsuarez/poster.toml", ["run.cycle_hours=6"])
+    wrong_step = load_config(root / "configs/heldsuarez/poster16.toml", ["run.cycle_hours=6"])
     with pytest.raises(ConfigError, match=r"run.cycle_hours = 6.0 but emulator"):
         build_experiment(wrong_step)
 

@@ -143,3 +143,12 @@ def test_cache_info_and_clear(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "xla").iterdir()) == ["new"]
     monkeypatch.setenv("FILTRAX_CACHE_MAX_MB", "lots")
     one_error_line(runner.invoke(main, ["cache", "info"]), "FILTRAX_CACHE_MAX_MB = 'lots'")
+
+
+def test_a_stride_that_leaves_one_latitude_row_names_the_setting(tmp_path):
+    # The small config's grid has 8 latitude rows: stride 8 would observe only the southernmost.
+    config = str(write_config(tmp_path, cycles=2))
+    out = tmp_path / "run"
+    result = run(config, "--out", str(out), "--set", "observations.stride=8")
+    one_error_line(result, "observations.stride = 8", "8 latitude rows", "expected 1 to 7")
+    assert not out.exists()

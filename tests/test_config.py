@@ -22,6 +22,7 @@ seed = 7
 
 [model]
 name = "gaussian_field"
+factory = ""
 emulator = "l96_lorenz96_dt0.2"
 time_step = 0.2
 spin_up = 5.0

@@ -304,13 +304,13 @@ def test_fit_refuses_a_store_without_the_variables_and_a_missing_store(hybrid_fi
     assert "Traceback" not in result.output
 
 
-def test_bundled_hybrid_card_and_poster32_config():
+def test_bundled_hybrid_card_and_poster_config():
     from filtrax.experiments.config import load_config
     from filtrax.experiments.errors import ConfigError
     from filtrax.experiments.factory import build_experiment
 
     root = Path(__file__).parents[1]
-    config = load_config(root / "configs/heldsuarez/poster32.toml", ["filter.particles=2"])
+    config = load_config(root / "configs/heldsuarez/poster.toml", ["filter.particles=2"])
     experiment = build_experiment(config)
     assert experiment.emulator.name == "hs_t21_32x64_hybrid"
     assert experiment.truth.shape == (30, 34, 32, 64)
@@ -318,6 +318,6 @@ def test_bundled_hybrid_card_and_poster32_config():
     assert experiment.observations.shape[-1] == 9 * 32 * 64
     state = np.asarray(experiment.initial_particles[0])
     np.testing.assert_array_equal(state[0], np.asarray(experiment.initial_state)[0])
-    noisy = load_config(root / "configs/heldsuarez/poster32.toml", ["model.noise=spherical"])
+    noisy = load_config(root / "configs/heldsuarez/poster.toml", ["model.noise=spherical"])
     with pytest.raises(ConfigError, match="latent is white spherical-harmonic"):
         build_experiment(noisy)

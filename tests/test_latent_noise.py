@@ -254,7 +254,7 @@ def test_heldsuarez_config_takes_the_noise(hs_emulator):
     from filtrax.experiments.config import ConfigError, load_config
     from filtrax.experiments.factory import load_atmosphere_emulator
 
-    poster = ROOT / "configs/heldsuarez/poster.toml"
+    poster = ROOT / "configs/heldsuarez/poster16.toml"
     assert load_config(poster).model.noise == "gaussian"
     config = load_config(poster, ["model.noise=spherical"])
     assert config.model.noise == "spherical"

@@ -268,7 +268,7 @@ def test_twin_run_with_enkf_records_phase_times(tmp_path):
         "run", str(ROOT / "configs/lorenz96/wilks05.toml"), "--out", str(out), "--quiet",
         "--set", "run.cycles=5", "--set", "run.burn_in=1", "--set", "filter.particles=8",
         "--set", "filter.method=enkf", "--set", "filter.inflation=1.05",
-        "--set", "sampler.levels=4",
+        "--set", "sampler.levels=4", "--set", "run.profile=true",
     ]  # fmt: skip
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -50,4 +50,22 @@ def test_atmosphere_demo_config_is_the_poster_config_shortened():
         assert DEMO_CONFIG[section] == poster[section], section
     expected_filter = {**poster["filter"], "particles": 16}
     assert DEMO_CONFIG["filter"] == expected_filter
-    assert DEMO_CONFIG["run"] == {**poster["run"], "cycles": 10, "profile": False}
+    assert DEMO_CONFIG["run"] == {**poster["run"], "cycles": 10, "burn_in": 2, "profile": False}
+
+
+def test_filtrax_demo_is_make_demo_and_the_kalman_check_has_its_own_name(monkeypatch):
+    """``filtrax demo`` runs what ``make demo`` runs (``python -m filtrax.demo``)."""
+    from click.testing import CliRunner
+
+    import filtrax.demo
+    from filtrax.cli import main
+
+    calls = []
+    monkeypatch.setattr(filtrax.demo, "main", calls.append)
+    runner = CliRunner()
+    assert runner.invoke(main, ["demo", "--cycles", "3"]).exit_code == 0
+    assert runner.invoke(main, ["kalman-check", "--particles", "8"]).exit_code == 0
+    assert calls == [
+        ["--out", "runs/demo", "--particles", "16", "--cycles", "3"],
+        ["--linear-gaussian", "--particles", "8", "--cycles", "40"],
+    ]

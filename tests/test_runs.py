@@ -169,20 +169,21 @@ def test_resume_refuses_another_config(tmp_path):
     assert result.exit_code == 2 and "config differs" in result.output
 
 
-def test_profile_off_records_no_phase_split_and_keeps_the_digest(tmp_path):
+def test_profile_is_off_by_default_and_outside_the_digest(tmp_path):
     from filtrax.experiments.config import load_config
     from filtrax.experiments.runner import config_digest
 
     config = write_config(tmp_path, cycles=2)
     out = tmp_path / "run"
-    args = ("--set", "run.profile=false", "--set", "run.baseline=false")
-    assert invoke("run", str(config), "--out", str(out), "--quiet", *args).exit_code == 0
+    result = invoke("run", str(config), "--out", str(out), "--quiet", "--set", "run.baseline=false")
+    assert result.exit_code == 0
     metrics = xr.open_dataset(out / "metrics.nc")
     assert np.isnan(float(metrics["seconds_emulator"].sel(ensemble="analysis")))
     assert float(metrics["seconds"].sel(ensemble="analysis").max()) > 0  # cycles still timed
     # It only times phases after the run, so a run may resume with it switched on.
     plain = load_config(config, [])
-    assert config_digest(load_config(config, ["run.profile=false"])) == config_digest(plain)
+    assert not plain.run.profile
+    assert config_digest(load_config(config, ["run.profile=true"])) == config_digest(plain)
     assert config_digest(load_config(config, ["seed=9"])) != config_digest(plain)
 
 

@@ -24,6 +24,7 @@ from .dynamics.linear_gaussian import LinearGaussianModel as LinearGaussianModel
 from .dynamics.linear_gaussian import random_linear_gaussian_model as random_linear_gaussian_model
 from .dynamics.lorenz96 import TwoScaleLorenz96 as TwoScaleLorenz96
 from .emulators._base import AbstractEmulator as AbstractEmulator
+from .emulators._base import AbstractTwoFrameEmulator as AbstractTwoFrameEmulator
 from .emulators.lorenz96 import Lorenz96Emulator as Lorenz96Emulator
 from .filters.covariance_localisation import (
     GaspariCohnLocalisation as GaspariCohnLocalisation,

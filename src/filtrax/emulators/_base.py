@@ -62,6 +62,14 @@ class AbstractTwoFrameEmulator(AbstractEmulator):
     GenCast's convention (Price et al. 2025): the latent has the shape of one frame, the
     state advances by dropping the older frame, and observations see :math:`x^k`.
     Subclasses supply :meth:`condition` and :meth:`latent_to_frame`.
+
+    Shapes: one particle's state is ``(2, *frame)`` (older frame first); the latent and the
+    frame have the shape ``frame``. Every method sees **one unbatched particle**: the filters
+    ``vmap`` (or shard) over the particle axis, so a subclass never handles it. Everything
+    is traced by ``jax.jit``: the methods must be pure JAX functions of their arguments, with
+    configuration (grid sizes, step counts) in static fields, never Python branches on array
+    values. :meth:`latent_to_frame` should be affine in ``z`` (for GenCast
+    :math:`x^k + s \odot z`), which makes the guidance's linearisation exact.
     """
 
     def latent_template(self, state: State) -> State:

@@ -108,7 +108,7 @@ GENCAST_INSTALL_HINT = (
     "vendor: pip install 'filtrax[gencast]' "
     "'graphcast @ git+https://github.com/google-deepmind/graphcast' (the PyPI package named "
     "'graphcast' is an unrelated project). The checkpoint and statistics come from the "
-    "dm_graphcast bucket (gencast/params, gencast/stats); see the README, 'GenCast'."
+    "dm_graphcast bucket (gencast/params, gencast/stats); see docs/experiments/gencast.md."
 )
 
 

@@ -84,6 +84,12 @@ class ModelConfig(Validated):
         "model family",
         choices=MODELS.names(),
     )
+    factory: str = field(
+        "",
+        "your own model setting by import path, 'package.module:NAME' or 'path/to/file.py:NAME' "
+        "(a filtrax.experiments.models.ModelSetting, or a function returning one); it "
+        "replaces model.name's setting",
+    )
     emulator: str = field(
         "l96_wilks05_dt0.05",
         "bundled emulator card (see 'filtrax models') [lorenz96, heldsuarez]",
@@ -341,7 +347,9 @@ class RunConfig(Validated):
     record_ensemble: bool = field(True, "store the analysis ensemble")
     baseline: bool = field(True, "also run a free ensemble for comparison")
     profile: bool = field(
-        True, "after the run, time each phase of a cycle on its own (seconds_* in metrics.nc)"
+        False,
+        "after the run, compile and time each phase of a cycle on its own (the seconds_* "
+        "split in metrics.nc); it costs about a third of a short run",
     )
 
     def _check(self) -> None:

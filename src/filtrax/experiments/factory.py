@@ -38,7 +38,7 @@ from .builders import (
     tempering_from_section,
 )
 from .config import ConfigError, ExperimentConfig, SamplerConfig
-from .models import MODELS, ModelSetting, cycle_times
+from .models import MODELS, ModelSetting, cycle_times, model_setting
 
 # The model families' loaders live in .models; these names stay importable from here.
 from .models import bundled_truth_path as bundled_truth_path
@@ -161,6 +161,12 @@ def _synthetic_gridded_observations(config: ExperimentConfig, grid: GridSpec):
     """Every ``stride``-th point in lat and lon of the observed variables, all levels."""
     o = config.observations
     variables = list(o.variables) or list(grid.variables)
+    rows = grid.shape[-2]
+    if o.stride >= rows:
+        raise ConfigError(
+            f"observations.stride = {o.stride} is not below the grid's {rows} latitude rows: "
+            f"it would observe only the southernmost row; expected 1 to {rows - 1}"
+        )
     mask = np.zeros(grid.shape, bool)
     for variable in variables:
         if variable not in grid.variables:
@@ -256,6 +262,16 @@ def _check_sources(config: ExperimentConfig, setting: ModelSetting) -> None:
             "truth.source = 'none' needs observations from a file: synthetic observations are "
             "drawn from the truth (set observations.source to 'stations' or 'gridded')"
         )
+    if config.model.factory:
+        for label, value, accepted in (
+            ("truth.source", truth, setting.truth_sources),
+            ("observations.source", source, setting.observation_sources),
+        ):
+            if value not in accepted:
+                raise ConfigError(
+                    f"{label} = {value!r} is not one that model.factory = "
+                    f"{config.model.factory!r} accepts (it accepts {', '.join(accepted)})"
+                )
     if source == "sites" and source not in setting.observation_sources:
         raise ConfigError(
             f"observations.source = 'sites' needs a site-indexed learned model "
@@ -275,7 +291,8 @@ def _check_sources(config: ExperimentConfig, setting: ModelSetting) -> None:
     if source not in setting.observation_sources:
         raise ConfigError(
             f"observations.source = {source!r} needs a gridded model; model.name = {name!r} is "
-            f"site-indexed (use observations.source = 'synthetic')"
+            f"site-indexed (use observations.source = "
+            f"{' or '.join(repr(a) for a in setting.observation_sources)})"
         )
 
 
@@ -286,8 +303,7 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         jax.random.fold_in(root, s) for s in (streams.TRUTH, streams.OBSERVATIONS, streams.INITIAL)
     )
     num_cycles = config.run.cycles
-    m = config.model
-    setting = MODELS[m.name]
+    setting = model_setting(config)
     _check_sources(config, setting)
     parts = setting.build(config, truth_key, init_key)
     emulator, grid, truth, x0 = parts.emulator, parts.grid, parts.truth, parts.initial_state

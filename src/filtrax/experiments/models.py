@@ -10,7 +10,10 @@ same way for every family: observations, the initial ensemble and the filters.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import math
+import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -81,6 +84,72 @@ class ModelSetting:
 
 #: ``model.name`` -> :class:`ModelSetting`.
 MODELS: Registry[ModelSetting] = Registry("model.name")
+
+
+def model_setting(config: ExperimentConfig) -> ModelSetting:
+    """The setting that builds ``config``'s model: ``model.factory``'s when it names one,
+    else the registered ``model.name``."""
+    if config.model.factory:
+        return setting_from_import_path(config.model.factory)
+    return MODELS[config.model.name]
+
+
+def setting_from_import_path(path: str) -> ModelSetting:
+    """The :class:`ModelSetting` at ``path``: ``package.module:NAME`` (an importable module)
+    or ``path/to/file.py:NAME`` (a file, relative to the working directory).
+
+    ``NAME`` may be dotted (an attribute of an attribute). It is a :class:`ModelSetting`,
+    or a function of no arguments that returns one (so that building it can wait until
+    the run needs it).
+    """
+    where, sep, name = path.rpartition(":")
+    if not sep or not where or not name:
+        raise ConfigError(
+            f"model.factory = {path!r}: expected 'package.module:NAME' or 'path/to/file.py:NAME'"
+        )
+    entry = _import_module(path, where)
+    for part in name.split("."):
+        if not hasattr(entry, part):
+            raise ConfigError(f"model.factory = {path!r}: {where!r} has no attribute {part!r}")
+        entry = getattr(entry, part)
+    if not isinstance(entry, ModelSetting) and callable(entry):
+        entry = entry()
+    if not isinstance(entry, ModelSetting):
+        raise ConfigError(
+            f"model.factory = {path!r} is a {type(entry).__name__}; expected a "
+            "filtrax.experiments.models.ModelSetting (or a function returning one)"
+        )
+    return entry
+
+
+def _import_module(path: str, where: str):
+    """The module ``where`` names: a ``.py`` file, or a dotted module name."""
+    if where.endswith(".py"):
+        file = Path(where)
+        if not file.is_file():
+            raise ConfigError(f"model.factory = {path!r}: no file {where!r}")
+        module_name = f"filtrax_user_setting_{file.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, file)
+        module = importlib.util.module_from_spec(spec)
+        # Registered before it runs, as an import would: dataclasses and equinox modules
+        # defined in the file look their module up in sys.modules.
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            del sys.modules[module_name]
+            raise ConfigError(
+                f"model.factory = {path!r}: importing {where!r} failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        return module
+    try:
+        return importlib.import_module(where)
+    except ImportError as error:
+        raise ConfigError(
+            f"model.factory = {path!r}: cannot import {where!r} ({error}); install it or give "
+            "the file instead ('path/to/file.py:NAME')"
+        ) from None
 
 
 def cycle_times(config: ExperimentConfig) -> np.ndarray:

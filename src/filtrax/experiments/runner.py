@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import sys
 import tomllib
 import zipfile
 from pathlib import Path
@@ -73,7 +74,10 @@ class RunDirectoryError(ValueError):
 #: Keys added after runs were written: ``{section: {key: (the value that means "as before",
 #: keys that only matter otherwise)}}``. At that value they are left out of the digest, so
 #: that those runs still resume.
-DIGEST_NEUTRAL_DEFAULTS = {"filter": {"rejuvenation": ("none", ("rejuvenation_bandwidth",))}}
+DIGEST_NEUTRAL_DEFAULTS = {
+    "filter": {"rejuvenation": ("none", ("rejuvenation_bandwidth",))},
+    "model": {"factory": ("", ())},
+}
 
 
 def config_digest(config: ExperimentConfig) -> str:
@@ -177,12 +181,65 @@ def _write_cycle(store: Path, experiment: Experiment, k: int, ensemble: np.ndarr
     dataset.to_zarr(store, region={"cycle": slice(k, k + 1)}, consolidated=False)
 
 
+#: Short names in the progress bar; other variables show their own name.
+SHORT_NAMES = {
+    "temperature": "T",
+    "u_component_of_wind": "u",
+    "v_component_of_wind": "v",
+    "geopotential": "z",
+    "surface_pressure": "sp",
+    "near_surface_temperature": "T2m",
+}
+
+
+class _ProgressScore:
+    """What a run's progress bar shows, per variable (levels pooled, cos-latitude weighted):
+    for the free ensemble its RMSE so far; for the filter, once the free ensemble has run, its
+    RMSE over the free ensemble's on the same cycles (``T/free=0.31``), a number without
+    units that says at a glance where the filter helps; without a free ensemble, its RMSE."""
+
+    def __init__(self, experiment: Experiment):
+        grid = experiment.grid
+        self.truth = experiment.truth
+        self.grid = grid
+        names = ["x"] if grid is None else [c.variable for c in grid.channels]
+        self.groups = {v: np.asarray([n == v for n in names]) for v in dict.fromkeys(names)}
+        self.squared: dict[tuple[str, str], dict[int, float]] = {}
+
+    def _channel_errors(self, k: int, ensemble: np.ndarray) -> np.ndarray:
+        error = ensemble.mean(axis=0) - self.truth[k].reshape(ensemble.shape[1:])
+        if self.grid is None:
+            return np.mean(error**2)[None]
+        weights = self.grid.area_weights()
+        weights = np.broadcast_to(weights / weights.mean(), error.shape[1:])
+        return np.mean(weights * error.reshape(self.grid.shape) ** 2, axis=(-2, -1))
+
+    def postfix(self, name: str, k: int, ensemble: np.ndarray) -> dict[str, str]:
+        """Record cycle ``k`` of member ``name`` and return the bar's scores."""
+        if self.truth is None:
+            return {}
+        per_channel = self._channel_errors(k, ensemble)
+        shown = {}
+        for variable, mask in self.groups.items():
+            errors = self.squared.setdefault((name, variable), {})
+            errors[k] = float(np.mean(per_channel[mask]))
+            free = self.squared.get(("baseline", variable), {})
+            label = SHORT_NAMES.get(variable, variable)
+            if name != "baseline" and free and all(c in free for c in errors):
+                ratio = np.sqrt(sum(errors.values()) / sum(free[c] for c in errors))
+                shown[f"{label}/free"] = f"{ratio:.2f}"
+            else:
+                shown[label] = f"{np.sqrt(np.mean(list(errors.values()))):.3g}"
+        return shown
+
+
 def _run_member(
     name: str,
     filter_: AbstractFilter,
     experiment: Experiment,
     run_dir: Path,
     digest: str,
+    progress: _ProgressScore,
     *,
     resume: bool,
     quiet: bool,
@@ -207,7 +264,6 @@ def _run_member(
         unit="cycle",
         dynamic_ncols=True,
     )
-    squared_errors: list[float] = []
 
     def record(chunk) -> None:
         """Write the chunk's cycles, then checkpoint: a killed run resumes after them."""
@@ -219,12 +275,10 @@ def _run_member(
             history["seconds"][k] = chunk.seconds / len(ensembles)
             if is_main_process():
                 _write_cycle(store, experiment, k, ensemble)
-            postfix = {"ESS": f"{history['ess'][k]:.1f}", "alpha": f"{history['alpha'][k]:.2g}"}
-            if experiment.truth is not None:
-                squared_errors.append(
-                    float(np.mean((ensemble.mean(axis=0) - experiment.truth[k]) ** 2))
-                )
-                postfix["RMSE"] = f"{np.sqrt(np.mean(squared_errors)):.3g}"
+            postfix = {}
+            if name != "baseline":  # a free ensemble neither weighs nor selects
+                postfix = {"ESS": f"{history['ess'][k]:.1f}", "alpha": f"{history['alpha'][k]:.2g}"}
+            postfix.update(progress.postfix(name, k, ensemble))
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
         _save_checkpoint(checkpoint, chunk.final_state, history, digest)
@@ -249,12 +303,14 @@ def _channel_coords(experiment: Experiment) -> dict:
         return {
             "channel": ("channel", ["x"]),
             "variable": ("channel", ["x"]),
+            "units": ("channel", [experiment.units[0]]),
             "level": ("channel", [np.nan]),
         }
     labels = [c.label() for c in experiment.grid.channels]
     return {
         "channel": ("channel", labels),
         "variable": ("channel", [c.variable for c in experiment.grid.channels]),
+        "units": ("channel", list(experiment.units)),
         "level": (
             "channel",
             [np.nan if c.level is None else c.level for c in experiment.grid.channels],
@@ -502,6 +558,8 @@ def run_experiment(
         _check_fresh(run_dir)
     # Build (and so read every input file) before touching the directory: a config that
     # fails leaves nothing behind that a second attempt would take for a run.
+    say = _Phases(quiet or not is_main_process())
+    say("building the experiment: reading its inputs, loading the emulator")
     experiment = build_experiment(config)
     main = is_main_process()
     if main:
@@ -514,16 +572,31 @@ def run_experiment(
     members = [("analysis", experiment.filter)]
     if experiment.baseline is not None:
         members.append(("baseline", experiment.baseline))
-    for name, filter_ in members:
+    # The free ensemble runs first, so that the filter's progress bar can show its ratio to
+    # it; each member has its own key stream (RUN_STREAMS), so the order changes no number.
+    progress = _ProgressScore(experiment)
+    for name, filter_ in members[::-1]:
+        say(f"{name}: the first cycle compiles the cycle step, later ones reuse it")
         _run_member(
-            name, filter_, experiment, run_dir, digest, resume=resume, quiet=quiet or not main
+            name,
+            filter_,
+            experiment,
+            run_dir,
+            digest,
+            progress,
+            resume=resume,
+            quiet=quiet or not main,
         )
     if not main:
         return run_dir
+    say("scoring the stored ensembles against the truth and the observations")
     metrics = compute_metrics(experiment, run_dir)
+    if config.run.profile:
+        say("timing each phase of one cycle on its own (run.profile = true)")
     metrics = metrics.assign(_phase_profile(experiment, members, metrics))
     metrics.to_netcdf(run_dir / "metrics.nc")
     if config.run.output_format == "netcdf":
+        say("writing the ensembles as netCDF (run.output_format = 'netcdf')")
         for name, _ in members:
             xr.open_zarr(run_dir / f"{name}.zarr", consolidated=False).to_netcdf(
                 run_dir / f"{name}.nc"
@@ -531,5 +604,17 @@ def run_experiment(
     if report:
         from ..report import write_report
 
+        say("writing the report and its figures")
         write_report(run_dir)
     return run_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class _Phases:
+    """One line on stderr as each long phase of a run starts (none when ``quiet``)."""
+
+    quiet: bool
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            tqdm.write(f"filtrax: {message}", file=sys.stderr)
