@@ -309,6 +309,19 @@ def test_maps_mark_the_observed_locations(tmp_path, drawn):
         assert all(ax.get_ylabel().endswith(units) for ax in colour_bars)
 
 
+def test_a_network_in_every_column_is_named_not_marked(tmp_path, drawn):
+    """Markers on every column would hide the fields (the poster network is every column)."""
+    grid = xr.open_dataset(make_run(tmp_path / "probe") / "truth.nc")
+    every = [
+        f"temperature@0.9 lat={la:.2f} lon={lo:.2f}"
+        for la in grid.lat.values
+        for lo in grid.lon.values
+    ]
+    fig = drawn(make_run(tmp_path / "run", labels=every))["map_u_component_of_wind.png"]
+    assert "temperature observed in every column (not marked)" in fig.get_suptitle()
+    assert not any(labelled(ax, "observed location") for ax in panels(fig))
+
+
 def test_maps_say_when_the_locations_are_unknown(tmp_path, drawn):
     figures = drawn(make_run(tmp_path / "run", labels=["slot 0", "slot 1"]))
     fig = figures["map_u_component_of_wind.png"]
