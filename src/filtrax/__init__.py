@@ -10,6 +10,16 @@ from .diffusion.denoisers import AbstractDenoiser as AbstractDenoiser
 from .diffusion.denoisers import EDMPreconditionedDenoiser as EDMPreconditionedDenoiser
 from .diffusion.denoisers import GaussianDenoiser as GaussianDenoiser
 from .diffusion.noise_levels import karras_noise_levels as karras_noise_levels
+from .diffusion.parameterisations import AbstractInterpolant as AbstractInterpolant
+from .diffusion.parameterisations import AbstractVPSchedule as AbstractVPSchedule
+from .diffusion.parameterisations import CosineVPSchedule as CosineVPSchedule
+from .diffusion.parameterisations import CustomInterpolant as CustomInterpolant
+from .diffusion.parameterisations import DiscreteVPSchedule as DiscreteVPSchedule
+from .diffusion.parameterisations import FlowMatchingDenoiser as FlowMatchingDenoiser
+from .diffusion.parameterisations import LinearBetaVPSchedule as LinearBetaVPSchedule
+from .diffusion.parameterisations import RectifiedFlowInterpolant as RectifiedFlowInterpolant
+from .diffusion.parameterisations import VEDenoiser as VEDenoiser
+from .diffusion.parameterisations import VPDenoiser as VPDenoiser
 from .diffusion.samplers import AbstractSampler as AbstractSampler
 from .diffusion.samplers import AdamsBashforthSampler as AdamsBashforthSampler
 from .diffusion.samplers import DDIMSampler as DDIMSampler
