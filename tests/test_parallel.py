@@ -65,7 +65,6 @@ SCRIPT = textwrap.dedent(
     settings = {settings!r}
     layouts = {{
         "4": ShardedParticles(particle_mesh(4)),
-        "2": ShardedParticles(particle_mesh(2)),
         "4_batch1": ShardedParticles(particle_mesh(4), batch_size=1),
         "4_batch2": ShardedParticles(particle_mesh(4), batch_size={exact_batch}),
         "2_batch2": ShardedParticles(particle_mesh(2), batch_size={exact_batch}),
@@ -77,6 +76,10 @@ SCRIPT = textwrap.dedent(
             if name in exact and method == "enkf":
                 continue
             if method != "fa_apf" and name not in ("4", *exact):
+                continue
+            # Block-local selection is checked bit for bit on the exact layouts only: each
+            # layout is a compilation of its own, the suite's largest cost here.
+            if method == "fa_apf_local" and name not in exact:
                 continue
             kind, extra = settings[method]
             method_cfg = load_config({config!r}, [*{overrides!r}, *extra])
@@ -155,10 +158,12 @@ def test_analysis_is_the_same_on_one_and_four_devices(setting, reference, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     data = np.load(out)
     for method in METHODS:
+        if method == "fa_apf_local":
+            continue  # compared bit for bit below
         assert_same_analysis(
             data[f"{method}/4/analysis"], reference[method], data[f"{method}/4/alpha"]
         )
-    for name in ("2", "4_batch1"):
+    for name in ("4_batch1",):
         assert_same_analysis(
             data[f"fa_apf/{name}/analysis"], reference["fa_apf"], data[f"fa_apf/{name}/alpha"]
         )
