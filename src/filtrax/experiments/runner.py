@@ -30,6 +30,7 @@ import hashlib
 import logging
 import sys
 import tomllib
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -170,7 +171,12 @@ def _preallocate(store: Path, experiment: Experiment, num_particles: int) -> Non
             "source": "filtrax",
         }
     )
-    dataset.to_zarr(store, mode="w", compute=False, consolidated=False)
+    with warnings.catch_warnings():
+        # Consolidated metadata spares every reader a scan of the store, and xarray's warning
+        # when it is missing; zarr 3 warns that it is outside its format's specification.
+        # The per-cycle region writes change no metadata, so it stays valid.
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        dataset.to_zarr(store, mode="w", compute=False, consolidated=True)
 
 
 def _write_cycle(store: Path, experiment: Experiment, k: int, ensemble: np.ndarray) -> None:
