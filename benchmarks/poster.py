@@ -4,7 +4,8 @@ Savary, Rozet & Louppe (2025) assimilate 2 m temperature and temperature at all 
 4° sub-grid (σ = 0.1 K) into GenCast for 30 cycles of 12 h, from N copies of the true state,
 and show (i) skill against lead for observed and unobserved variables, (ii) spread against
 skill, (iii) maps of the ensemble mean against the truth for an unobserved variable. This
-script does the same with our learned emulator (``configs/heldsuarez/poster.toml``): every
+script does the same with our emulator (``configs/heldsuarez/poster.toml``, the 32 × 64 hybrid;
+``--config configs/heldsuarez/poster16.toml`` for the 16 × 32 study): every
 method runs through ``filtrax run`` into its own run directory under ``--out`` (a killed
 benchmark resumes: finished runs are reused, unfinished ones continue from their last
 cycle), on the same truth segment and the same observations (same seed). A finished run
@@ -21,8 +22,9 @@ cycles), and each method's denoiser calls per particle per cycle. Figures go to
 ``--out/figures``. Scores are cos-latitude weighted unless ``--unweighted`` (the authors'
 convention) is given.
 
-    python benchmarks/poster.py --particles 64 --out runs/poster          # ~1 h on 2 CPU cores
-    python benchmarks/poster.py --particles 16 --cycles 10 --out runs/poster_short
+    python benchmarks/poster.py --particles 64 --out runs/poster      # hours on 2 CPU cores
+    python benchmarks/poster.py --particles 16 --cycles 10 --burn-in 2 \
+        --methods fa_apf_dirac,letkf --out runs/poster_short          # ~6 min on 2 cores
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ The worked example is ``examples/own_emulator`` (``ring.py`` and ``config.toml``
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,12 @@ def test_the_example_runs_through_the_cli_like_a_bundled_model(tmp_path):
         metrics = metrics.load()
     assert set(metrics["ensemble"].values) == {"analysis", "baseline"}
     assert metrics.sizes["cycle"] == 3 and np.isfinite(metrics["rmse"].values).all()
-    assert (out / "report.md").exists() and (out / "figures" / "skill.png").exists()
+    assert (out / "figures" / "skill.png").exists()
+    report = (out / "report.md").read_text()
+    # The report names the setting by its import path, and the observed sites as observed
+    # (observations.variables is empty: the setting's own observation model decides).
+    assert "`examples/own_emulator/ring.py:SETTING` (model.factory)" in report
+    assert "| x | observed |" in report
     assert 'factory = "examples/own_emulator/ring.py:SETTING"' in (out / "config.toml").read_text()
     # A finished run resumes to itself.
     again = invoke("run", EXAMPLE, "--out", str(out), "--quiet", "--resume", *SHORT)
@@ -53,8 +59,9 @@ def test_the_example_runs_through_the_cli_like_a_bundled_model(tmp_path):
         ("no_such_package.models:SETTING", "cannot import 'no_such_package.models'"),
         ("examples/own_emulator/missing.py:SETTING", "no file 'examples/own_emulator/missing.py'"),
         ("examples/own_emulator/ring.py:NO_SUCH", "has no attribute 'NO_SUCH'"),
-        ("examples/own_emulator/ring.py:NUM_SITES", "is a int; expected a filtrax.experiments"),
-        ("filtrax.experiments.models:MODELS", "is a Registry; expected"),
+        ("examples/own_emulator/ring.py:NUM_SITES", "is an object of type int; expected a"),
+        ("filtrax.experiments.models:MODELS", "is an object of type Registry; expected"),
+        ("examples/own_emulator/ring.py:build", "calling build() failed (TypeError"),
     ],
 )
 def test_an_import_path_that_is_not_a_model_setting_names_the_path(tmp_path, factory, message):
@@ -72,3 +79,32 @@ def test_a_source_the_setting_does_not_accept_names_what_it_accepts(tmp_path):
     assert result.exit_code == 2
     assert "observations.source = 'gridded' is not one that model.factory" in result.output
     assert "accepts synthetic" in result.output
+
+
+def test_a_file_imports_its_neighbours_and_a_setting_must_observe_its_sites(tmp_path):
+    """A file is imported as ``python file.py`` runs it (its folder on sys.path); a
+    site-indexed setting without its observation model is refused by name."""
+    (tmp_path / "neighbour.py").write_text("from filtrax.experiments.models import ModelParts\n")
+    example = str(ROOT / "examples" / "own_emulator")
+    (tmp_path / "setting.py").write_text(
+        textwrap.dedent(
+            f"""
+            import dataclasses, sys
+            from neighbour import ModelParts
+            sys.path.insert(0, {example!r})
+            import ring
+            from filtrax.experiments.models import ModelSetting
+
+            def build(config, truth_key, init_key):
+                parts = ring.build(config, truth_key, init_key)
+                return dataclasses.replace(parts, observation=None)
+
+            SETTING = ModelSetting(build, ("simulate",), ("synthetic",))
+            """
+        )
+    )
+    factory = f"model.factory={tmp_path / 'setting.py'}:SETTING"
+    result = invoke("run", EXAMPLE, "--out", str(tmp_path / "run"), "--set", factory)
+    assert result.exit_code == 2, result.output
+    assert "built a site-indexed model (grid None) without its synthetic" in result.output
+    assert not (tmp_path / "run").exists()

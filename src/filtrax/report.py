@@ -463,12 +463,25 @@ def _marking_caption(locations: _Locations | None, num_columns: int) -> str:
     return f"○ = observed locations ({variables})"
 
 
-def _mapped_variables(config: dict, variables: list[str], locations: _Locations | None):
-    """The first observed and the first unobserved variable (those that exist)."""
+def _model_text(model: dict) -> str:
+    """The model as the report names it: its ``model.factory`` when it has one."""
+    if model.get("factory"):
+        return f"`{model['factory']}` (model.factory)"
+    return f"`{model['name']}`"
+
+
+def observed_variables(config: dict, variables: list[str], locations: _Locations | None):
+    """The observed variables: the config's ``observations.variables``; when it is empty
+    (the model's default), those the observation labels name, else every variable."""
     observed = set(config["observations"].get("variables") or [])
     if not observed and locations is not None:
         observed = set(locations.variables)
-    observed = observed or set(variables)
+    return observed or set(variables)
+
+
+def _mapped_variables(config: dict, variables: list[str], locations: _Locations | None):
+    """The first observed and the first unobserved variable (those that exist)."""
+    observed = observed_variables(config, variables, locations)
     firsts = [
         next((v for v in variables if v in observed), None),
         next((v for v in variables if v not in observed), None),
@@ -617,7 +630,7 @@ def write_report(run_dir: str | Path) -> Path:
     made = _figures(run_dir, config, metrics)
     lines = [f"# filtrax run: {config.get('name', run_dir.name)}", ""]
     lines.append(
-        f"Model `{config['model']['name']}`, method `{config['filter']['method']}` "
+        f"Model {_model_text(config['model'])}, method `{config['filter']['method']}` "
         f"(weights `{config['filter']['weights']}`, N = {config['filter']['particles']}), "
         f"sampler `{config['sampler']['name']}`, guidance `{config['guidance']['name']}`, "
         f"{config['run']['cycles']} cycles. Burn-in of {config['run']['burn_in']} cycles is "
@@ -626,11 +639,17 @@ def write_report(run_dir: str | Path) -> Path:
     lines.append("")
     burn = int(config["run"]["burn_in"])
     if has_truth:
-        observed = set(config["observations"].get("variables") or [])
+        variables = list(dict.fromkeys(str(v) for v in metrics["variable"].values))
+        observed = observed_variables(config, variables, observation_locations(run_dir))
         table = format_variable_table(variable_table(metrics, observed, burn), markdown=True)
+        ratio = (
+            "ratio: the filter's RMSE over the free ensemble's"
+            if "baseline" in metrics.ensemble.values
+            else "no free ensemble beside this run, so no ratio"
+        )
         lines += [
             f"Per variable, levels pooled, mean over cycles {burn + 1}–{metrics.cycle.size} "
-            "(ratio: the filter's RMSE over the free ensemble's):",
+            f"({ratio}):",
             "",
             table,
             "",

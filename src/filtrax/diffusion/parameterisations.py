@@ -256,6 +256,8 @@ class DiscreteVPSchedule(AbstractVPSchedule):
 
     def sigma(self, t):
         t = jnp.asarray(t)
+        if not jnp.issubdtype(t.dtype, jnp.floating):  # an integer timestep interpolates too
+            t = t.astype(self.log_sigmas.dtype)
         log_sigmas = self.log_sigmas.astype(t.dtype)
         return jnp.exp(jnp.interp(t, self._indices(t.dtype), log_sigmas))
 

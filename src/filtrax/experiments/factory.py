@@ -312,6 +312,13 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         observation, labels = parts.observation
     times = cycle_times(config)
     source = config.observations.source
+    if source == "synthetic" and grid is None and parts.observation is None:
+        m = config.model
+        where = f"model.factory = {m.factory!r}" if m.factory else f"model.name = {m.name!r}"
+        raise ConfigError(
+            f"{where} built a site-indexed model (grid None) without its synthetic "
+            "observation model: its ModelParts need observation = (ObservationModel, labels)"
+        )
     if source == "synthetic":
         if grid is not None:
             observation, labels = _synthetic_gridded_observations(config, grid)

@@ -10,6 +10,7 @@ same way for every family: observations, the initial ensemble and the filters.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import math
@@ -113,22 +114,39 @@ def setting_from_import_path(path: str) -> ModelSetting:
             raise ConfigError(f"model.factory = {path!r}: {where!r} has no attribute {part!r}")
         entry = getattr(entry, part)
     if not isinstance(entry, ModelSetting) and callable(entry):
-        entry = entry()
+        try:
+            entry = entry()
+        except Exception as error:
+            raise ConfigError(
+                f"model.factory = {path!r}: calling {name}() failed ({type(error).__name__}: "
+                f"{error}); expected a ModelSetting or a function of no arguments returning "
+                "one (a builder build(config, truth_key, init_key) goes inside a ModelSetting)"
+            ) from error
     if not isinstance(entry, ModelSetting):
         raise ConfigError(
-            f"model.factory = {path!r} is a {type(entry).__name__}; expected a "
-            "filtrax.experiments.models.ModelSetting (or a function returning one)"
+            f"model.factory = {path!r} is an object of type {type(entry).__name__}; expected "
+            "a filtrax.experiments.models.ModelSetting (or a function returning one)"
         )
     return entry
 
 
 def _import_module(path: str, where: str):
-    """The module ``where`` names: a ``.py`` file, or a dotted module name."""
+    """The module ``where`` names: a ``.py`` file, or a dotted module name.
+
+    A file is imported as ``python file.py`` would run it: its folder goes on ``sys.path``
+    (so that it can import its neighbours), under a module name derived from its resolved
+    path (so that two files of the same name stay apart).
+    """
     if where.endswith(".py"):
-        file = Path(where)
+        file = Path(where).resolve()
         if not file.is_file():
             raise ConfigError(f"model.factory = {path!r}: no file {where!r}")
-        module_name = f"filtrax_user_setting_{file.stem}"
+        digest = hashlib.sha256(str(file).encode()).hexdigest()[:12]
+        module_name = f"filtrax_user_setting_{file.stem}_{digest}"
+        if module_name in sys.modules:
+            return sys.modules[module_name]
+        if str(file.parent) not in sys.path:
+            sys.path.insert(0, str(file.parent))
         spec = importlib.util.spec_from_file_location(module_name, file)
         module = importlib.util.module_from_spec(spec)
         # Registered before it runs, as an import would: dataclasses and equinox modules
@@ -145,11 +163,19 @@ def _import_module(path: str, where: str):
         return module
     try:
         return importlib.import_module(where)
-    except ImportError as error:
+    except ModuleNotFoundError as error:
+        if error.name is not None and where.startswith(error.name):
+            raise ConfigError(
+                f"model.factory = {path!r}: cannot import {where!r} ({error}); install it or "
+                "give the file instead ('path/to/file.py:NAME')"
+            ) from None
         raise ConfigError(
-            f"model.factory = {path!r}: cannot import {where!r} ({error}); install it or give "
-            "the file instead ('path/to/file.py:NAME')"
-        ) from None
+            f"model.factory = {path!r}: importing {where!r} failed: {error}"
+        ) from error
+    except Exception as error:
+        raise ConfigError(
+            f"model.factory = {path!r}: importing {where!r} failed: {type(error).__name__}: {error}"
+        ) from error
 
 
 def cycle_times(config: ExperimentConfig) -> np.ndarray:
