@@ -595,7 +595,7 @@ def run_experiment(
         )
     if not main:
         return run_dir
-    say("scoring the stored ensembles against the truth and the observations")
+    say("scoring the stored ensembles" + ("" if experiment.truth is None else " against the truth"))
     metrics = compute_metrics(experiment, run_dir)
     if config.run.profile:
         say("timing each phase of one cycle on its own (run.profile = true)")
