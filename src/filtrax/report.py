@@ -425,12 +425,12 @@ def _map_figure(
         ("error (mean − truth)", error, "RdBu_r", -limit, limit),
         ("spread", fields["spread"], "magma", 0, None),
     ]
-    marked = _marking_caption(locations, lat.size * lon.size)
+    marked, drawn = _marking_caption(locations, lat.size * lon.size)
     fig, axes = plt.subplots(2, 2, figsize=(12, 6.4), layout="constrained")
     for ax, (title, field, colours, vmin, vmax) in zip(axes.ravel(), panels, strict=True):
         image = ax.pcolormesh(lon, lat, field, cmap=colours, vmin=vmin, vmax=vmax, shading="auto")
         fig.colorbar(image, ax=ax, shrink=0.8, label=with_units(title.split(" (")[0], units))
-        if marked.startswith("○"):
+        if drawn:
             ax.plot(
                 locations.lon, locations.lat, "o", ms=3, mfc="white", mec="black", mew=0.6,
                 label="observed location",
@@ -450,17 +450,17 @@ def _map_figure(
 DENSE_NETWORK_FRACTION = 0.5
 
 
-def _marking_caption(locations: _Locations | None, num_columns: int) -> str:
-    """What the map's title says about the observation locations; it starts with "○" when
-    they are marked on the panels."""
+def _marking_caption(locations: _Locations | None, num_columns: int) -> tuple[str, bool]:
+    """What the map's title says about the observation locations, and whether they are
+    marked on the panels."""
     if locations is None:
-        return "observation locations not recorded for this run (not marked)"
+        return "observation locations not recorded for this run (not marked)", False
     variables = ", ".join(locations.variables)
     count = locations.lat.size
     if count > DENSE_NETWORK_FRACTION * num_columns:
         where = "every column" if count >= num_columns else f"{count} of {num_columns} columns"
-        return f"{variables} observed in {where} (not marked)"
-    return f"○ = observed locations ({variables})"
+        return f"{variables} observed in {where} (not marked)", False
+    return f"○ = observed locations ({variables})", True
 
 
 def _model_text(model: dict) -> str:

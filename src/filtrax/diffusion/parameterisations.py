@@ -69,9 +69,23 @@ from .denoisers import AbstractDenoiser
 Network = Callable[[State, Float[Array, ""], PyTree], State]
 ScalarFn = Callable[[Float[Array, ""]], Float[Array, ""]]
 
-VP_PREDICTIONS = ("epsilon", "v", "x")
-VE_PREDICTIONS = ("epsilon", "x", "score")
-VE_NOISE_INPUTS = ("sigma", "log_sigma")
+#: A VP network's target -> ``x̂(x_σ, σ, α_t, F)`` (the derivations are in VPDenoiser's docstring).
+VP_CONVERSIONS: dict[str, Callable] = {
+    "epsilon": lambda x_t, sigma, alpha, f: x_t - sigma * f,
+    "v": lambda x_t, sigma, alpha, f: alpha**2 * x_t - (sigma * alpha) * f,
+    "x": lambda x_t, sigma, alpha, f: f,
+}
+#: A VE network's target -> ``x̂(x_σ, σ, F)``.
+VE_CONVERSIONS: dict[str, Callable] = {
+    "epsilon": lambda x_t, sigma, f: x_t - sigma * f,
+    "score": lambda x_t, sigma, f: x_t + sigma**2 * f,
+    "x": lambda x_t, sigma, f: f,
+}
+#: A VE network's noise input ``c_noise(σ)``.
+VE_NOISE_INPUT_MAPS: dict[str, Callable] = {"sigma": lambda sigma: sigma, "log_sigma": jnp.log}
+VP_PREDICTIONS = tuple(VP_CONVERSIONS)
+VE_PREDICTIONS = tuple(VE_CONVERSIONS)
+VE_NOISE_INPUTS = tuple(VE_NOISE_INPUT_MAPS)
 
 
 def _check_choice(owner: str, name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -317,11 +331,7 @@ class VPDenoiser(AbstractDenoiser):
         alpha = 1.0 / jnp.sqrt(1.0 + sigma**2)
         time = self.time_scale * self.schedule.time(sigma)
         prediction = self.network(alpha * x_t, time, cond)
-        if self.prediction == "epsilon":
-            return x_t - sigma * prediction
-        if self.prediction == "v":
-            return alpha**2 * x_t - (sigma * alpha) * prediction
-        return prediction
+        return VP_CONVERSIONS[self.prediction](x_t, sigma, alpha, prediction)
 
 
 class VEDenoiser(AbstractDenoiser):
@@ -360,13 +370,8 @@ class VEDenoiser(AbstractDenoiser):
 
     def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
         sigma = jnp.asarray(sigma, dtype=x_t.dtype)
-        c_noise = sigma if self.noise_input == "sigma" else jnp.log(sigma)
-        prediction = self.network(x_t, c_noise, cond)
-        if self.prediction == "epsilon":
-            return x_t - sigma * prediction
-        if self.prediction == "score":
-            return x_t + sigma**2 * prediction
-        return prediction
+        prediction = self.network(x_t, VE_NOISE_INPUT_MAPS[self.noise_input](sigma), cond)
+        return VE_CONVERSIONS[self.prediction](x_t, sigma, prediction)
 
 
 # --------------------------------------------------------------------------------------------
