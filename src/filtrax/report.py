@@ -500,22 +500,19 @@ def variable_table(metrics: xr.Dataset, observed: set[str], burn_in: int) -> lis
     """
     after = metrics.isel(cycle=slice(burn_in, None))
     has_free = "baseline" in metrics.ensemble.values
-    units = metrics["units"].values if "units" in metrics.coords else [""] * metrics.channel.size
     rows = []
-    for variable in dict.fromkeys(str(v) for v in metrics["variable"].values):
-        mask = metrics["variable"].values == variable
+    for variable in variables_of(metrics):
 
-        def pooled(name: str, ensemble: str, mask=mask) -> float:
-            values = after[name].sel(ensemble=ensemble).values[:, mask]
-            return float(np.mean(np.sqrt(np.mean(values**2, axis=1))))
+        def pooled(name: str, ensemble: str, channels=variable.channels) -> float:
+            return float(np.mean(_pooled(after, name, ensemble, channels)))
 
         rmse = pooled("rmse", "analysis")
         free = pooled("rmse", "baseline") if has_free else float("nan")
         rows.append(
             {
-                "variable": variable,
-                "kind": "observed" if variable in observed else "unobserved",
-                "units": str(units[np.flatnonzero(mask)[0]]),
+                "variable": variable.name,
+                "kind": "observed" if variable.name in observed else "unobserved",
+                "units": variable.units,
                 "rmse": rmse,
                 "free": free,
                 "ratio": rmse / free,

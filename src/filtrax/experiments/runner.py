@@ -213,12 +213,19 @@ class _ProgressScore:
         self.squared: dict[tuple[str, str], dict[int, float]] = {}
 
     def _channel_errors(self, k: int, ensemble: np.ndarray) -> np.ndarray:
-        error = ensemble.mean(axis=0) - self.truth[k].reshape(ensemble.shape[1:])
+        """Squared RMSE per channel, as metrics.nc scores it (filtrax.metrics.rmse)."""
         if self.grid is None:
-            return np.mean(error**2)[None]
+            truth = self.truth[k].reshape(ensemble.shape[1:])
+            return np.array([scores.rmse(ensemble, truth) ** 2])
+        ensemble = ensemble.reshape(ensemble.shape[0], *self.grid.shape)
+        truth = self.truth[k].reshape(self.grid.shape)
         weights = self.grid.area_weights()
-        weights = np.broadcast_to(weights / weights.mean(), error.shape[1:])
-        return np.mean(weights * error.reshape(self.grid.shape) ** 2, axis=(-2, -1))
+        return np.array(
+            [
+                scores.rmse(ensemble[:, c], truth[c], weights) ** 2
+                for c in range(len(self.grid.channels))
+            ]
+        )
 
     def postfix(self, name: str, k: int, ensemble: np.ndarray) -> dict[str, str]:
         """Record cycle ``k`` of member ``name`` and return the bar's scores."""
