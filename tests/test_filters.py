@@ -200,7 +200,7 @@ def test_a_bad_key_or_particles_without_their_axis_are_named(model, observations
     free = fx.FreeEnsemble(unguided(model))
     with pytest.raises(ValueError, match=r"key must be a JAX random key .* got int 1"):
         fx.assimilate(free, jnp.zeros((4, D)), observations, model.observation_model(), key=1)
-    with pytest.raises(ValueError, match=r"leaf shapes \(6,\); the leading axis is the particle"):
+    with pytest.raises(ValueError, match=r"shape \(6,\), the shape of one state: it lacks the lea"):
         fx.assimilate(
             free, jnp.zeros(D), observations, model.observation_model(), key=jax.random.key(0)
         )

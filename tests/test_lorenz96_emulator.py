@@ -252,10 +252,10 @@ def test_site_observation_files(tmp_path):
     np.testing.assert_array_equal(experiment.observations[2:], np.nan)
 
     path.write_text("time,site,value\n0.05,0,1.5\n0.05,8,2.0\n")
-    with pytest.raises(ValueError, match=r"obs.csv: line 3: column 'site' of variable X: index 8"):
+    with pytest.raises(ValueError, match=r"obs.csv': line 3: column 'site' of variable X: index 8"):
         build_experiment(config)
     path.write_text("time,site,value\n0.05,0,1.5\n0.07,1,2.0\n")
-    with pytest.raises(ValueError, match=r"obs.csv: line 3: column 'time' of variable X: 0.07"):
+    with pytest.raises(ValueError, match=r"obs.csv': line 3: column 'time' of variable X: 0.07"):
         build_experiment(config)
     path.write_text("time,site,value\n0.05,0,1.5\n0.05,0,2.0\n")
     with pytest.raises(ValueError, match="line 3: duplicate observation of X"):

@@ -318,9 +318,9 @@ def test_gridded_error_std_precedence(tmp_path):
     # t from the argument, t2m per point from the file.
     obs = read_gridded_observations(path, GRID, CYCLES, error_std={"t": 2.0})
     np.testing.assert_allclose(obs.noise_variance, [0.09, 0.16, 4.0, 4.0])
-    # A float argument overrides the file for every variable.
-    obs = read_gridded_observations(path, GRID, CYCLES, error_std=0.1)
-    np.testing.assert_allclose(obs.noise_variance, [0.01] * 4)
+    # An argument that disagrees with the file's own std is refused, naming both.
+    with pytest.raises(ValueError, match=r"given for 't2m' \(0.3\) differs from the file's"):
+        read_gridded_observations(path, GRID, CYCLES, error_std={"t": 2.0, "t2m": 0.3})
     with pytest.raises(ValueError, match=r"no error std for variable 't'.*'t_error_std'"):
         read_gridded_observations(path, GRID, CYCLES)
     with pytest.raises(ValueError, match=r"error_std names 'q', not an observation variable"):
@@ -407,3 +407,35 @@ def test_gridded_empty_mask(tmp_path):
 def test_gridded_unsupported_suffix(tmp_path):
     with pytest.raises(ValueError, match=r"unsupported gridded observation suffix '.grib'"):
         read_gridded_observations(tmp_path / "obs.grib", GRID, CYCLES, 1.0)
+
+
+def test_plausible_ranges_refuse_unit_mistakes_and_accept_physical_values():
+    """°C in a K field and hPa in a Pa field are refused, naming the units; physical values
+    pass; a dimensionless field is not checked. The unit of each observation is found by
+    observing an indicator frame, so an interpolating operator works as a selecting one."""
+    from filtrax.io import plausibility
+
+    grid = GridSpec.regular(4, 8, [Channel("t"), Channel("ps"), Channel("x")])
+    shape = grid.shape
+    units = ("K", "Pa", "1")
+    model = ObservationModel(PointSelection(shape, np.array([0, 32 + 5, 64 + 9])), 1.0)
+    labels = ["t", "ps", "x"]
+    physical = np.array([[288.0, 101325.0, 1e6]])
+    plausibility.check_observations(physical, model, shape, units, labels, "obs.csv")
+    for values, fragment in (
+        ([[15.0, 101325.0, 0.0]], "t at cycle 0 is 15 K, outside the plausible range 150"),
+        ([[288.0, 1013.0, 0.0]], "ps at cycle 0 is 1013 Pa, outside the plausible range"),
+    ):
+        with pytest.raises(ValueError, match=fragment):
+            plausibility.check_observations(np.array(values), model, shape, units, labels, "o")
+    between = BilinearInterpolation(grid, [0], [10.0], [20.0])  # between grid points
+    interpolated = ObservationModel(between, 1.0)
+    plausibility.check_observations(np.array([[250.0]]), interpolated, shape, units, ["t"], "o")
+    with pytest.raises(ValueError, match="°C instead of K"):
+        plausibility.check_observations(np.array([[-5.0]]), interpolated, shape, units, ["t"], "o")
+    frames = np.zeros((2, *shape))
+    frames[:, 0], frames[:, 1] = 290.0, 1.0e5
+    plausibility.check_frames(frames, units, ["T", "ps", "x"], "truth.nc")
+    frames[1, 1, 2, 3] = 990.0
+    with pytest.raises(ValueError, match=r"truth\.nc: ps at time index 1 is 990 Pa"):
+        plausibility.check_frames(frames, units, ["T", "ps", "x"], "truth.nc")

@@ -216,6 +216,7 @@ def test_station_table_run_moves_toward_observations(tmp_path):
         "run", str(base), "--out", str(out), "--quiet",
         "--set", "observations.source=stations",
         "--set", f"observations.path={tmp_path / 'stations.csv'}",
+        "--set", "observations.error_std=0",  # unset: the table's 0.1, not the config's 0.2
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     observations = xr.open_dataset(out / "observations.nc")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -15,10 +16,56 @@ Examples:
   filtrax run configs/linear_gaussian/kalman_check.toml --set filter.weights=moment_matched \\
       --set filter.tempering=fixed
   filtrax run configs/gaussian_field/demo.toml --out runs/demo --resume   # after a kill
+  filtrax run configs/gaussian_field/demo.toml --out runs/demo --overwrite  # start afresh
 """
 
 
+class _Shell(click.Group):
+    """The ``filtrax`` group: every subcommand runs inside :func:`_answer_errors`."""
+
+    def invoke(self, ctx: click.Context):
+        with _answer_errors(ctx):
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _answer_errors(ctx: click.Context):
+    """Bad input (:class:`~filtrax.experiments.errors.InputError`, or a file-system error
+    naming its file) becomes one ``error: …`` line and exit code 2; anything else is a bug:
+    one line says so, and its traceback follows. ``--debug`` (or ``FILTRAX_DEBUG=1``) shows
+    the traceback of bad input too."""
+    import os
+
+    from .experiments.errors import InputError
+
+    try:
+        yield
+    except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except (InputError, OSError) as error:
+        if ctx.meta.get("filtrax.debug") or os.environ.get("FILTRAX_DEBUG"):
+            raise
+        if isinstance(error, OSError) and not isinstance(error, InputError):
+            error = _file_system_error(error)
+        _fail(error)
+    except Exception as error:
+        click.echo(
+            f"error: filtrax failed on its own ({type(error).__name__}), not on your input: "
+            f"this is a bug; please report it with the traceback below",
+            err=True,
+        )
+        if isinstance(error, EOFError):  # click would print only 'Aborted!' for these
+            raise RuntimeError(f"EOFError: {error}") from error
+        raise
+
+
+def _file_system_error(error: OSError) -> Exception:
+    where = f"{error.filename}: " if error.filename else ""
+    return ValueError(f"{where}{error.strerror or error}")
+
+
 @click.group(
+    cls=_Shell,
     epilog="""\b
 Examples:
   filtrax models                                   list the bundled emulators
@@ -31,8 +78,14 @@ Examples:
 """,
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show the traceback of every error, bad input too (also FILTRAX_DEBUG=1).",
+)
+def main(verbose: int, debug: bool) -> None:
     """filtrax: training-free data assimilation with diffusion emulators."""
+    click.get_current_context().meta["filtrax.debug"] = debug
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if click.get_current_context().invoked_subcommand != "cache":  # it only reads the cache
@@ -115,20 +168,27 @@ def _fail(error: Exception) -> None:
     help="Override a config entry, e.g. --set filter.particles=128 (repeatable).",
 )
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last finished cycle.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run in --out (its own files only; nothing else there is touched).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar and no phase messages.")
 def run(
-    config: Path, out: Path | None, overrides: tuple[str, ...], resume: bool, quiet: bool
+    config: Path,
+    out: Path | None,
+    overrides: tuple[str, ...],
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Run the experiment described by CONFIG (TOML) into a run directory."""
-    from .experiments.config import ConfigError, load_config
-    from .experiments.runner import RunDirectoryError, run_experiment
+    from .experiments.config import load_config
+    from .experiments.runner import run_experiment
 
-    try:
-        cfg = load_config(config, overrides)
-        run_dir = out if out is not None else Path("runs") / cfg.name
-        run_experiment(cfg, run_dir, resume=resume, quiet=quiet)
-    except (ConfigError, RunDirectoryError) as error:
-        _fail(error)
+    cfg = load_config(config, overrides)
+    run_dir = out if out is not None else Path("runs") / cfg.name
+    run_experiment(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet)
     click.echo(f"run directory: {run_dir}")
     click.echo(f"report: {run_dir / 'report.md'}")
 

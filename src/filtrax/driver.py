@@ -87,8 +87,11 @@ def _validate(
             f"key must be a JAX random key such as jax.random.key(0), got {type(key).__name__} "
             f"{key!r}"
         )
-    if n < 1:
-        raise ValueError("initial_particles has no particle (leading axis of size 0)")
+    if n < 2:
+        raise ValueError(
+            f"initial_particles has {n} particle(s) along its leading axis; a particle filter "
+            f"needs at least 2 (the leading axis of every leaf is the particle)"
+        )
     filter.particle_map.check(n)
     for leaf in jax.tree_util.tree_leaves(particles):
         if leaf.shape[0] != n:
@@ -104,6 +107,13 @@ def _validate(
         )
     # A cycle without observations (an all-NaN row) is a forecast step (see the filters).
     observation.check_observations(obs, name="observations", require_observed=False)
+    leaves = jax.tree_util.tree_leaves(particles)
+    if len(leaves) == 1 and tuple(leaves[0].shape) == observation.state_shape:
+        raise ValueError(
+            f"initial_particles has shape {tuple(leaves[0].shape)}, the shape of one state: "
+            f"it lacks the leading particle axis; pass shape (N, "
+            f"{', '.join(map(str, observation.state_shape))}), e.g. jnp.stack of N states"
+        )
     frame = filter.emulator.current_frame(jax.tree_util.tree_map(lambda x: x[0], particles))
     if tuple(frame.shape) != observation.state_shape:
         shapes = [tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(particles)]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -55,7 +54,14 @@ from ..diffusion.latent_noise import (
 )
 from ..grid import Channel, GridSpec
 from ._base import AbstractTwoFrameEmulator
-from .cards import fill_module, load_card, load_weights, module_arrays, write_weights
+from .cards import (
+    fill_module,
+    load_card,
+    load_weights,
+    module_arrays,
+    trained_card,
+    write_weights,
+)
 from .sphere_unet import NoisyInputPath, SphereUNet
 
 STATISTICS_FIELDS = ("mean", "std", "diff_std")
@@ -262,16 +268,6 @@ def emulator_from_card(
         latent_noise=_latent_noise(noise, grid),
         **stats,
     )
-
-
-def trained_card(weights: str | Path) -> dict:
-    """The card next to the weights of a ``filtrax train`` output (``<name>.toml``)."""
-    sidecar = Path(weights).with_suffix(".toml")
-    if not sidecar.exists():
-        raise FileNotFoundError(
-            f"weights file {weights} has no card {sidecar} (written by 'filtrax train')"
-        )
-    return tomllib.loads(sidecar.read_text())
 
 
 def load_emulator(

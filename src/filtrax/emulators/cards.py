@@ -41,6 +41,24 @@ def load_card(name: str) -> dict:
     return card
 
 
+def trained_card(weights: str | Path) -> dict:
+    """The card next to the weights of a ``filtrax train`` output (``<name>.toml``): it
+    holds the architecture and the sha256 the weights are checked against."""
+    weights = Path(weights)
+    sidecar = weights.with_suffix(".toml")
+    if not weights.exists():
+        raise FileNotFoundError(f"weights file {weights} not found")
+    if not sidecar.exists():
+        raise FileNotFoundError(
+            f"weights file {weights} has no card {sidecar} (written by 'filtrax train'); "
+            f"it is needed for the architecture and the sha256"
+        )
+    try:
+        return tomllib.loads(sidecar.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"card {sidecar} is unreadable: {error}") from None
+
+
 def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

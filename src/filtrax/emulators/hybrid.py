@@ -352,8 +352,7 @@ def load_hybrid(card: dict | None, weights=None, *, noise="gaussian"):
     from importlib import resources
     from pathlib import Path
 
-    from .atmosphere import trained_card
-    from .cards import load_weights
+    from .cards import load_weights, trained_card
 
     if noise != "gaussian":
         raise ValueError(

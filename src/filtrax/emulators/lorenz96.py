@@ -42,7 +42,14 @@ from jaxtyping import Array, Float
 from .._typing import Key, State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
 from ._base import AbstractTwoFrameEmulator
-from .cards import fill_module, load_card, load_weights, module_arrays, write_weights
+from .cards import (
+    fill_module,
+    load_card,
+    load_weights,
+    module_arrays,
+    trained_card,
+    write_weights,
+)
 
 #: Architecture fields every learned Lorenz-96 card carries in its ``[network]`` table.
 ARCHITECTURE_FIELDS = ("num_sites", "hidden", "depth", "radius", "mix_radius", "bottleneck")
@@ -234,8 +241,6 @@ def load_emulator(card: dict | None, weights: str | Path | None = None) -> Loren
     ``weights`` replaces the card (``card`` may then be ``None``): a file written by
     ``filtrax train``, checked against the sha256 of the ``.toml`` card written next to it.
     """
-    import tomllib
-
     if weights is None:
         from importlib import resources
 
@@ -243,13 +248,7 @@ def load_emulator(card: dict | None, weights: str | Path | None = None) -> Loren
         expected = card["sha256"]
     else:
         path = Path(weights)
-        sidecar = path.with_suffix(".toml")
-        if not sidecar.exists():
-            raise FileNotFoundError(
-                f"weights file {path} has no card {sidecar} (written by 'filtrax train'); "
-                f"it is needed for the architecture and the sha256"
-            )
-        card = tomllib.loads(sidecar.read_text())
+        card = trained_card(path)
         expected = card["sha256"]
     missing = [f for f in ARCHITECTURE_FIELDS if f not in card.get("network", {})]
     if missing:

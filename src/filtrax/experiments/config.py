@@ -147,6 +147,10 @@ class TruthConfig(Validated):
             raise ConfigError("truth.path must be non-empty when truth.source = 'file'")
 
 
+#: ``observations.error_std`` of synthetic observations when the config leaves it unset.
+SYNTHETIC_ERROR_STD = 0.1
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ObservationsConfig(Validated):
     """``[observations]``: what is observed, where and how often."""
@@ -162,7 +166,12 @@ class ObservationsConfig(Validated):
     variables: tuple[str, ...] = field([], "observed variables (empty = model default)")
     levels: tuple[float, ...] = field([], "observed levels (empty = all levels)")
     stride: int = field(4, "observe every stride-th grid point (or site)", min=1)
-    error_std: float = field(0.1, "observation error std", **POSITIVE)
+    error_std: float = field(
+        0.0,
+        f"observation error std; 0 = unset: the file's own (gridded, stations, sites), "
+        f"{SYNTHETIC_ERROR_STD} for synthetic observations",
+        **NON_NEGATIVE,
+    )
     every: int = field(1, "observe every k-th cycle", min=1)
 
     def _check(self) -> None:
@@ -170,6 +179,10 @@ class ObservationsConfig(Validated):
             raise ConfigError(
                 f"observations.path must be non-empty when observations.source = {self.source!r}"
             )
+        if self.source == "synthetic" and self.error_std == 0.0:
+            # Resolved here, so that config.toml says which std the observations were drawn
+            # with (and the digest of a run from before 0 meant "unset" is unchanged).
+            object.__setattr__(self, "error_std", SYNTHETIC_ERROR_STD)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,9 @@ from ..filters.particle import AbstractFilter
 from ..filters.tempering import AbstractTempering
 from ..grid import GridSpec
 from ..guidance.guided import AbstractGuidance
+from ..io import plausibility
 from ..io.observation_files import (
+    ErrorStdConflictError,
     read_gridded_observations,
     read_site_table,
     read_station_table,
@@ -37,7 +39,7 @@ from .builders import (
     sampler_from_section,
     tempering_from_section,
 )
-from .config import ConfigError, ExperimentConfig, SamplerConfig
+from .config import SYNTHETIC_ERROR_STD, ConfigError, ExperimentConfig, SamplerConfig
 from .models import MODELS, ModelSetting, cycle_times, model_setting
 
 # The model families' loaders live in .models; these names stay importable from here.
@@ -174,6 +176,13 @@ def _synthetic_gridded_observations(config: ExperimentConfig, grid: GridSpec):
                 f"observations.variables names {variable!r}, which the model does not have; "
                 f"available: {', '.join(grid.variables)}"
             )
+    if o.levels and all(grid.levels_of(v) == (None,) for v in variables):
+        raise ConfigError(
+            f"observations.levels = {list(o.levels)}, but the observed variables "
+            f"({', '.join(variables)}) are surface fields without levels; leave "
+            f"observations.levels empty"
+        )
+    for variable in variables:
         own = grid.levels_of(variable)
         wanted = own if not o.levels or own == (None,) else o.levels
         for level in wanted:
@@ -234,19 +243,49 @@ def _read_observation_file(config: ExperimentConfig, frame_shape, grid, times):
     path = Path(o.path)
     if not path.exists():
         raise ConfigError(f"observations.path = {o.path!r}: file not found")
+    given = o.error_std or None  # 0 = unset: the file's own
     try:
         if o.source == "sites":
-            return read_site_table(
-                path, frame_shape[0], config.model.time_step, config.run.cycles, o.error_std
+            observations = read_site_table(
+                path,
+                frame_shape[0],
+                config.model.time_step,
+                config.run.cycles,
+                given or SYNTHETIC_ERROR_STD,
             )
-        if o.source == "stations":
-            return read_station_table(path, grid, times)
-        return read_gridded_observations(path, grid, times, o.error_std)
+        elif o.source == "stations":
+            observations = read_station_table(path, grid, times)
+        else:
+            return read_gridded_observations(path, grid, times, given)
     except ConfigError:
         raise
+    except ErrorStdConflictError as error:
+        raise ConfigError(
+            f"observations.error_std = {o.error_std:g} differs from the file's "
+            f"{error.field!r} ({error.found:g}) in observations.path = {o.path!r}; leave "
+            f"observations.error_std unset to use the file's, or make them agree"
+        ) from None
     except (ValueError, OSError, KeyError) as error:  # pandas, pyarrow and netCDF errors too
         message = str(error) if str(error) else type(error).__name__
+        # The readers name the file first; the key already does.
+        message = message.removeprefix(f"{path}: ")
         raise ConfigError(f"observations.path = {o.path!r}: {message}") from None
+    if given is not None:
+        _check_same_error_std(o, observations)
+    return observations
+
+
+def _check_same_error_std(o, observations) -> None:
+    """An error std in the config and another in the table: one of them is mistaken."""
+    std = np.sqrt(np.asarray(observations.noise_variance, np.float64))
+    differ = np.flatnonzero(~np.isclose(std, o.error_std, rtol=1e-6))
+    if differ.size:
+        i = int(differ[0])
+        raise ConfigError(
+            f"observations.error_std = {o.error_std:g} differs from the error_std column of "
+            f"observations.path = {o.path!r} ({std[i]:g} for {observations.labels[i]}); "
+            f"leave observations.error_std unset to use the file's, or make them agree"
+        )
 
 
 def _check_sources(config: ExperimentConfig, setting: ModelSetting) -> None:
@@ -296,6 +335,29 @@ def _check_sources(config: ExperimentConfig, setting: ModelSetting) -> None:
         )
 
 
+def _check_plausible(config, grid, units, truth, observations, observation, labels) -> None:
+    """Truth and observation files in the model's units (:mod:`filtrax.io.plausibility`)."""
+    try:
+        if truth is not None and config.truth.source == "file":
+            plausibility.check_frames(
+                truth,
+                units,
+                [channel.label() for channel in grid.channels],
+                f"truth.path = {config.truth.path!r}",
+            )
+        if config.observations.source != "synthetic":
+            plausibility.check_observations(
+                observations,
+                observation,
+                grid.shape,
+                units,
+                labels,
+                f"observations.path = {config.observations.path!r}",
+            )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def build_experiment(config: ExperimentConfig) -> Experiment:
     """Models, truth, observations and filters for ``config`` (deterministic in ``seed``)."""
     root = jax.random.key(config.seed)
@@ -331,6 +393,8 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         observation = observation_set.observation_model()
         labels = observation_set.labels
     labels = tuple(labels)
+    if grid is not None:
+        _check_plausible(config, grid, units, truth, observations, observation, labels)
     if config.observations.every > 1:
         skipped = (np.arange(num_cycles) + 1) % config.observations.every != 0
         observations[skipped] = np.nan

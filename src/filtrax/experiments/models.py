@@ -29,8 +29,7 @@ from ..dynamics.linear_gaussian import random_linear_gaussian_model
 from ..dynamics.lorenz96 import DEFAULT_DT, full_trajectory, setting_model
 from ..emulators._base import AbstractEmulator
 from ..emulators.atmosphere import load_emulator as load_atmosphere
-from ..emulators.atmosphere import trained_card
-from ..emulators.cards import load_card
+from ..emulators.cards import list_cards, load_card, trained_card
 from ..emulators.hybrid import load_hybrid
 from ..emulators.lorenz96 import Lorenz96Emulator, load_emulator
 from ..grid import Channel, GridSpec
@@ -209,11 +208,15 @@ def load_lorenz96_emulator(config: ExperimentConfig) -> Lorenz96Emulator:
         except ValueError as error:
             raise ConfigError(f"model.emulator = {m.emulator!r}: {error}") from None
         if card.get("family") != "lorenz96":
+            lorenz = [c["name"] for c in list_cards() if c.get("family") == "lorenz96"]
             raise ConfigError(
-                f"model.emulator = {m.emulator!r} is not a learned Lorenz-96 emulator "
-                f"(its card has kind {card.get('kind')!r})"
+                f"model.emulator = {m.emulator!r} is a {card.get('family')!r} emulator, not a "
+                f"Lorenz-96 one; model.name = 'lorenz96' takes one of: {', '.join(lorenz)}"
             )
-        emulator = load_emulator(card)
+        try:
+            emulator = load_emulator(card)
+        except (OSError, ValueError, KeyError) as error:  # a damaged installation
+            raise ConfigError(f"model.emulator = {m.emulator!r}: {error}") from None
     if not math.isclose(emulator.time_step, m.time_step, rel_tol=1e-9):
         source = m.weights or f"card {m.emulator!r}"
         raise ConfigError(
@@ -267,14 +270,19 @@ def _synthetic_site_observations(config: ExperimentConfig, num_sites: int):
 def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
     """True frames ``(cycle, *frame)`` from a netCDF/zarr file on the model grid.
 
-    The file holds one variable per model variable with dims ``(time, [level,] lat, lon)``;
-    it must contain every requested time.
+    The file holds one variable per model variable with dims ``(time, [level,] lat, lon)``
+    in any order; it must contain every requested time, and be finite there.
     """
+    source = f"truth.path = {str(path)!r}"
     if not path.exists():
-        raise ConfigError(f"truth.path = {str(path)!r}: file not found")
+        raise ConfigError(f"{source}: file not found")
+    try:
+        dataset = open_gridded(path)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {str(error).removeprefix(f'{path}: ')}") from None
     try:
         return frames_at_times(
-            open_gridded(path), grid, times, source=f"truth file {path}", time_label="cycle times"
+            dataset, grid, times, source=source, time_label="cycle times", finite=True
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None

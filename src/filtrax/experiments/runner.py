@@ -3,6 +3,7 @@
 Run directory layout::
 
     config.toml          the resolved config (what ``--resume`` checks against)
+    inputs.toml          the path and sha256 of every input file (``--resume`` checks them)
     observations.nc      the observations used, (cycle, obs), NaN = not observed
     truth.nc             the true frames, when known
     analysis.zarr        the analysis ensemble per cycle (filter)
@@ -45,12 +46,15 @@ from .. import metrics as scores
 from .. import streams
 from ..driver import SaveAt, assimilate
 from ..filters.particle import AbstractFilter, FilterState
-from ..io.atomic import atomic_savez, atomic_write_bytes
+from ..io.atomic import atomic_savez
 from ..io.datasets import dataset_to_frames, frames_to_dataset
 from ..parallel import initialize_distributed, is_main_process, to_host
 from ..profiling import PHASES, phase_seconds
+from . import run_directory
 from .config import ConfigError, ExperimentConfig, ParallelConfig, config_from_dict, toml_text
+from .errors import RunDirectoryError
 from .factory import Experiment, build_experiment
+from .run_directory import atomic_netcdf
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +70,6 @@ HISTORY_FIELDS = (
 RUN_STREAMS = streams.RUN
 # Seconds of timed calls per phase in a run's phase profile (filtrax.profiling).
 PROFILE_BUDGET_SECONDS = 1.0
-
-
-class RunDirectoryError(ValueError):
-    """The run directory cannot be used as asked (exists, or belongs to another config)."""
 
 
 #: Keys added after runs were written: ``{section: {key: (the value that means "as before",
@@ -481,7 +481,7 @@ def _write_inputs(experiment: Experiment, run_dir: Path) -> None:
             "noise_variance": ("obs", np.asarray(experiment.observation.noise_variance)),
         },
     )
-    observations.to_netcdf(run_dir / "observations.nc")
+    atomic_netcdf(observations, run_dir / "observations.nc")
     if experiment.truth is not None:
         truth = frames_to_dataset(
             experiment.truth,
@@ -490,26 +490,7 @@ def _write_inputs(experiment: Experiment, run_dir: Path) -> None:
             leading_dims=("cycle",),
             coords={"time": ("cycle", experiment.cycle_times)},
         )
-        truth.to_netcdf(run_dir / "truth.nc")
-
-
-def _check_fresh(run_dir: Path) -> None:
-    """A new run goes into a new or empty directory only: it never replaces files."""
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise RunDirectoryError(f"--out {run_dir} is a file, not a directory")
-    if (run_dir / "checkpoints").exists() or (run_dir / "config.toml").exists():
-        raise RunDirectoryError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    present = sorted(p.name for p in run_dir.iterdir())
-    if present:
-        shown = ", ".join(present[:3]) + (", …" if len(present) > 3 else "")
-        raise RunDirectoryError(
-            f"{run_dir} is not empty ({shown}) and holds no filtrax run; a run writes only into "
-            f"a new or empty directory: choose another --out"
-        )
+        atomic_netcdf(truth, run_dir / "truth.nc")
 
 
 def _check_resumable(run_dir: Path, digest: str) -> None:
@@ -557,18 +538,25 @@ def run_experiment(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     quiet: bool = False,
     report: bool = True,
 ) -> Path:
-    """Run ``config`` into ``run_dir`` (see the module docstring); returns the directory."""
+    """Run ``config`` into ``run_dir`` (see the module docstring); returns the directory.
+
+    ``resume`` continues the run there; ``overwrite`` replaces it (its own files only; see
+    :mod:`.run_directory` for what a run may do to its directory)."""
     if config.parallel.distributed:
         initialize_distributed()
     run_dir = Path(run_dir)
     digest = config_digest(config)
+    if resume and overwrite:
+        raise RunDirectoryError("--resume and --overwrite exclude each other: pick one")
     if resume:
         _check_resumable(run_dir, digest)
+        run_directory.check_inputs(run_dir, config)
     else:
-        _check_fresh(run_dir)
+        run_directory.check_fresh(run_dir, overwrite=overwrite)
     # Build (and so read every input file) before touching the directory: a config that
     # fails leaves nothing behind that a second attempt would take for a run.
     say = _Phases(quiet or not is_main_process())
@@ -576,12 +564,13 @@ def run_experiment(
     experiment = build_experiment(config)
     main = is_main_process()
     if main:
+        if not resume:
+            run_directory.begin(run_dir, config)
         if resume and (run_dir / "observations.nc").exists():
             _check_same_inputs(experiment, run_dir)
         else:
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(run_dir / "config.toml", config.to_toml().encode())
             _write_inputs(experiment, run_dir)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
     members = [("analysis", experiment.filter)]
     if experiment.baseline is not None:
         members.append(("baseline", experiment.baseline))
@@ -607,7 +596,7 @@ def run_experiment(
     if config.run.profile:
         say("timing each phase of one cycle on its own (run.profile = true)")
     metrics = metrics.assign(_phase_profile(experiment, members, metrics))
-    metrics.to_netcdf(run_dir / "metrics.nc")
+    atomic_netcdf(metrics, run_dir / "metrics.nc")
     if config.run.output_format == "netcdf":
         say("writing the ensembles as netCDF (run.output_format = 'netcdf')")
         for name, _ in members:

@@ -390,9 +390,13 @@ _ERROR_SUFFIX = "_error_std"
 def _open_dataset(path: Path) -> xr.Dataset:
     xr = _import_xarray()
     suffix = path.suffix.lower()
-    if suffix == ".nc":
-        return xr.open_dataset(path)
-    if suffix == ".zarr":
+    if suffix not in (".nc", ".zarr"):
+        raise ValueError(
+            f"{path}: unsupported gridded observation suffix {path.suffix!r}; expected .nc or .zarr"
+        )
+    try:
+        if suffix == ".nc":
+            return xr.open_dataset(path)
         # Small observation stores are often written without consolidated metadata; xarray's
         # fallback to reading them unconsolidated is fine here, so its warning is noise.
         with warnings.catch_warnings():
@@ -400,9 +404,10 @@ def _open_dataset(path: Path) -> xr.Dataset:
                 "ignore", message="Failed to open Zarr store with consolidated metadata"
             )
             return xr.open_dataset(path, engine="zarr", chunks=None)
-    raise ValueError(
-        f"{path}: unsupported gridded observation suffix {path.suffix!r}; expected .nc or .zarr"
-    )
+    except (ValueError, OSError, KeyError) as error:
+        from .datasets import unreadable
+
+        raise unreadable(path, error) from None
 
 
 def _check_coordinate(path: Path, ds: xr.Dataset, name: str, expected: np.ndarray) -> None:
@@ -443,11 +448,12 @@ def read_gridded_observations(
     :class:`~filtrax.observations.operators.PointSelection` in the frame's C order (channel,
     lat, lon). File times must be cycle times; cycles missing from the file are all NaN.
 
-    **Error standard deviation, by precedence:** (1) the ``error_std`` argument: a float
-    applies to every variable, a mapping to the variables it names; (2) for a variable not
-    covered by the argument, the file's data variable ``<variable>_error_std``, with the
-    variable's dimensions minus ``time`` (or a subset of them, broadcast), one value per
-    point. A variable covered by neither is an error.
+    **Error standard deviation:** the ``error_std`` argument (a float applies to every
+    variable, a mapping to the variables it names) or the file's data variable
+    ``<variable>_error_std``, with the variable's dimensions minus ``time`` (or a subset of
+    them, broadcast), one value per point. A variable covered by both must get the same
+    values from both (an error names the two otherwise: one of them is mistaken); a
+    variable covered by neither is an error.
 
     Args:
         path: a ``.nc`` file or ``.zarr`` directory.
@@ -585,6 +591,14 @@ def _gridded_observations(
     return ObservationSet(values, operator, std**2, labels)
 
 
+class ErrorStdConflictError(ValueError):
+    """An error std given to a reader that differs from the file's own (``field``)."""
+
+    def __init__(self, message: str, *, given: float, found: float, field: str):
+        super().__init__(message)
+        self.given, self.found, self.field = given, found, field
+
+
 def _error_std_argument(
     path: Path, error_std: float | Mapping[str, float] | None, observed: Sequence[str]
 ) -> dict[str, float]:
@@ -621,13 +635,13 @@ def _error_std_field(
     shape: tuple[int, ...],
 ) -> np.ndarray:
     """The error std of ``name`` on ``(level, lat, lon)`` (level of size 1 without levels)."""
-    if name in per_variable:
-        return np.full(shape, per_variable[name])
     error_name = name + _ERROR_SUFFIX
     if error_name not in ds.data_vars:
+        if name in per_variable:
+            return np.full(shape, per_variable[name])
         raise ValueError(
-            f"{path}: no error std for variable {name!r}: pass error_std= or add a data "
-            f"variable {error_name!r}"
+            f"{path}: no error std for variable {name!r}: give one (observations.error_std, "
+            f"or error_std= in Python) or add a data variable {error_name!r}"
         )
     field = ds[error_name]
     allowed = {"level", "lat", "lon"} if has_level else {"lat", "lon"}
@@ -641,7 +655,21 @@ def _error_std_field(
     field = field.broadcast_like(template)
     field = field.transpose(*(("level",) if has_level else ()), "lat", "lon")
     values = np.asarray(field.values, dtype=np.float64)
-    return values if has_level else values[None]
+    values = values if has_level else values[None]
+    given = per_variable.get(name)
+    order = ("time", *(("level",) if has_level else ()), "lat", "lon")
+    observed = np.isfinite(np.asarray(ds[name].transpose(*order).values)).any(axis=0)
+    observed = observed if has_level else observed[None]
+    if given is not None and not np.allclose(values[observed], given, rtol=1e-6):
+        found = values[observed][~np.isclose(values[observed], given, rtol=1e-6)][0]
+        raise ErrorStdConflictError(
+            f"{path}: the error std given for {name!r} ({given:g}) differs from the file's "
+            f"{error_name!r} ({found:g}); give one or the other, or make them agree",
+            given=given,
+            found=float(found),
+            field=error_name,
+        )
+    return values
 
 
 SITE_COLUMNS = ("time", "site", "value")

@@ -112,6 +112,24 @@ class ObservationModel(eqx.Module):
         std = jnp.sqrt(self.noise_variance.astype(y_pred.dtype))
         return y_pred + std * jax.random.normal(key, y_pred.shape, y_pred.dtype)
 
+    def _check_magnitude(self, y: np.ndarray, name: str) -> None:
+        """The Gaussian log-likelihood squares ``y / σ``: a value whose square overflows the
+        working precision (a unit mistake, mostly) would end as a non-finite weight."""
+        dtype = y.dtype if np.issubdtype(y.dtype, np.floating) else np.dtype(np.float32)
+        limit = np.sqrt(np.finfo(dtype).max) / 1e3  # room for the misfit's other terms
+        std = np.sqrt(np.broadcast_to(np.asarray(self.noise_variance, np.float64), y.shape))
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = np.abs(np.asarray(y, np.float64)) / std
+        too_large = np.nan_to_num(scaled, nan=0.0) > limit
+        if too_large.any():
+            where = np.argwhere(too_large)[0]
+            raise ValueError(
+                f"{name}{where.tolist()} = {float(y[tuple(where)]):g} is "
+                f"{float(scaled[tuple(where)]):.3g} error stds, too large for {dtype} "
+                f"arithmetic (at most {limit:.3g}): its squared misfit would overflow; check "
+                f"its units"
+            )
+
     def check_observations(
         self, y: Array, *, name: str = "y", require_observed: bool = True
     ) -> None:
@@ -128,6 +146,7 @@ class ObservationModel(eqx.Module):
         if np.isinf(y).any():
             where = np.argwhere(np.isinf(y))[0].tolist()
             raise ValueError(f"{name} has an infinite value at index {where}; use NaN for missing")
+        self._check_magnitude(y, name)
         if require_observed:
             empty = ~np.isfinite(y).any(axis=-1)
             if empty.any():
