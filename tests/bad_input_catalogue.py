@@ -177,6 +177,45 @@ def truth(folder: Path, ds: xr.Dataset | bytes | None, *extra: str) -> list[str]
     return run_args(folder, "--set", "truth.source=file", "--set", f"truth.path={path}", *extra)
 
 
+def ensemble_dataset(members: int) -> xr.Dataset:
+    """An initial ensemble for the small config: ``members`` states at the start time."""
+    rng = np.random.default_rng(1)
+    return xr.Dataset(
+        {
+            name: (("member", "lat", "lon"), rng.normal(size=(members, 8, 16)))
+            for name in ("temperature", "u_component_of_wind")
+        },
+        coords={"lat": LAT, "lon": LON},
+    )
+
+
+def ensemble(folder: Path, ds: xr.Dataset) -> list[str]:
+    ds.to_netcdf(folder / "ensemble.nc")
+    return run_args(folder, "--set", f"model.initial_ensemble={folder / 'ensemble.nc'}")
+
+
+def _site_ensemble(folder: Path, times: list[float] | None) -> str:
+    """A four-member Lorenz-96 ensemble (8 sites), at ``times`` or without a time axis."""
+    values = np.zeros((4, 2 if times else 1, 8)) + 1.0
+    ds = xr.Dataset({"x": (("member", "time", "site"), values)})
+    ds = ds.assign_coords(time=times) if times else ds.isel(time=0)
+    return _write_nc(folder, ds, "site_ensemble.nc")
+
+
+def _site_truth(folder: Path, times: int) -> str:
+    """A Lorenz-96 truth with only ``times`` of the model times -Δt, 0, Δt, ... it needs."""
+    ds = xr.Dataset(
+        {"x": (("time", "site"), np.ones((times, 8)))},
+        coords={"time": 0.05 * np.arange(-1, times - 1)},
+    )
+    return _write_nc(folder, ds, "site_truth.nc")
+
+
+def _write_nc(folder: Path, ds: xr.Dataset, name: str = "file.nc") -> str:
+    ds.to_netcdf(folder / name)
+    return str(folder / name)
+
+
 FINISHED: dict[str, Path] = {}
 
 
@@ -679,6 +718,64 @@ CASES: list[Case] = [
             f, truth_dataset().assign(temperature=(("time", "lon", "x"), np.zeros((3, 16, 2))))
         ),
         ("truth.nc", "temperature", "dimensions"),
+    ),
+    # --- initial ensembles and site-indexed truth files ---
+    Case(
+        "ensemble with another member count",
+        "ensemble",
+        lambda f: ensemble(f, ensemble_dataset(3)),
+        (
+            "model.initial_ensemble",
+            "has 3 members",
+            "filter.particles = 8",
+            "set filter.particles = 3",
+        ),
+    ),
+    Case(
+        "ensemble without a member dimension",
+        "ensemble",
+        lambda f: ensemble(f, ensemble_dataset(8).rename(member="number")),
+        ("model.initial_ensemble", "no 'member' dimension", "number"),
+    ),
+    Case(
+        "ensemble on another grid",
+        "ensemble",
+        lambda f: ensemble(f, ensemble_dataset(8).assign_coords(lon=LON + 3.0)),
+        ("model.initial_ensemble", "member 0", "'lon' differs from the model grid"),
+    ),
+    Case(
+        "ensemble lacking a variable",
+        "ensemble",
+        lambda f: ensemble(f, ensemble_dataset(8).drop_vars("temperature")),
+        ("model.initial_ensemble", "lacks the variables ['temperature']"),
+    ),
+    Case(
+        "ensemble with NaN",
+        "ensemble",
+        lambda f: ensemble(f, ensemble_dataset(8).where(ensemble_dataset(8).lat > 0)),
+        ("model.initial_ensemble", "finite"),
+    ),
+    Case(
+        "ensemble of one frame for a two-frame emulator",
+        "ensemble",
+        lambda f: lorenz96(f, "--set", f"model.initial_ensemble={_site_ensemble(f, times=None)}"),
+        ("model.initial_ensemble", "no 'time' dimension", "previous frame", "-0.05"),
+    ),
+    Case(
+        "site truth file missing times",
+        "ensemble",
+        lambda f: lorenz96(
+            f, "--set", "truth.source=file", "--set", f"truth.path={_site_truth(f, 3)}"
+        ),
+        ("truth.path", "no state at the model times", "0.1"),
+    ),
+    Case(
+        "site truth file with a gridded layout",
+        "ensemble",
+        lambda f: lorenz96(
+            f, "--set", "truth.source=file", "--set", f"truth.path={_write_nc(f, truth_dataset())}"
+        ),
+        ("truth.path", "expected a variable 'x' with dimensions (time, site)"),
     ),
     # --- emulators and weights ---
     Case(

@@ -50,6 +50,7 @@ iterations = 1
 cycles = 4
 burn_in = 1
 profile = false
+observation_diagnostics = false  # pinned before they existed; tests/test_observation_space.py
 """
 
 #: case name -> ``--set`` overrides on :data:`BASE`. Together they cover the FA-APF's two

@@ -32,7 +32,9 @@ def one_error_line(result, *fragments: str) -> None:
 def test_the_catalogue_is_large_and_covers_every_family():
     families = {case.family for case in CASES}
     assert len(CASES) >= 60
-    assert families >= {"config", "stations", "gridded", "truth", "weights", "run directory", "api"}
+    assert families >= {
+        "config", "stations", "gridded", "truth", "ensemble", "weights", "run directory", "api"
+    }  # fmt: skip
     assert len({case.name for case in CASES}) == len(CASES)
 
 

@@ -27,6 +27,7 @@ emulator = "l96_lorenz96_dt0.2"
 time_step = 0.2
 spin_up = 5.0
 initial_spread = 0.5
+initial_ensemble = ""
 state_dim = 12
 observed = 6
 observation_std = 0.25
@@ -107,6 +108,7 @@ output_format = "netcdf"
 record_ensemble = false
 baseline = false
 profile = false
+observation_diagnostics = true
 
 [parallel]
 devices = 4

@@ -32,7 +32,11 @@ class Killed(BaseException):
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-    return load_config(write_config(tmp_path_factory.mktemp("config"), cycles=CYCLES))
+    # With the observation-space diagnostics: they are checkpointed too.
+    return load_config(
+        write_config(tmp_path_factory.mktemp("config"), cycles=CYCLES),
+        ["run.observation_diagnostics=true"],
+    )
 
 
 @pytest.fixture(scope="module")

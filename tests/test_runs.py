@@ -46,6 +46,7 @@ iterations = 1
 [run]
 cycles = {cycles}
 burn_in = 1
+observation_diagnostics = false  # one more compile per run; their own tests switch them on
 """
 
 
@@ -68,7 +69,10 @@ def invoke(*args: str):
 def test_cli_round_trip(tmp_path):
     config = write_config(tmp_path)
     out = tmp_path / "run"
-    result = invoke("run", str(config), "--out", str(out), "--quiet", "--set", "filter.particles=6")
+    result = invoke(
+        "run", str(config), "--out", str(out), "--quiet", "--set", "filter.particles=6",
+        "--set", "run.observation_diagnostics=true",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"report: {out / 'report.md'}" in result.output
     for name in ("config.toml", "metrics.nc", "observations.nc", "truth.nc", "report.md"):
@@ -85,6 +89,16 @@ def test_cli_round_trip(tmp_path):
     for name in ("rmse", "spread", "crps", "ess", "alpha", "seconds"):
         assert name in metrics, name
     assert list(metrics.ensemble.values) == ["analysis", "baseline"]
+    # Start-up: the build, then each member's first cycle (compiling, so slower than later).
+    first = metrics["seconds_first_cycle"].values
+    assert np.all(first > metrics["seconds"].values[:, 1:].max(axis=1))
+    baseline_first = float(metrics["seconds_first_cycle"].sel(ensemble="baseline"))
+    to_first = float(metrics["seconds_build"]) + baseline_first  # the free ensemble runs first
+    assert float(metrics["seconds_to_first_cycle"]) == pytest.approx(to_first)
+    report = (out / "report.md").read_text()
+    assert "Start-up of the last invocation" in report
+    assert "In observation space" in report and "| temperature | filter |" in report
+    assert metrics["omb_rms"].dims == ("ensemble", "cycle", "obs_variable")
     assert (out / "figures" / "skill.png").exists()
     assert (out / "figures" / "map_u_component_of_wind.png").exists()
     # report can be rebuilt; models lists the cards; analytic models have nothing to train.

@@ -615,6 +615,55 @@ def _channel_table(metrics: xr.Dataset, burn: int, level_name: str, names: dict)
     return lines
 
 
+def _observation_space_table(metrics: xr.Dataset, burn: int, names: dict) -> list[str]:
+    """The observation-space diagnostics per variable, means over the scored cycles: what
+    the run says without a truth (filtrax.experiments.observation_space)."""
+    if "omb_rms" not in metrics:
+        return []
+    header = (
+        "| variable | ensemble | O−B RMS | O−A RMS | O−B mean | spread (b) | spread (a) | "
+        "χ² (reduced) | Desroziers |"
+    )
+    rows = [header, "|" + " --- |" * 9]
+    fields = ("omb_rms", "oma_rms", "omb_mean", "spread_background_obs", "spread_analysis_obs",
+              "chi2_reduced", "desroziers_ratio")  # fmt: skip
+    scored = metrics.isel(cycle=slice(burn, None))
+    for variable in metrics.obs_variable.values:
+        for member in metrics.ensemble.values:
+            one = scored.sel(ensemble=member, obs_variable=variable)
+            cells = [f"{float(np.nanmean(one[f].values)):.3g}" for f in fields]
+            label = names.get(str(member), (str(member),))[0]
+            rows.append(f"| {variable} | {label} | " + " | ".join(cells) + " |")
+    return [
+        f"In observation space, mean over cycles {burn + 1}–{metrics.cycle.size} (no truth "
+        f"needed): O−B against the background (the emulator's forecast from the previous "
+        f"analysis), O−A against the analysis, spreads of the background (b) and analysis (a) "
+        f"in observation space, the reduced χ² of the innovations (1: the spread and R account "
+        f"for them) and Desroziers' Σ(O−A)(O−B)/ΣR (1: the observations weighed as R says).",
+        "",
+        *rows,
+        "",
+    ]
+
+
+def _startup_line(metrics: xr.Dataset) -> list[str]:
+    """How long the last invocation took to its first cycle (runs from before it: none)."""
+    if "seconds_to_first_cycle" not in metrics:
+        return []
+    parts = []
+    for member in metrics.ensemble.values[::-1]:  # the order they ran in: the free one first
+        first = float(metrics.seconds_first_cycle.sel(ensemble=member))
+        compiling = float(metrics.seconds_compiling.sel(ensemble=member))
+        if np.isfinite(first):
+            about = f", about {compiling:.2g} s of it compiling" if np.isfinite(compiling) else ""
+            parts.append(f"{member}'s first cycle {first:.2g} s{about}")
+    return [
+        f"Start-up of the last invocation: {float(metrics.seconds_to_first_cycle):.2g} s to the "
+        f"end of its first cycle ({float(metrics.seconds_build):.2g} s reading the inputs and "
+        f"loading the emulator; " + ("; ".join(parts) or "no cycle was left to run") + ")."
+    ]
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.md`` and ``figures/*.png`` for a finished run; returns the report path."""
     run_dir = Path(run_dir)
@@ -660,6 +709,7 @@ def write_report(run_dir: str | Path) -> Path:
             ),
         ]
         lines.append("")
+    lines += _observation_space_table(metrics, burn, ensemble_names(config["filter"]["method"]))
     sel = metrics.sel({"ensemble": "analysis"}).isel(cycle=slice(burn, None))
     ess, ess_ci = time_mean_with_interval(sel.ess.values)
     seconds = float(np.nanmedian(sel.seconds.values))
@@ -669,6 +719,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"denoiser calls per cycle: {int(np.nanmax(sel.forward_calls.values))} forward, "
         f"{int(np.nanmax(sel.backward_calls.values))} VJPs."
     )
+    lines += ["", *_startup_line(metrics)]
     lines.append("")
     for heading, caption, name in made:
         lines += [heading, "", f"![{caption}](figures/{name})", ""]

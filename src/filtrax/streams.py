@@ -22,6 +22,9 @@ OBSERVATIONS = 102
 #: Both the initial state of a simulated Gaussian field and the members' perturbations about
 #: it fold from this one stream (kept so, for the reproducibility of earlier runs).
 INITIAL = 103
+#: The background forecasts of the observation-space diagnostics (then ``RUN[name]``, then
+#: the cycle): drawn apart from every stream a run's results use.
+BACKGROUND = 104
 
 #: Per run: the root of each recorded ensemble's cycles.
 RUN = {"analysis": 1, "baseline": 2}

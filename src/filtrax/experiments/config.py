@@ -99,6 +99,12 @@ class ModelConfig(Validated):
     initial_spread: float = field(
         0.0, "std of the initial ensemble around the true state [lorenz96]", **NON_NEGATIVE
     )
+    initial_ensemble: str = field(
+        "",
+        "your own initial ensemble: a netCDF/zarr file with a 'member' dimension (one member "
+        "per particle; docs: Observation files); replaces the perturbed copies of the initial "
+        "state",
+    )
     state_dim: int = field(16, "state dimension [linear_gaussian]", min=2)
     observed: int = field(8, "number of observed components [linear_gaussian]", min=1)
     observation_std: float = field(0.5, "observation error std [linear_gaussian]", **POSITIVE)
@@ -363,6 +369,11 @@ class RunConfig(Validated):
         False,
         "after the run, compile and time each phase of a cycle on its own (the seconds_* "
         "split in metrics.nc); it costs about a third of a short run",
+    )
+    observation_diagnostics: bool = field(
+        True,
+        "O-B, O-A, spread in observation space, reduced chi-square and Desroziers' check in "
+        "metrics.nc and the report; costs one unguided forecast per cycle",
     )
 
     def _check(self) -> None:

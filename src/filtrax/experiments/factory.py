@@ -40,7 +40,7 @@ from .builders import (
     tempering_from_section,
 )
 from .config import SYNTHETIC_ERROR_STD, ConfigError, ExperimentConfig, SamplerConfig
-from .models import MODELS, ModelSetting, cycle_times, model_setting
+from .models import MODELS, ModelSetting, cycle_times, model_setting, read_initial_ensemble
 
 # The model families' loaders live in .models; these names stay importable from here.
 from .models import bundled_truth_path as bundled_truth_path
@@ -324,8 +324,9 @@ def _check_sources(config: ExperimentConfig, setting: ModelSetting) -> None:
         )
     if truth == "file" and truth not in setting.truth_sources:
         raise ConfigError(
-            f"truth.source = 'file' needs a gridded model; model.name = {name!r} is "
-            f"site-indexed and simulates its own truth"
+            f"truth.source = 'file' is not one that model.name = {name!r} accepts (it "
+            f"accepts {', '.join(setting.truth_sources)}); truth files work for "
+            f"{accepting('truth_sources', 'file')}"
         )
     if source not in setting.observation_sources:
         raise ConfigError(
@@ -399,7 +400,10 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         skipped = (np.arange(num_cycles) + 1) % config.observations.every != 0
         observations[skipped] = np.nan
 
-    particles = initial_particles(config, x0, config.filter.particles)
+    if config.model.initial_ensemble:
+        particles = read_initial_ensemble(config, parts, config.filter.particles)
+    else:
+        particles = initial_particles(config, x0, config.filter.particles)
     method = config.filter.method
     return Experiment(
         config=config,

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -231,9 +232,36 @@ def _lorenz96(config: ExperimentConfig, truth_key):
     """Emulator, true slow frames ``(cycle, K)`` and the initial state ``(X^{-1}, X^0)``."""
 
     emulator = load_lorenz96_emulator(config)
-    slow = lorenz96_truth(config, emulator.setting, truth_key)[1]
+    if config.truth.source == "file":
+        slow = read_site_truth(config, emulator.num_sites)
+    else:
+        slow = lorenz96_truth(config, emulator.setting, truth_key)[1]
     x0 = Lorenz96Emulator.initial_state(slow[0], slow[1])
     return emulator, slow[2:], x0
+
+
+def open_input(path: Path, source: str):
+    """The netCDF/zarr input file at ``path`` that the config key ``source`` names; a
+    missing or unreadable file is a :class:`ConfigError` naming the key."""
+    if not path.exists():
+        raise ConfigError(f"{source}: file not found")
+    try:
+        return open_gridded(path)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {str(error).removeprefix(f'{path}: ')}") from None
+
+
+def read_site_truth(config: ExperimentConfig, num_sites: int) -> np.ndarray:
+    """A site-indexed truth file: ``x`` with dims ``(time, site)`` at the model times
+    ``−Δt, 0, Δt, …, K Δt`` (``Δt = model.time_step``; ``x^{-1}, x^0`` and the cycles)."""
+    path = Path(config.truth.path)
+    source = f"truth.path = {str(path)!r}"
+    dataset = open_input(path, source)
+    times = config.model.time_step * np.arange(-1, config.run.cycles + 1)
+    try:
+        return _site_frames(dataset, (num_sites,), times, source)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def lorenz96_truth(config: ExperimentConfig, setting: str, truth_key) -> tuple[np.ndarray, ...]:
@@ -274,12 +302,7 @@ def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
     in any order; it must contain every requested time, and be finite there.
     """
     source = f"truth.path = {str(path)!r}"
-    if not path.exists():
-        raise ConfigError(f"{source}: file not found")
-    try:
-        dataset = open_gridded(path)
-    except ValueError as error:
-        raise ConfigError(f"{source}: {str(error).removeprefix(f'{path}: ')}") from None
+    dataset = open_input(path, source)
     try:
         return frames_at_times(
             dataset, grid, times, source=source, time_label="cycle times", finite=True
@@ -469,7 +492,8 @@ MODELS.register(
     ModelSetting(_gaussian_field, ("simulate", "file", "none"), _GRIDDED_OBSERVATIONS),
 )
 MODELS.register(
-    "lorenz96", ModelSetting(_lorenz96_setting, ("simulate", "none"), ("synthetic", "sites"))
+    "lorenz96",
+    ModelSetting(_lorenz96_setting, ("simulate", "file", "none"), ("synthetic", "sites")),
 )
 MODELS.register(
     "heldsuarez",
@@ -480,3 +504,104 @@ MODELS.register(
 MODELS.register(
     "gencast", ModelSetting(_gencast_setting, ("simulate", "file", "none"), _GRIDDED_OBSERVATIONS)
 )
+
+
+def read_initial_ensemble(config: ExperimentConfig, parts: ModelParts, num_particles: int):
+    """The particles of ``model.initial_ensemble``: one per ``member`` of the file.
+
+    Gridded models: one variable per model variable with dims ``(member, [time,] [level,]
+    lat, lon)`` on the model grid, at ``run.start_time``. Site-indexed models: ``x`` with
+    dims ``(member, [time,] site)``, at model time 0. An emulator that conditions on the
+    previous frame too (:class:`~filtrax.emulators._base.AbstractTwoFrameEmulator`) needs
+    both times: ``start − Δ`` and ``start`` (site-indexed: ``−Δt`` and ``0``). Each member's
+    state is ``emulator.initial_state(previous, current)`` where the emulator has one.
+    """
+    from ..emulators._base import AbstractTwoFrameEmulator
+
+    path = Path(config.model.initial_ensemble)
+    source = f"model.initial_ensemble = {str(path)!r}"
+    if len(jax.tree_util.tree_leaves(parts.initial_state)) != 1:
+        raise ConfigError(
+            f"{source}: this model's state is a pytree (several arrays), which an ensemble "
+            f"file cannot give; build the particles in Python and call filtrax.assimilate"
+        )
+    dataset = _open_ensemble(path, source, num_particles)
+    two_frames = isinstance(parts.emulator, AbstractTwoFrameEmulator)
+    times = _initial_times(config, parts.grid is None, two_frames)
+    members = []
+    for i in range(num_particles):
+        member = dataset.isel(member=i, drop=True)
+        if "time" not in member.dims:
+            if two_frames:
+                raise ConfigError(
+                    f"{source} has no 'time' dimension, but the emulator conditions on the "
+                    f"previous frame too: give each member at the times {list(map(str, times))}"
+                )
+            member = member.expand_dims(time=times[-1:])
+        members.append(_member_frames(member, parts, times, f"{source}, member {i}"))
+    dtype = jax.tree_util.tree_leaves(parts.initial_state)[0].dtype
+    previous = jnp.asarray(np.stack([m[0] for m in members]), dtype)
+    current = jnp.asarray(np.stack([m[-1] for m in members]), dtype)
+    start = getattr(parts.emulator, "initial_state", None)
+    return current if start is None else jax.vmap(start)(previous, current)
+
+
+def _open_ensemble(path: Path, source: str, num_particles: int):
+    dataset = open_input(path, source)
+    if "member" not in dataset.dims:
+        raise ConfigError(
+            f"{source} has no 'member' dimension (dimensions: "
+            f"{', '.join(map(str, dataset.dims)) or 'none'}); one member per particle"
+        )
+    if dataset.sizes["member"] != num_particles:
+        raise ConfigError(
+            f"{source} has {dataset.sizes['member']} members, but filter.particles = "
+            f"{num_particles}; set filter.particles = {dataset.sizes['member']}"
+        )
+    return dataset
+
+
+def _initial_times(config: ExperimentConfig, site_indexed: bool, two_frames: bool) -> np.ndarray:
+    """The times an initial ensemble gives: model times for sites, datetimes on grids."""
+    if site_indexed:
+        times = np.array([-config.model.time_step, 0.0])
+    else:
+        start = np.datetime64(datetime.fromisoformat(config.run.start_time), "s")
+        times = np.array([start - np.timedelta64(round(config.run.cycle_hours * 3600), "s"), start])
+    return times if two_frames else times[-1:]
+
+
+def _member_frames(member, parts: ModelParts, times: np.ndarray, source: str) -> np.ndarray:
+    """One member's frames ``(time, *frame)`` at ``times``, checked like a truth file."""
+    from ..io import plausibility
+
+    try:
+        if parts.grid is None:
+            frames = _site_frames(member, parts.frame_shape, times, source)
+        else:
+            frames = frames_at_times(
+                member, parts.grid, times, source=source, time_label="initial times", finite=True
+            )
+            labels = [channel.label() for channel in parts.grid.channels]
+            plausibility.check_frames(frames, parts.units, labels, source)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return frames
+
+
+def _site_frames(dataset, frame_shape, times: np.ndarray, source: str) -> np.ndarray:
+    """Frames ``(time, site)`` of the variable ``x`` at the model ``times``."""
+    if "x" not in dataset or set(map(str, dataset["x"].dims)) != {"time", "site"}:
+        raise ValueError(f"{source}: expected a variable 'x' with dimensions (time, site)")
+    x = dataset["x"].transpose("time", "site")
+    if x.sizes["site"] != frame_shape[0]:
+        raise ValueError(f"{source}: 'x' has {x.sizes['site']} sites, the model {frame_shape[0]}")
+    file_times = np.asarray(x["time"].values, np.float64) if "time" in x.coords else times
+    absent = [float(t) for t in times if not np.isclose(file_times, t).any()]
+    if absent:
+        raise ValueError(f"{source} has no state at the model times {absent[:3]}")
+    order = [int(np.flatnonzero(np.isclose(file_times, t))[0]) for t in times]
+    frames = np.asarray(x.values, np.float64)[order]
+    if not np.isfinite(frames).all():
+        raise ValueError(f"{source}: 'x' has non-finite values; it must be finite everywhere")
+    return frames

@@ -131,6 +131,8 @@ def input_files(config: ExperimentConfig) -> dict[str, Path]:
         files["observations.path"] = Path(config.observations.path)
     if config.truth.source == "file" and config.truth.path:
         files["truth.path"] = Path(config.truth.path)
+    if config.model.initial_ensemble:
+        files["model.initial_ensemble"] = Path(config.model.initial_ensemble)
     if config.model.weights:
         files["model.weights"] = Path(config.model.weights)
         files["model.weights (its card)"] = Path(config.model.weights).with_suffix(".toml")

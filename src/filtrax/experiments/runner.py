@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import logging
 import sys
+import time
 import tomllib
 import warnings
 import zipfile
@@ -50,7 +51,7 @@ from ..io.atomic import atomic_savez
 from ..io.datasets import dataset_to_frames, frames_to_dataset
 from ..parallel import initialize_distributed, is_main_process, to_host
 from ..profiling import PHASES, phase_seconds
-from . import run_directory
+from . import observation_space, run_directory
 from .config import ConfigError, ExperimentConfig, ParallelConfig, config_from_dict, toml_text
 from .errors import RunDirectoryError
 from .factory import Experiment, build_experiment
@@ -77,17 +78,17 @@ PROFILE_BUDGET_SECONDS = 1.0
 #: that those runs still resume.
 DIGEST_NEUTRAL_DEFAULTS = {
     "filter": {"rejuvenation": ("none", ("rejuvenation_bandwidth",))},
-    "model": {"factory": ("", ())},
+    "model": {"factory": ("", ()), "initial_ensemble": ("", ())},
 }
 
 
 def config_digest(config: ExperimentConfig) -> str:
-    """The sha256 of the config without ``[parallel]`` and ``run.profile`` (neither changes
-    the results: one lays particles out, the other only times phases after the run), and
+    """The sha256 of the config without ``[parallel]``, ``run.profile`` and
+    ``run.observation_diagnostics`` (none changes the results: one lays particles out, the
+    others only time phases or forecast on streams of their own), and
     without later-added keys at their neutral value (:data:`DIGEST_NEUTRAL_DEFAULTS`)."""
-    neutral = dataclasses.replace(
-        config, parallel=ParallelConfig(), run=dataclasses.replace(config.run, profile=True)
-    )
+    run = dataclasses.replace(config.run, profile=True, observation_diagnostics=True)
+    neutral = dataclasses.replace(config, parallel=ParallelConfig(), run=run)
     data = neutral.to_dict()
     for section, keys in DIGEST_NEUTRAL_DEFAULTS.items():
         for key, (value, dependents) in keys.items():
@@ -146,6 +147,14 @@ def _read_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[Fi
             jnp.asarray(data["cycle"]),
         )
         history = {k: np.array(data[f"history_{k}"]) for k in HISTORY_FIELDS}
+        # The observation-space records; checkpoints from before them lack them.
+        history.update(
+            {
+                k: np.array(data[f"history_{k}"])
+                for k in observation_space.FIELDS
+                if f"history_{k}" in data.files
+            }
+        )
     return state, history
 
 
@@ -256,16 +265,25 @@ def _run_member(
     *,
     resume: bool,
     quiet: bool,
-) -> None:
+) -> float:
+    """Run ``name``'s remaining cycles; returns the seconds of the first cycle it ran here
+    (compilation included; NaN when none was left)."""
     store = run_dir / f"{name}.zarr"
     checkpoint = run_dir / "checkpoints" / f"{name}.npz"
     num_cycles = len(experiment.cycle_times)
     root = jax.random.fold_in(jax.random.key(experiment.config.seed), RUN_STREAMS[name])
     state = filter_.init(experiment.initial_particles)
+    num_obs = experiment.observation.num_observations
     history = {k: np.full(num_cycles, np.nan) for k in HISTORY_FIELDS}
+    history.update(observation_space.empty_history(num_cycles, num_obs))
     if resume and checkpoint.exists():
-        state, history = _load_checkpoint(checkpoint, state, digest)
+        state, loaded = _load_checkpoint(checkpoint, state, digest)
+        history.update({k: v for k, v in loaded.items() if v.shape[1:] in ((), (num_obs,))})
         logger.info("%s: resuming at cycle %d of %d", name, int(state.cycle), num_cycles)
+    diagnose = experiment.config.run.observation_diagnostics
+    recorder = observation_space.Recorder(experiment, filter_, name) if diagnose else None
+    if recorder is not None and int(state.cycle) == 0:
+        recorder.start(history, state)
     if is_main_process() and (not store.exists() or not (resume and checkpoint.exists())):
         _preallocate(store, experiment, state.log_weights.shape[0])
     start = int(state.cycle)
@@ -294,6 +312,8 @@ def _run_member(
             postfix.update(progress.postfix(name, k, ensemble))
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
+        if recorder is not None:  # the runner's chunks are one cycle each
+            recorder.record(history, chunk.first_cycle + len(ensembles) - 1, chunk.final_state)
         _save_checkpoint(checkpoint, chunk.final_state, history, digest)
 
     if start < num_cycles:
@@ -309,6 +329,36 @@ def _run_member(
             callback=record,
         )
     bar.close()
+    return float(history["seconds"][start]) if start < num_cycles else float("nan")
+
+
+STARTUP_DESCRIPTIONS = {
+    "seconds_build": "seconds to read the inputs and load the emulator (this invocation)",
+    "seconds_first_cycle": "seconds of the first cycle this invocation ran, compiling included",
+    "seconds_compiling": "the first cycle's excess over the median later one: its compiling",
+    "seconds_to_first_cycle": "seconds from this invocation's start to its first cycle's end",
+}
+
+
+def _startup_times(build: float, first_cycle: dict[str, float], metrics: xr.Dataset) -> dict:
+    """What this invocation waited for: the build (inputs and emulator), then each member's
+    first cycle here (``first_cycle``, in the order they ran), which carries its compilation
+    (the excess over the member's median later cycle estimates it)."""
+    members = [str(m) for m in metrics.ensemble.values]
+    first = np.array([first_cycle.get(m, np.nan) for m in members])
+    later = metrics.seconds.values[:, 1:]
+    warm = np.nanmedian(later, axis=1) if later.shape[1] else np.full(len(members), np.nan)
+    ran = [seconds for seconds in first_cycle.values() if np.isfinite(seconds)]
+    values = {
+        "seconds_build": ((), build),
+        "seconds_first_cycle": (("ensemble",), first),
+        "seconds_compiling": (("ensemble",), first - warm),
+        "seconds_to_first_cycle": ((), build + (ran[0] if ran else np.nan)),
+    }
+    return {
+        name: (dims, value, {"long_name": STARTUP_DESCRIPTIONS[name]})
+        for name, (dims, value) in values.items()
+    }
 
 
 def _channel_coords(experiment: Experiment) -> dict:
@@ -392,11 +442,18 @@ def compute_metrics(experiment: Experiment, run_dir: Path) -> xr.Dataset:
     channels = 1 if experiment.grid is None else len(experiment.grid.channels)
     values = {k: np.full((len(methods), num_cycles, channels), np.nan) for k in PER_CHANNEL}
     scalar = {k: np.full((len(methods), num_cycles), np.nan) for k in HISTORY_FIELDS}
-    ranks = []
+    ranks, records = [], []
     for m, method in enumerate(methods):
         with np.load(run_dir / "checkpoints" / f"{method}.npz", allow_pickle=False) as data:
             for k in HISTORY_FIELDS:
                 scalar[k][m] = data[f"history_{k}"]
+            records.append(
+                {
+                    k: data[f"history_{k}"]
+                    for k in observation_space.FIELDS
+                    if f"history_{k}" in data
+                }
+            )
         dataset = xr.open_zarr(run_dir / f"{method}.zarr", consolidated=False)
         ranks.append(_score_ensemble(experiment, dataset, values, m))
     coords = {
@@ -424,6 +481,11 @@ def compute_metrics(experiment: Experiment, run_dir: Path) -> xr.Dataset:
             {"long_name": "counts of the truth's rank among the members"},
         )
     dataset = xr.Dataset(data_vars, coords=coords)
+    if experiment.config.run.observation_diagnostics and all(
+        len(r) == len(observation_space.FIELDS) for r in records
+    ):
+        parts = observation_space.statistics(experiment, records)
+        dataset = dataset.assign_coords(parts["coords"]).assign(parts["data_vars"])
     dataset.attrs.update(
         {"title": f"filtrax metrics: {experiment.config.name}", "Conventions": "CF-1.8"}
     )
@@ -561,7 +623,9 @@ def run_experiment(
     # fails leaves nothing behind that a second attempt would take for a run.
     say = _Phases(quiet or not is_main_process())
     say("building the experiment: reading its inputs, loading the emulator")
+    tic = time.perf_counter()
     experiment = build_experiment(config)
+    build_seconds, first_cycle = time.perf_counter() - tic, {}
     main = is_main_process()
     if main:
         if not resume:
@@ -579,7 +643,7 @@ def run_experiment(
     progress = _ProgressScore(experiment)
     for name, filter_ in members[::-1]:
         say(f"{name}: the first cycle compiles the cycle step, later ones reuse it")
-        _run_member(
+        first_cycle[name] = _run_member(
             name,
             filter_,
             experiment,
@@ -593,6 +657,7 @@ def run_experiment(
         return run_dir
     say("scoring the stored ensembles" + ("" if experiment.truth is None else " against the truth"))
     metrics = compute_metrics(experiment, run_dir)
+    metrics = metrics.assign(_startup_times(build_seconds, first_cycle, metrics))
     if config.run.profile:
         say("timing each phase of one cycle on its own (run.profile = true)")
     metrics = metrics.assign(_phase_profile(experiment, members, metrics))
