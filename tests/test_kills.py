@@ -148,3 +148,20 @@ def test_a_kill_then_resume_gives_the_uninterrupted_outputs(
     # A temporary the kill left behind is replaced by the resumed write of the same file.
     assert not list(run_dir.rglob("*.tmp"))
     shutil.rmtree(run_dir)
+
+
+def test_resuming_a_finished_run_rewrites_nothing_unless_outputs_are_stale(
+    config, reference, tmp_path
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    before = {p: p.read_bytes() for p in (run_dir / "metrics.nc", run_dir / "report.md")}
+    runner.run_experiment(config, run_dir, resume=True, quiet=True)
+    assert all(p.read_bytes() == content for p, content in before.items())
+    # A checkpoint newer than metrics.nc (a kill between the last cycle and the scores):
+    # scored and reported again.
+    checkpoint = run_dir / "checkpoints" / "analysis.npz"
+    later = (run_dir / "metrics.nc").stat().st_mtime + 10
+    os.utime(checkpoint, (later, later))
+    runner.run_experiment(config, run_dir, resume=True, quiet=True)
+    assert (run_dir / "metrics.nc").read_bytes() != before[run_dir / "metrics.nc"]

@@ -657,10 +657,12 @@ def _startup_line(metrics: xr.Dataset) -> list[str]:
         if np.isfinite(first):
             about = f", about {compiling:.2g} s of it compiling" if np.isfinite(compiling) else ""
             parts.append(f"{member}'s first cycle {first:.2g} s{about}")
+    build = f"{float(metrics.seconds_build):.2g} s reading the inputs and loading the emulator"
+    if not parts:
+        return [f"Start-up of the last invocation: {build}; no cycle was left to run."]
     return [
         f"Start-up of the last invocation: {float(metrics.seconds_to_first_cycle):.2g} s to the "
-        f"end of its first cycle ({float(metrics.seconds_build):.2g} s reading the inputs and "
-        f"loading the emulator; " + ("; ".join(parts) or "no cycle was left to run") + ")."
+        f"end of its first cycle ({build}; " + "; ".join(parts) + ")."
     ]
 
 

@@ -655,6 +655,9 @@ def run_experiment(
         )
     if not main:
         return run_dir
+    if not any(np.isfinite(list(first_cycle.values()))) and _outputs_current(run_dir, report):
+        say("the run was already complete, and its metrics and report are up to date")
+        return run_dir
     say("scoring the stored ensembles" + ("" if experiment.truth is None else " against the truth"))
     metrics = compute_metrics(experiment, run_dir)
     metrics = metrics.assign(_startup_times(build_seconds, first_cycle, metrics))
@@ -674,6 +677,23 @@ def run_experiment(
         say("writing the report and its figures")
         write_report(run_dir)
     return run_dir
+
+
+def _outputs_current(run_dir: Path, report: bool) -> bool:
+    """Whether ``metrics.nc`` (and the report, when asked for) were written after the last
+    checkpoint and ``metrics.nc`` reads: then a resume with nothing left has nothing to do."""
+    outputs = [run_dir / "metrics.nc", *([run_dir / "report.md"] if report else [])]
+    checkpoints = list((run_dir / "checkpoints").glob("*.npz"))
+    if not checkpoints or not all(p.exists() for p in outputs):
+        return False
+    newest = max(p.stat().st_mtime for p in checkpoints)
+    if min(p.stat().st_mtime for p in outputs) < newest:
+        return False
+    try:
+        with xr.open_dataset(run_dir / "metrics.nc") as metrics:
+            return "rmse" in metrics or "ess" in metrics
+    except (OSError, ValueError):
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
