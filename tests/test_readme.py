@@ -69,3 +69,24 @@ def test_filtrax_demo_is_make_demo_and_the_kalman_check_has_its_own_name(monkeyp
         ["--out", "runs/demo", "--particles", "16", "--cycles", "3"],
         ["--linear-gaussian", "--particles", "8", "--cycles", "40"],
     ]
+
+
+def test_regenerate_rewrites_a_marked_block_with_its_commands_output(tmp_path):
+    """benchmarks/regenerate.py: a marked block gets what its command prints; --check only
+    reports; the README's marked commands are the cheap table and the demo."""
+    import sys
+
+    sys.path.insert(0, str(README.parent / "benchmarks"))
+    import regenerate
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("text\n<!-- regenerate: python -c \"print('fresh')\" -->\n```\nstale\n```\n")
+    assert regenerate.regenerate(doc, "", check=True) == ["python -c \"print('fresh')\""]
+    assert "stale" in doc.read_text()
+    regenerate.regenerate(doc, "", check=False)
+    assert doc.read_text().endswith("```\nfresh\n```\n")
+    assert regenerate.regenerate(doc, "", check=True) == []
+    commands = [
+        m["command"] for m in regenerate.MARKER.finditer(README.read_text(encoding="utf-8"))
+    ]
+    assert commands == ["python -m filtrax.demo", "python -m filtrax.demo --linear-gaussian"]

@@ -97,7 +97,6 @@ def _is_run_named(run_dir, name: str) -> bool:
 
 def atmosphere_demo(out: str, particles: int, cycles: int) -> None:
     """Run :data:`DEMO_CONFIG` into ``out`` and print per-variable skill."""
-    import shutil
     from pathlib import Path
 
     import xarray as xr
@@ -112,21 +111,20 @@ def atmosphere_demo(out: str, particles: int, cycles: int) -> None:
     data["run"] = {**data["run"], "cycles": cycles, "burn_in": burn_in}
     config = config_from_dict(data)
     run_dir = Path(out)
-    if run_dir.exists():
-        # The demo starts afresh, but only ever replaces a run of its own.
-        if not _is_run_named(run_dir, config.name):
-            raise SystemExit(
-                f"error: {run_dir} exists and is not a previous run of this demo; move it away "
-                f"or pass another --out"
-            )
-        shutil.rmtree(run_dir)
+    # The demo starts afresh, but only ever replaces a run of its own (its own files only).
+    previous = run_dir.is_dir() and any(run_dir.iterdir())
+    if previous and not _is_run_named(run_dir, config.name):
+        raise SystemExit(
+            f"error: {run_dir} exists and is not a previous run of this demo; move it away "
+            f"or pass another --out"
+        )
     print(
         f"The poster's experiment on the 32 x 64 Held-Suarez atmosphere (emulator "
         f"{config.model.emulator}, dinosaur's truth): FA-APF with N = {particles}, {cycles} "
         "cycles of 12 h; temperature observed in every column (sigma = 0.1 K)."
     )
     start = time.perf_counter()
-    run_experiment(config, run_dir, quiet=False)
+    run_experiment(config, run_dir, quiet=False, overwrite=previous)
     seconds = time.perf_counter() - start
     metrics = xr.open_dataset(run_dir / "metrics.nc").load()
     rows = variable_table(metrics, set(config.observations.variables), burn_in)
