@@ -89,7 +89,7 @@ def main(verbose: int, debug: bool) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if click.get_current_context().invoked_subcommand != "cache":  # it only reads the cache
-        _enable_compilation_cache()
+        enable_compilation_cache()
 
 
 #: The compilation cache's cap; JAX evicts the least recently used entries beyond it.
@@ -118,7 +118,7 @@ def _cache_cap_mb() -> float:
     return cap
 
 
-def _enable_compilation_cache() -> None:
+def enable_compilation_cache() -> None:
     """Persist XLA compilations, so that a resumed or repeated run does not recompile.
 
     The directory is :func:`_cache_directory`; at start-up it is trimmed, oldest entries
