@@ -76,13 +76,13 @@ def test_cache_info_and_clear(tmp_path, monkeypatch):
     assert cleared.exit_code == 0 and "removed 1 files" in cleared.output
     assert not entry.exists()
     # The cap: the oldest entries go first until the rest fit.
-    from filtrax.cli import _trim_cache
+    from filtrax.compilation_cache import trim_cache
 
     for age, name in enumerate(["new", "old"]):
         (tmp_path / "xla" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "xla" / name).write_bytes(b"x" * 1000)
         os.utime(tmp_path / "xla" / name, (1e9 - age * 1e6, 1e9 - age * 1e6))
-    _trim_cache(tmp_path / "xla", 1500)
+    trim_cache(tmp_path / "xla", 1500)
     assert sorted(p.name for p in (tmp_path / "xla").iterdir()) == ["new"]
     monkeypatch.setenv("FILTRAX_CACHE_MAX_MB", "lots")
     one_error_line(runner.invoke(main, ["cache", "info"]), "FILTRAX_CACHE_MAX_MB = 'lots'")

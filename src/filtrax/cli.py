@@ -9,6 +9,13 @@ from pathlib import Path
 
 import click
 
+from .compilation_cache import (
+    cache_cap_mb,
+    cache_directory,
+    cache_files,
+    enable_compilation_cache,
+)
+
 EPILOG_RUN = """\b
 Examples:
   filtrax run configs/gaussian_field/demo.toml
@@ -90,60 +97,6 @@ def main(verbose: int, debug: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if click.get_current_context().invoked_subcommand != "cache":  # it only reads the cache
         enable_compilation_cache()
-
-
-#: The compilation cache's cap; JAX evicts the least recently used entries beyond it.
-DEFAULT_CACHE_MAX_MB = 512
-
-
-def _cache_directory() -> Path | None:
-    """``$FILTRAX_CACHE_DIR/xla`` (default ``~/.cache/filtrax/xla``); ``None`` when switched
-    off with ``FILTRAX_CACHE_DIR=""``."""
-    import os
-
-    root = os.environ.get("FILTRAX_CACHE_DIR", str(Path.home() / ".cache" / "filtrax"))
-    return Path(root) / "xla" if root else None
-
-
-def _cache_cap_mb() -> float:
-    import os
-
-    text = os.environ.get("FILTRAX_CACHE_MAX_MB", str(DEFAULT_CACHE_MAX_MB))
-    try:
-        cap = float(text)
-    except ValueError:
-        cap = -1.0
-    if not cap > 0:
-        _fail(ValueError(f"FILTRAX_CACHE_MAX_MB = {text!r}; expected a positive number of MB"))
-    return cap
-
-
-def enable_compilation_cache() -> None:
-    """Persist XLA compilations, so that a resumed or repeated run does not recompile.
-
-    The directory is :func:`_cache_directory`; at start-up it is trimmed, oldest entries
-    first, to ``$FILTRAX_CACHE_MAX_MB`` (default :data:`DEFAULT_CACHE_MAX_MB`), and
-    ``filtrax cache clear`` empties it. (JAX's own ``jax_compilation_cache_max_size`` is not
-    used: it fails on entries written without it.)
-    """
-    import jax
-
-    directory = _cache_directory()
-    if directory is None:
-        return
-    _trim_cache(directory, _cache_cap_mb() * 2**20)
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-def _trim_cache(directory: Path, cap_bytes: float) -> None:
-    """Delete the least recently modified cache files until the rest fit in ``cap_bytes``."""
-    files = sorted(_cache_files(directory), key=lambda p: p.stat().st_mtime, reverse=True)
-    total = 0
-    for path in files:
-        total += path.stat().st_size
-        if total > cap_bytes:
-            path.unlink(missing_ok=True)
 
 
 def _fail(error: Exception) -> None:
@@ -434,22 +387,16 @@ def cache() -> None:
     """The on-disk cache of XLA compilations ($FILTRAX_CACHE_DIR/xla)."""
 
 
-def _cache_files(directory: Path | None) -> list[Path]:
-    if directory is None or not directory.exists():
-        return []
-    return [p for p in directory.rglob("*") if p.is_file()]
-
-
 @cache.command("info")
 def cache_info() -> None:
     """Where the cache is, its size and its cap."""
-    directory = _cache_directory()
+    directory = cache_directory()
     if directory is None:
         click.echo("the compilation cache is off (FILTRAX_CACHE_DIR is empty)")
         return
-    files = _cache_files(directory)
+    files = cache_files(directory)
     size = sum(p.stat().st_size for p in files) / 2**20
-    cap = _cache_cap_mb()
+    cap = cache_cap_mb()
     click.echo(
         f"{directory}: {len(files)} files, {size:.1f} MB (cap {cap:g} MB, FILTRAX_CACHE_MAX_MB)"
     )
@@ -460,8 +407,8 @@ def cache_clear() -> None:
     """Delete every cached compilation (the next runs compile afresh)."""
     import shutil
 
-    directory = _cache_directory()
-    files = _cache_files(directory)
+    directory = cache_directory()
+    files = cache_files(directory)
     size = sum(p.stat().st_size for p in files) / 2**20
     if directory is not None and directory.exists():
         shutil.rmtree(directory)

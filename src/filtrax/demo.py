@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     # `make demo` runs this module: it keeps its compilations on disk as `filtrax demo` does,
     # so that a second demo starts warm (FILTRAX_CACHE_DIR, `filtrax cache info`).
-    from .cli import enable_compilation_cache
+    from .compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()
     main()
