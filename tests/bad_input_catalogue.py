@@ -571,6 +571,16 @@ CASES: list[Case] = [
         ("observations.error_std = 0.7", "stations.csv", "0.2"),
     ),
     Case(
+        "stations of a variable that observations.variables leaves out",
+        "stations",
+        lambda f: stations(f, station_rows(variable=["temperature", "u_component_of_wind"])),
+        (
+            "observations.path",
+            "observes u_component_of_wind",
+            "observations.variables = ['temperature']",
+        ),
+    ),
+    Case(
         "stations far from a dimensionless field's values",
         "stations",
         lambda f: stations(f, station_rows(value=[15.0, 400.0])),

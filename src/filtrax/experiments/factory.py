@@ -336,6 +336,38 @@ def _check_sources(config: ExperimentConfig, setting: ModelSetting) -> None:
         )
 
 
+def _check_file_within_selection(config, grid: GridSpec, observation, labels) -> None:
+    """``observations.variables`` and ``levels`` with a file: every observation the file
+    holds must be of a listed variable and level (nothing is dropped without a word)."""
+    o = config.observations
+    if not o.variables and not o.levels:
+        return
+    for c, channel in enumerate(grid.channels):
+        indicator = np.zeros(grid.shape, np.float32)
+        indicator[c] = 1.0
+        reads = np.isclose(np.asarray(observation.predict(jnp.asarray(indicator))), 1.0)
+        if not reads.any():
+            continue
+        outside_variables = bool(o.variables) and channel.variable not in o.variables
+        outside_levels = (
+            bool(o.levels)
+            and channel.level is not None
+            and (not any(np.isclose(channel.level, level) for level in o.levels))
+        )
+        if outside_variables or outside_levels:
+            key, value = (
+                ("variables", list(o.variables))
+                if outside_variables
+                else ("levels", list(o.levels))
+            )
+            first = labels[int(np.argmax(reads))]
+            raise ConfigError(
+                f"observations.path = {o.path!r} observes {channel.label()} ({first}), which "
+                f"observations.{key} = {value} leaves out; a file's observations are all used: "
+                f"list it, leave observations.{key} empty, or drop it from the file"
+            )
+
+
 def _check_plausible(config, grid, units, truth, observations, observation, labels) -> None:
     """Truth and observation files in the model's units (:mod:`filtrax.io.plausibility`)."""
     try:
@@ -396,6 +428,8 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     labels = tuple(labels)
     if grid is not None:
         _check_plausible(config, grid, units, truth, observations, observation, labels)
+        if source != "synthetic":
+            _check_file_within_selection(config, grid, observation, labels)
     if config.observations.every > 1:
         skipped = (np.arange(num_cycles) + 1) % config.observations.every != 0
         observations[skipped] = np.nan
