@@ -421,18 +421,18 @@ def test_plausible_ranges_refuse_unit_mistakes_and_accept_physical_values():
     model = ObservationModel(PointSelection(shape, np.array([0, 32 + 5, 64 + 9])), 1.0)
     labels = ["t", "ps", "x"]
     physical = np.array([[288.0, 101325.0, 1e6]])
-    plausibility.check_observations(physical, model, shape, units, labels, "obs.csv")
+    plausibility.check_observations(physical, model, units, labels, "obs.csv")
     for values, fragment in (
         ([[15.0, 101325.0, 0.0]], "t at cycle 0 is 15 K, outside the plausible range 150"),
         ([[288.0, 1013.0, 0.0]], "ps at cycle 0 is 1013 Pa, outside the plausible range"),
     ):
         with pytest.raises(ValueError, match=fragment):
-            plausibility.check_observations(np.array(values), model, shape, units, labels, "o")
+            plausibility.check_observations(np.array(values), model, units, labels, "o")
     between = BilinearInterpolation(grid, [0], [10.0], [20.0])  # between grid points
     interpolated = ObservationModel(between, 1.0)
-    plausibility.check_observations(np.array([[250.0]]), interpolated, shape, units, ["t"], "o")
+    plausibility.check_observations(np.array([[250.0]]), interpolated, units, ["t"], "o")
     with pytest.raises(ValueError, match="°C instead of K"):
-        plausibility.check_observations(np.array([[-5.0]]), interpolated, shape, units, ["t"], "o")
+        plausibility.check_observations(np.array([[-5.0]]), interpolated, units, ["t"], "o")
     frames = np.zeros((2, *shape))
     frames[:, 0], frames[:, 1] = 290.0, 1.0e5
     plausibility.check_frames(frames, units, ["T", "ps", "x"], "truth.nc")

@@ -343,9 +343,7 @@ def _check_file_within_selection(config, grid: GridSpec, observation, labels) ->
     if not o.variables and not o.levels:
         return
     for c, channel in enumerate(grid.channels):
-        indicator = np.zeros(grid.shape, np.float32)
-        indicator[c] = 1.0
-        reads = np.isclose(np.asarray(observation.predict(jnp.asarray(indicator))), 1.0)
+        reads = observation.reads_channels([c])
         if not reads.any():
             continue
         outside_variables = bool(o.variables) and channel.variable not in o.variables
@@ -382,7 +380,6 @@ def _check_plausible(config, grid, units, truth, observations, observation, labe
             plausibility.check_observations(
                 observations,
                 observation,
-                grid.shape,
                 units,
                 labels,
                 f"observations.path = {config.observations.path!r}",

@@ -103,8 +103,8 @@ def empty_history(num_cycles: int, num_observations: int) -> dict[str, np.ndarra
 
 
 def observation_variables(experiment) -> tuple[list[str], np.ndarray]:
-    """The variable names and each observation's variable index: the observation of an
-    indicator frame (1 in that variable's channels) is 1 exactly where it reads them."""
+    """The variable names and each observation's variable index
+    (:meth:`~filtrax.observations.model.ObservationModel.reads_channels`)."""
     observation = experiment.observation
     if experiment.grid is None:
         return ["x"], np.zeros(observation.num_observations, np.int64)
@@ -112,9 +112,9 @@ def observation_variables(experiment) -> tuple[list[str], np.ndarray]:
     names = list(grid.variables)
     index = np.full(observation.num_observations, -1, np.int64)
     for v, name in enumerate(names):
-        indicator = np.zeros(grid.shape, np.float32)
-        indicator[[c for c, ch in enumerate(grid.channels) if ch.variable == name]] = 1.0
-        reads = np.isclose(np.asarray(observation.predict(jnp.asarray(indicator))), 1.0)
+        reads = observation.reads_channels(
+            [c for c, channel in enumerate(grid.channels) if channel.variable == name]
+        )
         index[reads] = v
     observed = sorted(set(index[index >= 0].tolist()))
     return [names[v] for v in observed], np.searchsorted(observed, index)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 #: ``unit: (low, high, likely mistake)``; values outside ``[low, high]`` are refused.
@@ -61,22 +60,18 @@ def check_frames(
 def check_observations(
     values: np.ndarray,
     observation,
-    frame_shape: Sequence[int],
     units: Sequence[str],
     labels: Sequence[str],
     source: str,
 ) -> None:
     """``values (cycle, obs)`` of ``observation`` on a gridded frame ``(channel, ...)``.
 
-    Which unit an observation has is found by observing an indicator frame (1 in the
-    channels of that unit, 0 elsewhere): a point selection or an interpolation within one
-    channel gives 1 exactly where the observation reads a channel of that unit.
+    Which unit an observation has comes from the channels it reads
+    (:meth:`~filtrax.observations.model.ObservationModel.reads_channels`).
     """
     values = np.asarray(values, np.float64)
     for unit in sorted(set(units) & set(PLAUSIBLE_RANGES)):
-        indicator = np.zeros(tuple(frame_shape), np.float32)
-        indicator[[c for c, u in enumerate(units) if u == unit]] = 1.0
-        reads_unit = np.isclose(np.asarray(observation.predict(jnp.asarray(indicator))), 1.0)
+        reads_unit = observation.reads_channels([c for c, u in enumerate(units) if u == unit])
         low, high, _ = PLAUSIBLE_RANGES[unit]
         outside = reads_unit[None] & np.isfinite(values) & ((values < low) | (values > high))
         if outside.any():

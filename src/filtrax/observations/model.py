@@ -75,6 +75,14 @@ class ObservationModel(eqx.Module):
     def predict(self, x: State) -> Observation:
         return self.operator(x)
 
+    def reads_channels(self, channels) -> np.ndarray:
+        """Which observations read the given channels of a ``(channel, ...)`` frame: those
+        whose value of the indicator frame (1 in ``channels``, 0 elsewhere) is 1. A point
+        selection, or an interpolation within one channel, gives exactly 1 there."""
+        indicator = np.zeros(self.state_shape, np.float32)
+        indicator[list(channels)] = 1.0
+        return np.isclose(np.asarray(self.predict(jnp.asarray(indicator))), 1.0)
+
     def with_error_inflation(self, factor: float) -> ObservationModel:
         r"""This model with every error std multiplied by ``factor`` (variances by
         ``factor²``): observation-error ("R") inflation, a standard guard of ensemble filters
