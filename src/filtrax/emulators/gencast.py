@@ -505,6 +505,11 @@ def _import_graphcast():
     return haiku, checkpoint, denoiser, gencast, xarray_jax
 
 
+def require_graphcast() -> None:
+    """Raise an ImportError with the install hint unless DeepMind's ``graphcast`` imports."""
+    _import_graphcast()
+
+
 class _Opaque:
     """A hashable handle for a static, non-array object (compared by identity)."""
 

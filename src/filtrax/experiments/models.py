@@ -398,28 +398,20 @@ def _gencast(config: ExperimentConfig):
     for field in ("checkpoint", "statistics"):
         if not getattr(m, field):
             raise ConfigError(f"model.{field} must be set for model.name = 'gencast'")
-    network, grid = gc.load_gencast_network(m.checkpoint, use_gpu_attention=m.gpu_attention)
-    statistics = gc.read_statistics(m.statistics, grid.channels)
+    gc.require_graphcast()  # the package first: without it no file can be used
     path = Path(config.truth.path)
-    if not path.exists():
-        raise ConfigError(f"truth.path = {str(path)!r}: file not found")
-    dataset = open_gridded(path)
+    dataset = open_input(path, f"truth.path = {str(path)!r}")
     start = np.datetime64(datetime.fromisoformat(config.run.start_time), "s")
+    emulator = gc.load_gencast(
+        m.checkpoint, m.statistics, dataset, start, use_gpu_attention=m.gpu_attention
+    )
     step = np.timedelta64(12 * 3600, "s")
     times = np.concatenate([[start - step, start], cycle_times(config)])
-    frames = gc.era5_frames(dataset, grid, times)
-    emulator = gc.gencast_emulator(
-        network,
-        statistics,
-        grid,
-        sst_missing=gc.sst_missing_mask(frames[1], grid),
-        statics=gc.era5_statics(dataset, grid, statistics),
-        name=Path(m.checkpoint).stem,
-    )
+    frames = gc.era5_frames(dataset, emulator.grid, times)
     x0 = emulator.initial_state(frames[0], frames[1], start)
     # Scores compare finite fields: the truth's SST over land takes the same fill value.
     truth = np.stack([np.asarray(emulator.fill_missing(jnp.asarray(f))) for f in frames[2:]])
-    return emulator, grid, truth, x0
+    return emulator, emulator.grid, truth, x0
 
 
 def _linear_gaussian(config: ExperimentConfig, truth_key, init_key) -> ModelParts:
