@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from filtrax.dynamics.heldsuarez import stack_channels
 from filtrax.emulators.atmosphere import AtmosphereEmulator, bundled_emulator, load_emulator
 from filtrax.emulators.cards import load_card
 from filtrax.experiments.factory import bundled_truth_path
+from filtrax.io.heldsuarez_store import stack_channels
 from filtrax.training.atmosphere import open_store
 
 ROOT = Path(__file__).resolve().parents[1]

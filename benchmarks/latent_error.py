@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from filtrax.dynamics.heldsuarez import stack_channels
 from filtrax.emulators.atmosphere import bundled_emulator, load_emulator
+from filtrax.io.heldsuarez_store import stack_channels
 from filtrax.training.atmosphere import open_store
 
 

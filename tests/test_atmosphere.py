@@ -18,12 +18,13 @@ from click.testing import CliRunner
 
 from filtrax.cli import main
 from filtrax.diffusion.denoisers import EDMPreconditionedDenoiser
-from filtrax.dynamics.heldsuarez import HeldSuarezSetup, stack_channels, write_segment
+from filtrax.dynamics.heldsuarez import HeldSuarezSetup
 from filtrax.emulators.atmosphere import AtmosphereEmulator, load_emulator, save_emulator
 from filtrax.emulators.sphere_unet import NoisyInputPath, SphereUNet, pad_sphere
 from filtrax.experiments.config import ConfigError, config_from_dict
 from filtrax.experiments.factory import build_experiment
 from filtrax.grid import Channel, GridSpec
+from filtrax.io.heldsuarez_store import stack_channels, write_segment
 
 LAT = tuple((-90 + 22.5 * (np.arange(8) + 0.5)).tolist())
 LON = tuple((45.0 * np.arange(8)).tolist())
@@ -201,7 +202,7 @@ def test_setup_rejects_bad_levels_and_steps():
         HeldSuarezSetup(state_levels=(1, 8))
     with pytest.raises(ValueError, match="save_hours"):
         HeldSuarezSetup(save_hours=12.25)
-    from filtrax.dynamics.heldsuarez import generate_heldsuarez
+    from filtrax.io.heldsuarez_store import generate_heldsuarez
 
     with pytest.raises(ValueError, match="spin_up_days = 15"):
         generate_heldsuarez("unused.zarr", years=1, spin_up_days=15)
@@ -280,6 +281,7 @@ def test_a_killed_data_run_resumes_to_the_same_store_and_refuses_other_settings(
     import xarray as xr
 
     from filtrax.dynamics import heldsuarez
+    from filtrax.io.heldsuarez_store import generate_heldsuarez
 
     store, _ = smoke_run
     out = tmp_path / "killed.zarr"
@@ -295,12 +297,12 @@ def test_a_killed_data_run_resumes_to_the_same_store_and_refuses_other_settings(
 
     monkeypatch.setattr(heldsuarez.HeldSuarezSimulator, "trajectory", killed_on_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
-        heldsuarez.generate_heldsuarez(out, **settings)
+        generate_heldsuarez(out, **settings)
     monkeypatch.setattr(heldsuarez.HeldSuarezSimulator, "trajectory", trajectory)
     assert not out.exists() and (tmp_path / "killed.zarr.partial").exists()
     with pytest.raises(ValueError, match="seed = 3 there, 4 asked"):
-        heldsuarez.generate_heldsuarez(out, **{**settings, "seed": 4})
-    heldsuarez.generate_heldsuarez(out, **settings)
+        generate_heldsuarez(out, **{**settings, "seed": 4})
+    generate_heldsuarez(out, **settings)
     assert not (tmp_path / "killed.zarr.resume.npz").exists()
     expected, resumed = xr.open_zarr(store, consolidated=False), xr.open_zarr(out)
     assert resumed.sizes == expected.sizes
@@ -338,7 +340,6 @@ def test_smoke_card_and_a_short_run(smoke_run, tmp_path):
     assert experiment.initial_particles.shape == (3, 2, 18, 16, 32)
     # 4 temperature levels + the near-surface analog, on a 4 x 8 sub-grid.
     assert experiment.observations.shape == (2, 5 * 4 * 8)
-    from filtrax.dynamics.heldsuarez import stack_channels
 
     frames = stack_channels(xr.open_dataset(segment))
     np.testing.assert_array_equal(np.asarray(experiment.initial_state), frames[0:2])

@@ -14,12 +14,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from filtrax.dynamics.lorenz96 import (
-    DEFAULT_DT,
-    TwoScaleLorenz96,
-    generate_dataset,
-    write_dataset,
-)
+from filtrax.dynamics.lorenz96 import DEFAULT_DT, TwoScaleLorenz96
+from filtrax.io.lorenz96_files import generate_dataset, write_dataset
 
 SETTINGS = ["wilks05", "lorenz96"]
 

@@ -102,7 +102,7 @@ def test_tampered_weights_are_refused(tmp_path):
 def held_out():
     """Fresh wilks05 trajectories (another key than training and validation)."""
     model = fx.TwoScaleLorenz96.wilks05()
-    from filtrax.dynamics.lorenz96 import generate_dataset
+    from filtrax.io.lorenz96_files import generate_dataset
 
     ds = generate_dataset(
         model,

@@ -267,7 +267,8 @@ def data(
     """
     import jax
 
-    from .dynamics.lorenz96 import generate_dataset, setting_model, write_dataset
+    from .dynamics.lorenz96 import setting_model
+    from .io.lorenz96_files import generate_dataset, write_dataset
 
     try:
         dataset = generate_dataset(
@@ -355,7 +356,8 @@ def heldsuarez_data(
     the seed are in the store's attributes. A killed run, called again with the same
     settings, resumes from its last written chunk (OUT.partial and OUT.resume.npz).
     """
-    from .dynamics.heldsuarez import TIME_STEP_MINUTES, HeldSuarezSetup, generate_heldsuarez
+    from .dynamics.heldsuarez import TIME_STEP_MINUTES, HeldSuarezSetup
+    from .io.heldsuarez_store import generate_heldsuarez
 
     try:
         state_lat, state_lon = _parse_grid(state_grid)

@@ -2,7 +2,7 @@ r"""The dynamical core as a deterministic forecast of the coarse state: dinosaur
 
 The hybrid emulator's mean path (:mod:`filtrax.emulators.hybrid`). A coarse frame
 :math:`x^k` (``(channel, lat, lon)`` in physical units, every σ level of the truth, channels in
-:func:`~filtrax.dynamics.heldsuarez.stack_channels` order) is put back on a spectral model and
+:func:`~filtrax.io.heldsuarez_store.stack_channels` order) is put back on a spectral model and
 integrated ``save_hours``:
 
 .. math::

@@ -34,13 +34,11 @@ References:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 from jaxtyping import Array, Float
 
 from .._typing import Key, State
@@ -301,7 +299,7 @@ def _sample_slow(
     return samples
 
 
-def generate_dataset(
+def sample_slow_trajectories(
     model: TwoScaleLorenz96,
     key: Key,
     *,
@@ -311,8 +309,8 @@ def generate_dataset(
     num_samples: int,
     num_trajectories: int = 1,
     dtype=None,
-) -> xr.Dataset:
-    r"""Slow-variable trajectories of ``model`` after a spin-up, as an :class:`xarray.Dataset`.
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    r"""Slow-variable trajectories of ``model`` after a spin-up: ``(X, time, attributes)``.
 
     Each trajectory starts from :meth:`TwoScaleLorenz96.initial_state` drawn with
     ``key`` for the batch ``(num_trajectories,)`` (trajectory ``i`` is row ``i`` of one
@@ -328,7 +326,7 @@ def generate_dataset(
     unless given; float64 needs ``jax_enable_x64``); ``X`` is stored as float32.
 
     Returns:
-        A data set with ``X`` of dims ``(trajectory, time, site)`` and attributes recording
+        ``X`` of shape ``(trajectory, time, site)``, the model times and attributes recording
         the parameters (:attr:`TwoScaleLorenz96.parameters`), ``dt_integration``,
         ``sample_every``, ``steps_per_sample``, ``spin_up_time``, ``spin_up_steps``,
         ``num_samples``, ``length`` (``(num_samples - 1) * sample_every``),
@@ -383,27 +381,7 @@ def generate_dataset(
         "key_data": " ".join(str(int(v)) for v in key_data),
         "key_impl": str(jax.random.key_impl(typed_key)),
     }
-    return xr.Dataset(
-        {"X": (("trajectory", "time", "site"), X)},
-        coords={
-            "trajectory": np.arange(num_trajectories),
-            "time": time,
-            "site": np.arange(model.num_slow),
-        },
-        attrs=attrs,
-    )
-
-
-def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write ``ds`` to ``.nc`` (netCDF4 engine) or ``.zarr`` (``consolidated=False``, overwrite)."""
-    path = Path(path)
-    if path.suffix == ".nc":
-        ds.to_netcdf(path, engine="netcdf4")
-    elif path.suffix == ".zarr":
-        ds.to_zarr(path, mode="w", consolidated=False)
-    else:
-        raise ValueError(f"path suffix must be '.nc' or '.zarr', got {path.suffix!r} ({path})")
-    return path
+    return X, time, attrs
 
 
 def full_trajectory(

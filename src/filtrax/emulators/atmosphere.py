@@ -26,7 +26,7 @@ GenCast's conventions (Price et al. 2025), applied to any stack of
   (:class:`~filtrax.diffusion.latent_noise.SphericalWhiteNoise`, ``noise="spherical"``).
 
 The channel order is the grid's: every level of each level variable, variable by variable,
-then the surface variables (:func:`filtrax.dynamics.heldsuarez.stack_channels`). The
+then the surface variables (:func:`filtrax.io.heldsuarez_store.stack_channels`). The
 statistics files hold one value per channel, so they are GenCast's per-variable-and-level
 statistics.
 """

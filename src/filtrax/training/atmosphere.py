@@ -2,7 +2,7 @@ r"""Train, validate and card a gridded atmosphere emulator on Held–Suarez data
 
 **Data.** Two zarr stores written by ``filtrax heldsuarez-data``: the training run, and a
 held-out run started from another initial state (another seed), which never enters training.
-Channels are stacked as in :func:`filtrax.dynamics.heldsuarez.stack_channels`.
+Channels are stacked as in :func:`filtrax.io.heldsuarez_store.stack_channels`.
 
 **Statistics** (GenCast's normalisation files): per channel, the mean and standard deviation
 of the states and the standard deviation of 12-hour differences, over the training store.
@@ -64,12 +64,7 @@ import numpy as np
 import xarray as xr
 
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
-from ..dynamics.heldsuarez import (
-    LEVEL_VARIABLES,
-    SURFACE_VARIABLES,
-    stack_channels,
-    write_segment,
-)
+from ..dynamics.heldsuarez import LEVEL_VARIABLES, SURFACE_VARIABLES
 from ..emulators.atmosphere import (
     STATISTICS_FIELDS,
     AtmosphereEmulator,
@@ -83,6 +78,7 @@ from ..emulators.atmosphere import (
 from ..emulators.sphere_unet import NoisyInputPath, SphereUNet
 from ..experiments.builders import sampler_from_section
 from ..grid import Channel, GridSpec
+from ..io.heldsuarez_store import stack_channels, write_segment
 from ..metrics import crps, gaussian_crps
 from .config import AtmosphereTrainingConfig
 from .engine import (
@@ -451,7 +447,7 @@ def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
         card["truth_segment"] = segment.name
         card["truth_segment_source"] = (
             f"states {d.truth_segment_start}..{d.truth_segment_start + d.truth_segment_length - 1}"
-            f" of {d.validation} (filtrax.dynamics.heldsuarez.write_segment)"
+            f" of {d.validation} (filtrax.io.heldsuarez_store.write_segment)"
         )
     path = output / f"{config.name}.toml"
     path.write_text(card_text(card))

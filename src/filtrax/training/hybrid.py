@@ -19,10 +19,11 @@ import numpy as np
 import xarray as xr
 
 from ..dynamics.coarse_forecast import coarse_forecast
-from ..dynamics.heldsuarez import LEVEL_VARIABLES, SURFACE_VARIABLES, stack_channels
+from ..dynamics.heldsuarez import LEVEL_VARIABLES, SURFACE_VARIABLES
 from ..emulators.cards import write_weights
 from ..emulators.hybrid import SphericalResidual, gaussian_hybrid, hybrid_arrays
 from ..grid import GridSpec
+from ..io.heldsuarez_store import stack_channels
 from .atmosphere import grid_of
 from .config import HybridTrainingConfig
 from .residual import estimate_residual
@@ -125,7 +126,7 @@ def fit_hybrid(cfg: HybridTrainingConfig) -> Path:
 
 def _truth_segment(cfg: HybridTrainingConfig, out: Path) -> Path | None:
     """The held-out truth shipped with the card (``data.truth_segment_*``), or None."""
-    from ..dynamics.heldsuarez import write_segment
+    from ..io.heldsuarez_store import write_segment
 
     if not cfg.data.truth_segment_length:
         return None
@@ -150,7 +151,7 @@ def _card(cfg, grid: GridSpec, ds, indices, num_states, digest, seconds, segment
     truth = [
         f'truth_segment = "{segment.name}"',
         f'truth_segment_source = "states {cfg.data.truth_segment_start}..{last} of '
-        f'{cfg.data.validation} (filtrax.dynamics.heldsuarez.write_segment)"',
+        f'{cfg.data.validation} (filtrax.io.heldsuarez_store.write_segment)"',
     ]
     levels = grid.levels_of(LEVEL_VARIABLES[0])
     hours = float(ds.attrs.get("save_hours", 12.0))

@@ -45,14 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
-from ..dynamics.lorenz96 import (
-    DEFAULT_DT,
-    generate_dataset,
-    setting_model,
-    write_dataset,
-)
+from ..dynamics.lorenz96 import DEFAULT_DT, setting_model
 from ..emulators.lorenz96 import Lorenz96Emulator, build_network, save_emulator
 from ..experiments.builders import sampler_from_section
+from ..io.lorenz96_files import generate_dataset, write_dataset
 from ..metrics import crps, gaussian_crps
 from .config import TrainingConfig
 from .engine import (
