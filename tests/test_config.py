@@ -75,6 +75,7 @@ localisation_half_width = 0.0
 relaxation = 0.0
 rejuvenation = "none"
 rejuvenation_bandwidth = 0.5
+rejuvenation_regularisation = 0.05
 observation_error_inflation = 2.0
 adaptive_inflation = true
 inflation_max = 1.5

@@ -100,3 +100,82 @@ def test_the_config_builds_the_kernel_for_the_particle_filters_only(tmp_path):
         load_config(path, ["filter.rejuvenation=kernel", "filter.method=letkf"])
     with pytest.raises(ConfigError, match=r"rejuvenation_bandwidth = 0\.0 is out of range"):
         load_config(path, ["filter.rejuvenation=kernel", "filter.rejuvenation_bandwidth=0"])
+
+
+# --------------------------------------------------------------------------------------------
+# The ensemble transform (Reich 2013): optimal transport from the weights to uniform ones.
+# --------------------------------------------------------------------------------------------
+
+
+def monotone_rearrangement(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The exact transform in one dimension: particle ``j`` is ``N`` times the weighted
+    ensemble's mass between the quantiles ``j/N`` and ``(j+1)/N`` (sorted)."""
+    n = x.size
+    order = np.argsort(x)
+    cdf = np.concatenate([[0.0], np.cumsum(w[order])])
+    lower, upper = np.arange(n) / n, np.arange(1, n + 1) / n
+    overlap = np.clip(
+        np.minimum(cdf[None, 1:], upper[:, None]) - np.maximum(cdf[None, :-1], lower[:, None]),
+        0.0,
+        None,
+    )
+    return n * overlap @ x[order]
+
+
+@pytest.mark.x64
+def test_the_transform_tends_to_the_exact_transport_in_one_dimension():
+    n = 64
+    x = jax.random.normal(jax.random.key(0), (n, 1), jnp.float64)
+    log_w = -0.5 * ((x[:, 0] - 1.0) / 0.5) ** 2
+    w = np.exp(np.asarray(log_w - jax.scipy.special.logsumexp(log_w)))
+    exact = monotone_rearrangement(np.asarray(x[:, 0]), w)
+    errors = []
+    for regularisation in (0.05, 0.01, 0.002):
+        moved = fx.TransformRejuvenation(regularisation, iterations=10_000)(x, x, log_w, keys=None)
+        moved = np.sort(np.asarray(moved[:, 0]))
+        # Every new particle is a convex combination, and the weighted mean is kept.
+        assert np.isclose(moved.mean(), w @ np.asarray(x[:, 0]), atol=1e-8)
+        errors.append(np.sqrt(np.mean((moved - exact) ** 2)))
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.03, errors
+    # Negative control: the transposed coupling (weights on the columns) is not the transform.
+    coupling = fx.filters.rejuvenation.sinkhorn_coupling(
+        (x - x.T) ** 2, log_w, jnp.asarray(0.002), 10_000
+    )
+    wrong = np.sort(np.asarray(n * coupling @ x[:, 0]))
+    assert np.sqrt(np.mean((wrong - exact) ** 2)) > 10 * errors[2]
+
+
+def test_the_transform_keeps_the_weighted_mean_of_every_leaf_and_is_checked():
+    x, log_w, mean, _ = weighted_pool(256, 3)
+    tree = {"x": x, "twice": 2 * x, "step": jnp.arange(256)}
+    moved = fx.TransformRejuvenation()(tree, tree, log_w, keys=None)
+    np.testing.assert_allclose(np.asarray(moved["x"]).mean(axis=0), mean, atol=1e-4)
+    np.testing.assert_allclose(moved["twice"], 2 * moved["x"], rtol=1e-5)  # one coupling
+    np.testing.assert_array_equal(moved["step"], tree["step"])
+    # No copies: the transform separates what resampling duplicates.
+    assert np.unique(np.asarray(moved["x"][:, 0])).size == 256
+    # N copies of one state (a filter's start) stay that state, finite.
+    copies = jnp.ones((8, 3))
+    same = fx.TransformRejuvenation()(copies, copies, jnp.full(8, -jnp.log(8.0)), keys=None)
+    np.testing.assert_allclose(same, copies, rtol=1e-6)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match=r"regularisation = .*; expected a number > 0"):
+            fx.TransformRejuvenation(bad)
+    with pytest.raises(ValueError, match="iterations = 0; expected an integer >= 1"):
+        fx.TransformRejuvenation(0.1, iterations=0)
+
+
+def test_the_config_builds_the_transform_for_global_selection_only(tmp_path):
+    from filtrax.experiments.config import ConfigError, load_config
+    from filtrax.experiments.factory import build_experiment
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[model]\nname = "linear_gaussian"\nstate_dim = 4\nobserved = 2\n'
+        "[filter]\nparticles = 8\n[run]\ncycles = 2\n"
+    )
+    chosen = ["filter.rejuvenation=transform", "filter.rejuvenation_regularisation=0.1"]
+    experiment = build_experiment(load_config(path, chosen))
+    assert experiment.filter.rejuvenation == fx.TransformRejuvenation(0.1)
+    with pytest.raises(ConfigError, match="'transform' needs global selection"):
+        load_config(path, [*chosen, "filter.localisation_block=[2]"])

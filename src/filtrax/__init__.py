@@ -61,6 +61,7 @@ from .filters.proposals import EmulatorProposal as EmulatorProposal
 from .filters.rejuvenation import AbstractRejuvenation as AbstractRejuvenation
 from .filters.rejuvenation import KernelRejuvenation as KernelRejuvenation
 from .filters.rejuvenation import NoRejuvenation as NoRejuvenation
+from .filters.rejuvenation import TransformRejuvenation as TransformRejuvenation
 from .filters.tempering import AbstractTempering as AbstractTempering
 from .filters.tempering import ESSBandTempering as ESSBandTempering
 from .filters.tempering import FixedTempering as FixedTempering

@@ -243,8 +243,9 @@ class FilterConfig(Validated):
     )
     rejuvenation: str = field(
         "none",
-        "what moves the selected particles before the proposal: none, or the regularised "
-        "particle filter's shrinkage kernel [fa_apf, bootstrap]",
+        "what moves the selected particles before the proposal: none, the regularised "
+        "particle filter's shrinkage kernel, or the ensemble transform particle filter's "
+        "optimal-transport transform (global selection only) [fa_apf, bootstrap]",
         choices=REJUVENATION.names(),
     )
     rejuvenation_bandwidth: float = field(
@@ -253,6 +254,13 @@ class FilterConfig(Validated):
         min=0.0,
         min_exclusive=True,
         max=1.0,
+    )
+    rejuvenation_regularisation: float = field(
+        0.05,
+        "the transform's entropic regularisation, relative to the mean squared distance "
+        "between particles [rejuvenation = transform]",
+        min=0.0,
+        min_exclusive=True,
     )
     observation_error_inflation: float = field(
         1.0,
@@ -293,6 +301,12 @@ class FilterConfig(Validated):
             raise ConfigError(
                 f"filter.rejuvenation = {self.rejuvenation!r} applies to fa_apf and bootstrap, "
                 f"not filter.method = {self.method!r}"
+            )
+        if self.rejuvenation == "transform" and block:
+            raise ConfigError(
+                f"filter.rejuvenation = 'transform' needs global selection, not "
+                f"filter.localisation_block = {display(block)}: a stitched ensemble carries no "
+                f"weights of its own to transport"
             )
         if self.adaptive_inflation and self.inflation_max < self.inflation:
             raise ConfigError(

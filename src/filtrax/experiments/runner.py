@@ -77,7 +77,7 @@ PROFILE_BUDGET_SECONDS = 1.0
 #: keys that only matter otherwise)}}``. At that value they are left out of the digest, so
 #: that those runs still resume.
 DIGEST_NEUTRAL_DEFAULTS = {
-    "filter": {"rejuvenation": ("none", ("rejuvenation_bandwidth",))},
+    "filter": {"rejuvenation": ("none", ("rejuvenation_bandwidth", "rejuvenation_regularisation"))},
     "model": {"factory": ("", ()), "initial_ensemble": ("", ())},
 }
 
