@@ -285,9 +285,10 @@ def test_guided_denoiser_rejects_bad_observations(model):
         fx.ObservationModel(observation.operator, jnp.array([1.0, -1.0, jnp.nan]))
 
 
-def test_sweeping_the_ess_band_or_the_kernel_bandwidth_does_not_retrace(model, observations):
-    """Tunables are array leaves: a filter with another ESS band or kernel bandwidth reuses
-    the compiled cycle (a static field would retrace it, as the sampler's levels do)."""
+def test_sweeping_a_tunable_does_not_retrace(model, observations):
+    """Tunables are array leaves: a filter with another ESS band, kernel bandwidth, weight
+    σ_max, churn or transform regularisation reuses the compiled cycle (a static field would
+    retrace it, as the sampler's levels do)."""
     import equinox as eqx
 
     traces = []
@@ -297,21 +298,29 @@ def test_sweeping_the_ess_band_or_the_kernel_bandwidth_does_not_retrace(model, o
         traces.append(None)
         return filter_.step(state, y, model.observation_model(), key)
 
-    def filter_with(lower, bandwidth):
-        return fa_apf(
-            model,
-            tempering=fx.ESSBandTempering(lower, 0.6),
+    def filter_with(lower, bandwidth, sigma_max=88.0, churn=2.5):
+        sampler = fx.DPMSolverPlusPlus2SSampler(LEVELS, churn=churn)
+        proposal = fx.EmulatorProposal(model.emulator(), sampler, fx.MMPSGuidance(2))
+        return fx.AuxiliaryParticleFilter(
+            proposal,
+            fx.DiracPredictiveWeight(sigma_max),
+            fx.ESSBandTempering(lower, 0.6),
             rejuvenation=fx.KernelRejuvenation(bandwidth),
         )
 
     state = filter_with(0.2, 0.5).init(jnp.zeros((4, D)))
-    for lower, bandwidth in ((0.2, 0.5), (0.4, 0.5), (0.4, 0.9)):
-        cycle(filter_with(lower, bandwidth), state, observations[0], jax.random.key(0))
+    sweep = ((0.2, 0.5), (0.4, 0.5), (0.4, 0.9), (0.4, 0.9, 40.0), (0.4, 0.9, 40.0, 1.0))
+    for values in sweep:
+        cycle(filter_with(*values), state, observations[0], jax.random.key(0))
     assert len(traces) == 1
+    for regularisation in (0.05, 0.2):
+        transform = fa_apf(model, rejuvenation=fx.TransformRejuvenation(regularisation))
+        cycle(transform, state, observations[0], jax.random.key(0))
+    assert len(traces) == 2
     # The control: a static field (the number of noise levels) does retrace.
     other = fx.EmulatorProposal(
         model.emulator(), fx.HeunSampler(fx.karras_noise_levels(80.0, 0.01, 7.0, 5)),
         fx.MMPSGuidance(2),
     )  # fmt: skip
     cycle(fx.AuxiliaryParticleFilter(other), state, observations[0], jax.random.key(0))
-    assert len(traces) == 2
+    assert len(traces) == 3

@@ -28,7 +28,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import PyTree
+from jaxtyping import Array, PyTree
 
 from .._typing import Key, Observation, Scalar
 from ..emulators._base import AbstractEmulator
@@ -65,9 +65,12 @@ class AbstractPredictiveWeight(eqx.Module):
         raise NotImplementedError(f"{type(self).__name__} does not split per observation")
 
 
-def _check_sigma_max(sigma_max: float, owner: str) -> None:
-    if not (math.isfinite(sigma_max) and sigma_max > 0):
-        raise ValueError(f"{owner}.sigma_max must be finite and > 0, got {sigma_max}")
+def _check_sigma_max(sigma_max: Array, owner: str) -> None:
+    if isinstance(sigma_max, jax.core.Tracer):
+        return
+    value = float(sigma_max) if jnp.shape(sigma_max) == () else math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{owner}.sigma_max must be finite and > 0, got {sigma_max.tolist()}")
 
 
 class DiracPredictiveWeight(AbstractPredictiveWeight):
@@ -78,7 +81,8 @@ class DiracPredictiveWeight(AbstractPredictiveWeight):
         num_noise_draws: ``M``, the number of noise draws averaged (1 in the paper).
     """
 
-    sigma_max: float = eqx.field(static=True, default=88.0)
+    # An array leaf: sweeping it does not recompile the cycle.
+    sigma_max: Scalar = eqx.field(default=88.0, converter=jnp.asarray)
     num_noise_draws: int = eqx.field(static=True, default=1)
 
     def __check_init__(self) -> None:
@@ -100,7 +104,7 @@ class DiracPredictiveWeight(AbstractPredictiveWeight):
         """``Φ(ẑ)``: the frame of the one-call (or ``M``-call) conditional mean."""
         cond = emulator.condition(state)
         template = emulator.latent_template(state)
-        sigma = jnp.asarray(self.sigma_max, template.dtype)
+        sigma = self.sigma_max.astype(template.dtype)
 
         def denoised(m):
             eps = emulator.noise(jax.random.fold_in(key, m), template)
@@ -132,7 +136,8 @@ class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):
         dense_log_determinant: include ``log det C`` (``obs`` extra VJPs).
     """
 
-    sigma_max: float = eqx.field(static=True, default=88.0)
+    # An array leaf: sweeping it does not recompile the cycle.
+    sigma_max: Scalar = eqx.field(default=88.0, converter=jnp.asarray)
     cg_iterations: int = eqx.field(static=True, default=4)
     dense_log_determinant: bool = eqx.field(static=True, default=False)
 
@@ -151,7 +156,7 @@ class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):
     def log_likelihood(self, key, emulator, observation, state, y):
         cond = emulator.condition(state)
         template = emulator.latent_template(state)
-        sigma = jnp.asarray(self.sigma_max, template.dtype)
+        sigma = self.sigma_max.astype(template.dtype)
         eps = emulator.noise(key, template)
         z_hat, denoiser_vjp = jax.vjp(lambda z: emulator.denoiser(z, sigma, cond), sigma * eps)
 
