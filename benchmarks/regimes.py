@@ -68,6 +68,13 @@ METHODS = {
         "filter.rejuvenation=kernel",
         "filter.adaptive_inflation=true",
     ],
+    "FA-APF + transform": [*FA_APF, "filter.rejuvenation=transform"],
+    "FA-APF + transform + adaptive λ": [
+        *FA_APF,
+        "filter.rejuvenation=transform",
+        "filter.adaptive_inflation=true",
+    ],
+    "FA-APF + transform + kernel": [*FA_APF, "filter.rejuvenation=transform+kernel"],
     "bootstrap PF": ["filter.method=bootstrap", *PLAIN],
     "LETKF": ["filter.method=letkf", "filter.inflation=1.05", "filter.localisation_half_width=2"],
 }
@@ -133,15 +140,23 @@ def main() -> None:
     parser.add_argument(
         "--regime", action="append", default=[], help="only the regimes whose name contains this"
     )
+    parser.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        choices=list(METHODS),
+        help="only these methods (the LETKF always runs: it carries the free baseline)",
+    )
     args = parser.parse_args()
+    methods = [m for m in METHODS if not args.method or m in args.method or m == "LETKF"]
     args.cycles = args.cycles or (60 if args.quick else 200)
-    worst = {m: [0.0, 0.0, math.inf, 0.0] for m in METHODS if m.startswith("FA-APF")}
+    worst = {m: [0.0, 0.0, math.inf, 0.0] for m in methods if m.startswith("FA-APF")}
     for regime, (_, _, quick) in REGIMES.items():
         if (args.quick and not quick) or (
             args.regime and not any(r in regime for r in args.regime)
         ):
             continue
-        results = {m: run_method(regime, m, args.out, args) for m in METHODS}
+        results = {m: run_method(regime, m, args.out, args) for m in methods}
         free_metrics = results["LETKF"]  # the LETKF run carries the free baseline
         free = per_variable(free_metrics, "baseline", "rmse", args.burn_in)
         letkf = per_variable(results["LETKF"], "analysis", "rmse", args.burn_in)

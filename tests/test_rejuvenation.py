@@ -179,3 +179,21 @@ def test_the_config_builds_the_transform_for_global_selection_only(tmp_path):
     assert experiment.filter.rejuvenation == fx.TransformRejuvenation(0.1)
     with pytest.raises(ConfigError, match="'transform' needs global selection"):
         load_config(path, [*chosen, "filter.localisation_block=[2]"])
+    composed = build_experiment(load_config(path, ["filter.rejuvenation=transform+kernel"]))
+    assert composed.filter.rejuvenation == fx.ComposedRejuvenation(
+        (fx.TransformRejuvenation(0.05), fx.KernelRejuvenation(0.5))
+    )
+    with pytest.raises(ConfigError, match="'transform\\+kernel' needs global selection"):
+        load_config(path, ["filter.rejuvenation=transform+kernel", "filter.localisation_block=[2]"])
+
+
+def test_the_composition_applies_each_step_to_the_same_weighed_ensemble():
+    x, log_w, _, _ = weighted_pool(64, 3)
+    keys = particle_keys(jax.random.key(1), 64)
+    transform, kernel = fx.TransformRejuvenation(), fx.KernelRejuvenation(0.3)
+    composed = fx.ComposedRejuvenation((transform, kernel))(x, x, log_w, keys=keys)
+    expected = kernel(transform(x, x, log_w, keys=keys), x, log_w, keys=keys)
+    np.testing.assert_array_equal(composed, expected)
+    assert fx.ComposedRejuvenation((fx.NoRejuvenation(),)).is_identity
+    with pytest.raises(ValueError, match="non-empty tuple of rejuvenations"):
+        fx.ComposedRejuvenation(())

@@ -59,6 +59,7 @@ from .filters.particle import ParticleFilter as ParticleFilter
 from .filters.particle import PredictivePotential as PredictivePotential
 from .filters.proposals import EmulatorProposal as EmulatorProposal
 from .filters.rejuvenation import AbstractRejuvenation as AbstractRejuvenation
+from .filters.rejuvenation import ComposedRejuvenation as ComposedRejuvenation
 from .filters.rejuvenation import KernelRejuvenation as KernelRejuvenation
 from .filters.rejuvenation import NoRejuvenation as NoRejuvenation
 from .filters.rejuvenation import TransformRejuvenation as TransformRejuvenation

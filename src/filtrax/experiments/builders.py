@@ -26,7 +26,12 @@ from ..filters.letkf import LocalEnsembleTransformKalmanFilter
 from ..filters.localisation import BlockLocalisation
 from ..filters.particle import AuxiliaryParticleFilter, BootstrapParticleFilter, FreeEnsemble
 from ..filters.proposals import EmulatorProposal
-from ..filters.rejuvenation import KernelRejuvenation, NoRejuvenation, TransformRejuvenation
+from ..filters.rejuvenation import (
+    ComposedRejuvenation,
+    KernelRejuvenation,
+    NoRejuvenation,
+    TransformRejuvenation,
+)
 from ..filters.tempering import AbstractTempering, ESSBandTempering, FixedTempering
 from ..filters.weights import (
     AbstractPredictiveWeight,
@@ -82,6 +87,15 @@ WEIGHTS.register(
 REJUVENATION.register("none", lambda f: NoRejuvenation())
 REJUVENATION.register("kernel", lambda f: KernelRejuvenation(f.rejuvenation_bandwidth))
 REJUVENATION.register("transform", lambda f: TransformRejuvenation(f.rejuvenation_regularisation))
+REJUVENATION.register(
+    "transform+kernel",
+    lambda f: ComposedRejuvenation(
+        (
+            TransformRejuvenation(f.rejuvenation_regularisation),
+            KernelRejuvenation(f.rejuvenation_bandwidth),
+        )
+    ),
+)
 
 
 def sampler_from_section(section) -> AbstractSampler:

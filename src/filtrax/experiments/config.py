@@ -245,12 +245,13 @@ class FilterConfig(Validated):
         "none",
         "what moves the selected particles before the proposal: none, the regularised "
         "particle filter's shrinkage kernel, or the ensemble transform particle filter's "
-        "optimal-transport transform (global selection only) [fa_apf, bootstrap]",
+        "optimal-transport transform (global selection only), or the transform followed by "
+        "the kernel [fa_apf, bootstrap]",
         choices=REJUVENATION.names(),
     )
     rejuvenation_bandwidth: float = field(
         0.5,
-        "the kernel's bandwidth h in (0, 1] [rejuvenation = kernel]",
+        "the kernel's bandwidth h in (0, 1] [rejuvenation = kernel, transform+kernel]",
         min=0.0,
         min_exclusive=True,
         max=1.0,
@@ -258,7 +259,7 @@ class FilterConfig(Validated):
     rejuvenation_regularisation: float = field(
         0.05,
         "the transform's entropic regularisation, relative to the mean squared distance "
-        "between particles [rejuvenation = transform]",
+        "between particles [rejuvenation = transform, transform+kernel]",
         min=0.0,
         min_exclusive=True,
     )
@@ -302,9 +303,9 @@ class FilterConfig(Validated):
                 f"filter.rejuvenation = {self.rejuvenation!r} applies to fa_apf and bootstrap, "
                 f"not filter.method = {self.method!r}"
             )
-        if self.rejuvenation == "transform" and block:
+        if self.rejuvenation.startswith("transform") and block:
             raise ConfigError(
-                f"filter.rejuvenation = 'transform' needs global selection, not "
+                f"filter.rejuvenation = {self.rejuvenation!r} needs global selection, not "
                 f"filter.localisation_block = {display(block)}: a stitched ensemble carries no "
                 f"weights of its own to transport"
             )

@@ -210,3 +210,33 @@ class TransformRejuvenation(AbstractRejuvenation):
             return jnp.tensordot(transform.T.astype(pool.dtype), pool, axes=1)
 
         return jax.tree_util.tree_map(move, selected, weighed)
+
+
+class ComposedRejuvenation(AbstractRejuvenation):
+    """Several rejuvenations in turn, each given the same weighed particles and weights.
+
+    ``ComposedRejuvenation((TransformRejuvenation(), KernelRejuvenation(h)))`` transports the
+    weighted ensemble to equal weights, then jitters each transformed particle with the
+    *weighed* ensemble's covariance: the kernel gives back the diversity and part of the
+    spread that the transform's averaging takes away.
+
+    Attributes:
+        steps: the rejuvenations, applied first to last.
+    """
+
+    steps: tuple[AbstractRejuvenation, ...]
+
+    def __check_init__(self) -> None:
+        if not self.steps or not all(isinstance(s, AbstractRejuvenation) for s in self.steps):
+            raise ValueError(
+                "ComposedRejuvenation.steps must be a non-empty tuple of rejuvenations"
+            )
+
+    @property
+    def is_identity(self) -> bool:
+        return all(step.is_identity for step in self.steps)
+
+    def __call__(self, selected, weighed, log_weights, *, keys):
+        for step in self.steps:
+            selected = step(selected, weighed, log_weights, keys=keys)
+        return selected
