@@ -146,7 +146,7 @@ def test_config_checks_the_block_and_the_weights(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot be combined with localisation or inflation"):
         load_config(path, ["filter.localisation_block=[4]", "filter.weights=moment_matched"])
     with pytest.raises(ConfigError, match=r"adaptive_inflation = true applies to fa_apf"):
-        load_config(path, ["filter.method=enkf", "filter.adaptive_inflation=true"])
+        load_config(path, ["filter.method=letkf", "filter.adaptive_inflation=true"])
 
 
 # --- the oracle: independent 2-site systems ---------------------------------------------------

@@ -155,7 +155,10 @@ def _free(p: FilterParts):
 @FILTERS.register("enkf")
 def _enkf(p: FilterParts):
     return EnsembleKalmanFilter(
-        p.unguided(), p.section.inflation, p.covariance_localisation, particle_map=p.layout
+        p.unguided(),
+        inflation_from_section(p.section),
+        p.covariance_localisation,
+        particle_map=p.layout,
     )
 
 

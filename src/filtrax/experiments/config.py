@@ -223,7 +223,8 @@ class FilterConfig(Validated):
         min=1.0,
     )
     adaptive_inflation: bool = field(
-        False, "re-choose the inflation every cycle from the innovation [fa_apf, bootstrap]"
+        False,
+        "re-choose the inflation every cycle from the innovation [fa_apf, bootstrap, enkf]",
     )
     inflation_max: float = field(2.0, "largest adaptive inflation", min=1.0)
     localisation_block: tuple[int, ...] = field(
@@ -293,9 +294,9 @@ class FilterConfig(Validated):
                 f"filter.observation_error_inflation = {self.observation_error_inflation!r} "
                 f"applies to the filters that use observations, not filter.method = 'free'"
             )
-        if self.adaptive_inflation and self.method not in ("fa_apf", "bootstrap"):
+        if self.adaptive_inflation and self.method not in ("fa_apf", "bootstrap", "enkf"):
             raise ConfigError(
-                f"filter.adaptive_inflation = true applies to fa_apf and bootstrap, not "
+                f"filter.adaptive_inflation = true applies to fa_apf, bootstrap and enkf, not "
                 f"filter.method = {self.method!r}"
             )
         if self.rejuvenation != "none" and self.method not in ("fa_apf", "bootstrap"):

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from .. import streams
 from ..observations.model import observation_mask
 from .covariance_localisation import GaspariCohnLocalisation
+from .inflation import AbstractInflation, FixedInflation
 from .particle import (
     FilterState,
     UnguidedEnsembleFilter,
@@ -47,22 +48,31 @@ from .particle import (
 PERTURBATION_STREAM = streams.PERTURBATION
 
 
+def _as_inflation(inflation: AbstractInflation | float) -> AbstractInflation:
+    """An inflation strategy, or a number as a fixed one (checked there: λ ≥ 1)."""
+    if isinstance(inflation, AbstractInflation):
+        return inflation
+    try:
+        return FixedInflation(float(inflation))
+    except ValueError as error:
+        raise ValueError(f"EnsembleKalmanFilter.inflation: {error}") from None
+
+
 class EnsembleKalmanFilter(UnguidedEnsembleFilter):
     """Stochastic EnKF with perturbed observations and multiplicative inflation.
 
     Attributes:
         proposal: an unguided :class:`EmulatorProposal` (the forecast).
-        inflation: :math:`\\lambda \\ge 1`, applied to the forecast anomalies.
+        inflation: an :class:`~filtrax.filters.inflation.AbstractInflation` choosing
+            :math:`\\lambda \\ge 1` from the forecast's predicted observations (a number
+            means :class:`~filtrax.filters.inflation.FixedInflation`), applied to the
+            forecast anomalies.
         localisation: Gaspari–Cohn covariance localisation, or ``None`` for the global
             EnKF.
     """
 
-    inflation: float = eqx.field(static=True, default=1.0)
+    inflation: AbstractInflation = eqx.field(default=FixedInflation(), converter=_as_inflation)
     localisation: GaspariCohnLocalisation | None = None
-
-    def __check_init__(self) -> None:
-        if not self.inflation >= 1.0:
-            raise ValueError(f"EnsembleKalmanFilter.inflation must be >= 1, got {self.inflation}")
 
     def step(self, state, y, observation, key):
         particles = state.particles
@@ -76,7 +86,9 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
         shape = frames.shape[1:]
         flat = frames.reshape(n, -1)
         mean = flat.mean(axis=0, keepdims=True)
-        flat = mean + self.inflation * (flat - mean)
+        # λ from the forecast's own predictions (unused, and compiled away, when fixed).
+        inflation = self.inflation.factor(jax.vmap(observation.predict)(frames), y, observation)
+        flat = mean + inflation.astype(flat.dtype) * (flat - mean)
 
         predicted = jax.vmap(observation.predict)(flat.reshape(n, *shape))
         mask = observation_mask(y)
@@ -103,6 +115,6 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
         new_particles = self.particle_map.constrain(jax.vmap(emulator.advance)(particles, analysis))
 
         diagnostics = self._unweighted_diagnostics(
-            new_particles, state.log_weights.dtype, observation.num_observations, self.inflation
+            new_particles, state.log_weights.dtype, observation.num_observations, inflation
         )
         return FilterState(new_particles, state.log_weights, state.cycle + 1), diagnostics
