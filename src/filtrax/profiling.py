@@ -110,7 +110,16 @@ def phase_seconds(
 
         out["weights"] = timed(weights, filter_.potential, state.particles, y, keys)
         spent += out["weights"]
-    if particle_filter and filter_.selects_from_predictions:
+    if particle_filter:
+        out["selection"] = _selection_seconds(filter_, state, y, observation, key, timed)
+    out["filter"] = max(out["cycle"] - spent, 0.0)
+    return out
+
+
+def _selection_seconds(filter_: ParticleFilter, state, y, observation, key, timed) -> float:
+    """Seconds of the particle filter's selection, on made-up log-likelihoods or predictions."""
+    n = state.log_weights.shape[0]
+    if filter_.selects_from_predictions:
         # Block-local selection and inflation work on predicted observations: time that path
         # (inflation, per-observation terms, per-block α and resampling, the stitch).
 
@@ -123,7 +132,7 @@ def phase_seconds(
         dtype = state.log_weights.dtype
         observed = jnp.where(jnp.isfinite(y), y, 0.0).astype(dtype)
         offsets = jnp.linspace(0.0, 3.0, n, dtype=dtype)[:, None]
-        out["selection"] = timed(
+        return timed(
             local_selection,
             filter_,
             observed[None, :] + offsets,
@@ -132,7 +141,7 @@ def phase_seconds(
             y,
             key,
         )
-    elif particle_filter:
+    else:
 
         @eqx.filter_jit
         def selection(f, log_likelihoods, log_weights, particles, key):
@@ -140,7 +149,7 @@ def phase_seconds(
             return jax.tree_util.tree_map(lambda leaf: leaf[ancestors], particles)
 
         log_likelihoods = -jnp.linspace(0.0, 50.0, n, dtype=state.log_weights.dtype)
-        out["selection"] = timed(
+        return timed(
             selection,
             filter_,
             log_likelihoods,
@@ -148,5 +157,3 @@ def phase_seconds(
             state.particles,
             key,
         )
-    out["filter"] = max(out["cycle"] - spent, 0.0)
-    return out

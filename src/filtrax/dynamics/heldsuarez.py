@@ -160,52 +160,11 @@ class HeldSuarezSimulator:
             self._build(setup)
 
     def _build(self, setup: HeldSuarezSetup):
-        from dinosaur import (
-            coordinate_systems,
-            held_suarez,
-            horizontal_interpolation,
-            primitive_equations,
-            primitive_equations_states,
-            scales,
-            sigma_coordinates,
-            spherical_harmonic,
-            time_integration,
-            xarray_utils,
-        )
+        from dinosaur import spherical_harmonic, time_integration
 
         self.setup = setup
-        units = scales.units
-        grid = getattr(spherical_harmonic.Grid, setup.truth_grid)()
-        vertical = sigma_coordinates.SigmaCoordinates.equidistant(setup.truth_levels)
-        coords = coordinate_systems.CoordinateSystem(horizontal=grid, vertical=vertical)
-        specs = primitive_equations.PrimitiveEquationsSpecs.from_si()
-        init_fn, aux = primitive_equations_states.isothermal_rest_atmosphere(
-            coords, specs, p0=1e5 * units.pascal, p1=5e3 * units.pascal
-        )
-        ref_temps = aux[xarray_utils.REF_TEMP_KEY]
-        orography = primitive_equations.truncated_modal_orography(
-            aux[xarray_utils.OROGRAPHY], coords
-        )
-        equations = time_integration.compose_equations(
-            [
-                primitive_equations.PrimitiveEquations(ref_temps, orography, coords, specs),
-                held_suarez.HeldSuarezForcingSigma(
-                    coords=coords,
-                    physics_specs=specs,
-                    reference_temperature=ref_temps,
-                    p0=1e5 * units.pascal,
-                ),
-            ]
-        )
-        dt = specs.nondimensionalize(setup.time_step_minutes * units.minute)
-        step = time_integration.step_with_filters(
-            time_integration.imex_rk_sil3(equations, dt),
-            [
-                time_integration.exponential_step_filter(
-                    grid, dt, tau=0.0087504, order=1.5, cutoff=0.8
-                )
-            ],
-        )
+        model = _dinosaur_model(setup)
+        grid, step = model["grid"], model["step"]
         target = spherical_harmonic.Grid(
             longitude_wavenumbers=0,
             total_wavenumbers=0,
@@ -213,88 +172,23 @@ class HeldSuarezSimulator:
             latitude_nodes=setup.state_lat,
             latitude_spacing="equiangular",
         )
-        regrid = horizontal_interpolation.ConservativeRegridder(grid, target)
-        kept = np.asarray(setup.state_levels)
-        lowest_sigma = float(setup.sigma_centers[-1])
-        nodal_orography = grid.to_nodal(orography)
-
-        def to_coarse(state) -> dict[str, jax.Array]:
-            u, v = spherical_harmonic.vor_div_to_uv_nodal(grid, state.vorticity, state.divergence)
-            temperature = ref_temps[:, None, None] + grid.to_nodal(state.temperature_variation)
-            surface_pressure = jnp.exp(grid.to_nodal(state.log_surface_pressure))[0]
-            geopotential = primitive_equations.get_geopotential_on_sigma(
-                temperature,
-                nodal_orography=nodal_orography,
-                sigma=vertical,
-                gravity_acceleration=specs.g,
-                ideal_gas_constant=specs.R,
-            )
-            speed = units.meter / units.second
-            physical = {
-                "temperature": specs.dimensionalize(temperature, units.degK).m,
-                "u_component_of_wind": specs.dimensionalize(u, speed).m,
-                "v_component_of_wind": specs.dimensionalize(v, speed).m,
-                "geopotential": specs.dimensionalize(geopotential, speed**2).m,
-            }
-            out = {name: regrid(field[kept]) for name, field in physical.items()}
-            out["surface_pressure"] = regrid(specs.dimensionalize(surface_pressure, units.pascal).m)
-            lowest = physical["temperature"][-1] * lowest_sigma ** (-specs.kappa)
-            out["near_surface_temperature"] = regrid(lowest)
-            # dinosaur's nodal layout is (…, lon, lat); the CNN wants (…, lat, lon).
-            return {k: jnp.swapaxes(v, -1, -2).astype(jnp.float32) for k, v in out.items()}
-
-        prognostic = ("vorticity", "divergence", "temperature_variation", "log_surface_pressure")
-
-        def transform_members(states, transforms):
-            # Each member's analysis is, node by node of the Gaussian grid, a combination of
-            # the forecast members; applied to the nodal fields and projected back to modal
-            # coefficients (exact for band-limited fields on dinosaur's Gaussian grid).
-            from ..filters.letkf import apply_transforms  # filters build on dynamics
-
-            replaced = {}
-            for name in prognostic:
-                nodal = grid.to_nodal(getattr(states, name))  # (member, level, lon, lat)
-                mixed = apply_transforms(transforms, nodal.reshape(*nodal.shape[:-2], -1))
-                replaced[name] = grid.to_modal(mixed.reshape(nodal.shape))
-            return dataclasses.replace(states, **replaced)
-
-        total_wavenumber = grid.modal_mesh[1]
+        to_coarse = _coarse_projection(setup, model, target)
+        transform_members, high_pass, with_mass_of = _member_maps(grid)
         steps_per_save = round(setup.save_hours * 60 / setup.time_step_minutes)
-
-        def high_pass(state, min_total_wavenumber):
-            keep = (total_wavenumber >= min_total_wavenumber).astype(state.vorticity.dtype)
-            return dataclasses.replace(
-                state, **{name: getattr(state, name) * keep for name in prognostic}
-            )
-
         self._forecast = jax.jit(jax.vmap(time_integration.repeated(step, steps_per_save)))
         self._coarse_members = jax.jit(jax.vmap(to_coarse))
         self._transform_members = jax.jit(transform_members)
         self._high_pass = jax.jit(high_pass, static_argnums=1)
-        constant_mode = grid.to_modal(jnp.ones(grid.nodal_shape))  # zero but for m = l = 0
-
-        def with_mass_of(states, reference):
-            def mass(log_surface_pressure):  # (member, 1, m, l) -> (member, 1)
-                return grid.integrate(jnp.exp(grid.to_nodal(log_surface_pressure)))
-
-            shift = jnp.log(
-                mass(reference.log_surface_pressure) / mass(states.log_surface_pressure)
-            )
-            return dataclasses.replace(
-                states,
-                log_surface_pressure=states.log_surface_pressure
-                + shift[..., None, None] * constant_mode,
-            )
-
         self._with_mass_of = jax.jit(with_mass_of)
         # The Gaussian grid's nodes in the nodal fields' (lon, lat) order, flattened: the
         # sites of transform_members. dinosaur's mesh holds longitude and sin(latitude).
         node_lon, node_sin_lat = grid.nodal_mesh
         self.node_latitudes = np.degrees(np.arcsin(np.asarray(node_sin_lat))).ravel()
         self.node_longitudes = np.degrees(np.asarray(node_lon)).ravel()
-        self._init_fn = init_fn
+        self._init_fn = model["init_fn"]
         # What filtrax.dynamics.coarse_forecast needs to map a coarse state back onto the model.
-        self.spectral_grid, self.specs, self.reference_temperatures = grid, specs, ref_temps
+        self.spectral_grid, self.specs = grid, model["specs"]
+        self.reference_temperatures = model["ref_temps"]
         self.state_grid = target
         self._step = step
         self._to_coarse = to_coarse
@@ -376,3 +270,133 @@ class HeldSuarezSimulator:
         """The state's prognostic fields keeping total wavenumbers >= ``min_total_wavenumber``."""
         with _dinosaur_promotion():
             return self._high_pass(state, min_total_wavenumber)
+
+
+def _dinosaur_model(setup: HeldSuarezSetup) -> dict:
+    """Dinosaur's Held–Suarez model at ``setup.truth_grid``: its spectral grid, σ levels,
+    specs, the state at rest's initialiser, reference temperatures, orography and the
+    filtered IMEX step (Held & Suarez 1994; the exponential filter of dinosaur's examples)."""
+    from dinosaur import (
+        coordinate_systems,
+        held_suarez,
+        primitive_equations,
+        primitive_equations_states,
+        scales,
+        sigma_coordinates,
+        spherical_harmonic,
+        time_integration,
+        xarray_utils,
+    )
+
+    units = scales.units
+    grid = getattr(spherical_harmonic.Grid, setup.truth_grid)()
+    vertical = sigma_coordinates.SigmaCoordinates.equidistant(setup.truth_levels)
+    coords = coordinate_systems.CoordinateSystem(horizontal=grid, vertical=vertical)
+    specs = primitive_equations.PrimitiveEquationsSpecs.from_si()
+    init_fn, aux = primitive_equations_states.isothermal_rest_atmosphere(
+        coords, specs, p0=1e5 * units.pascal, p1=5e3 * units.pascal
+    )
+    ref_temps = aux[xarray_utils.REF_TEMP_KEY]
+    orography = primitive_equations.truncated_modal_orography(aux[xarray_utils.OROGRAPHY], coords)
+    equations = time_integration.compose_equations(
+        [
+            primitive_equations.PrimitiveEquations(ref_temps, orography, coords, specs),
+            held_suarez.HeldSuarezForcingSigma(
+                coords=coords,
+                physics_specs=specs,
+                reference_temperature=ref_temps,
+                p0=1e5 * units.pascal,
+            ),
+        ]
+    )
+    dt = specs.nondimensionalize(setup.time_step_minutes * units.minute)
+    step = time_integration.step_with_filters(
+        time_integration.imex_rk_sil3(equations, dt),
+        [time_integration.exponential_step_filter(grid, dt, tau=0.0087504, order=1.5, cutoff=0.8)],
+    )
+    return dict(
+        grid=grid, vertical=vertical, specs=specs, init_fn=init_fn, ref_temps=ref_temps,
+        orography=orography, step=step, units=units,
+    )  # fmt: skip
+
+
+def _coarse_projection(setup: HeldSuarezSetup, model: dict, target):
+    """``to_coarse(state)``: the physical fields of a model state, conservatively averaged
+    onto ``target`` at the kept levels, with the near-surface temperature analog."""
+    from dinosaur import horizontal_interpolation, primitive_equations, spherical_harmonic
+
+    grid, vertical, specs = model["grid"], model["vertical"], model["specs"]
+    ref_temps, units = model["ref_temps"], model["units"]
+    regrid = horizontal_interpolation.ConservativeRegridder(grid, target)
+    kept = np.asarray(setup.state_levels)
+    lowest_sigma = float(setup.sigma_centers[-1])
+    nodal_orography = grid.to_nodal(model["orography"])
+
+    def to_coarse(state) -> dict[str, jax.Array]:
+        u, v = spherical_harmonic.vor_div_to_uv_nodal(grid, state.vorticity, state.divergence)
+        temperature = ref_temps[:, None, None] + grid.to_nodal(state.temperature_variation)
+        surface_pressure = jnp.exp(grid.to_nodal(state.log_surface_pressure))[0]
+        geopotential = primitive_equations.get_geopotential_on_sigma(
+            temperature,
+            nodal_orography=nodal_orography,
+            sigma=vertical,
+            gravity_acceleration=specs.g,
+            ideal_gas_constant=specs.R,
+        )
+        speed = units.meter / units.second
+        physical = {
+            "temperature": specs.dimensionalize(temperature, units.degK).m,
+            "u_component_of_wind": specs.dimensionalize(u, speed).m,
+            "v_component_of_wind": specs.dimensionalize(v, speed).m,
+            "geopotential": specs.dimensionalize(geopotential, speed**2).m,
+        }
+        out = {name: regrid(field[kept]) for name, field in physical.items()}
+        out["surface_pressure"] = regrid(specs.dimensionalize(surface_pressure, units.pascal).m)
+        lowest = physical["temperature"][-1] * lowest_sigma ** (-specs.kappa)
+        out["near_surface_temperature"] = regrid(lowest)
+        # dinosaur's nodal layout is (…, lon, lat); the CNN wants (…, lat, lon).
+        return {k: jnp.swapaxes(v, -1, -2).astype(jnp.float32) for k, v in out.items()}
+
+    return to_coarse
+
+
+def _member_maps(grid):
+    """Jittable maps on a batch of model states: the LETKF's node-by-node transforms, a
+    spectral high-pass, and a mass correction to a reference ensemble's."""
+    prognostic = ("vorticity", "divergence", "temperature_variation", "log_surface_pressure")
+
+    def transform_members(states, transforms):
+        # Each member's analysis is, node by node of the Gaussian grid, a combination of
+        # the forecast members; applied to the nodal fields and projected back to modal
+        # coefficients (exact for band-limited fields on dinosaur's Gaussian grid).
+        from ..filters.letkf import apply_transforms  # filters build on dynamics
+
+        replaced = {}
+        for name in prognostic:
+            nodal = grid.to_nodal(getattr(states, name))  # (member, level, lon, lat)
+            mixed = apply_transforms(transforms, nodal.reshape(*nodal.shape[:-2], -1))
+            replaced[name] = grid.to_modal(mixed.reshape(nodal.shape))
+        return dataclasses.replace(states, **replaced)
+
+    total_wavenumber = grid.modal_mesh[1]
+
+    def high_pass(state, min_total_wavenumber):
+        keep = (total_wavenumber >= min_total_wavenumber).astype(state.vorticity.dtype)
+        return dataclasses.replace(
+            state, **{name: getattr(state, name) * keep for name in prognostic}
+        )
+
+    constant_mode = grid.to_modal(jnp.ones(grid.nodal_shape))  # zero but for m = l = 0
+
+    def with_mass_of(states, reference):
+        def mass(log_surface_pressure):  # (member, 1, m, l) -> (member, 1)
+            return grid.integrate(jnp.exp(grid.to_nodal(log_surface_pressure)))
+
+        shift = jnp.log(mass(reference.log_surface_pressure) / mass(states.log_surface_pressure))
+        return dataclasses.replace(
+            states,
+            log_surface_pressure=states.log_surface_pressure
+            + shift[..., None, None] * constant_mode,
+        )
+
+    return transform_members, high_pass, with_mass_of

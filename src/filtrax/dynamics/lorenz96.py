@@ -299,6 +299,20 @@ def _sample_slow(
     return samples
 
 
+def _sampling_steps(dt_integration, sample_every, spin_up_time):
+    """The checked times and the RK4 step counts they are multiples of."""
+    dt_integration = _check_finite("dt_integration", dt_integration, positive=True)
+    sample_every = _check_finite("sample_every", sample_every, positive=True)
+    spin_up_time = _check_finite("spin_up_time", spin_up_time)
+    steps_per_sample = _steps_per(
+        "sample_every", sample_every, "dt_integration", dt_integration, allow_zero=False
+    )
+    spin_up_steps = _steps_per(
+        "spin_up_time", spin_up_time, "dt_integration", dt_integration, allow_zero=True
+    )
+    return dt_integration, sample_every, spin_up_time, steps_per_sample, spin_up_steps
+
+
 def sample_slow_trajectories(
     model: TwoScaleLorenz96,
     key: Key,
@@ -335,17 +349,11 @@ def sample_slow_trajectories(
     """
     if not isinstance(model, TwoScaleLorenz96):
         raise ValueError(f"model must be a TwoScaleLorenz96, got {type(model).__name__}")
-    dt_integration = _check_finite("dt_integration", dt_integration, positive=True)
-    sample_every = _check_finite("sample_every", sample_every, positive=True)
-    spin_up_time = _check_finite("spin_up_time", spin_up_time)
+    dt_integration, sample_every, spin_up_time, steps_per_sample, spin_up_steps = _sampling_steps(
+        dt_integration, sample_every, spin_up_time
+    )
     num_samples = _check_positive_int("num_samples", num_samples)
     num_trajectories = _check_positive_int("num_trajectories", num_trajectories)
-    steps_per_sample = _steps_per(
-        "sample_every", sample_every, "dt_integration", dt_integration, allow_zero=False
-    )
-    spin_up_steps = _steps_per(
-        "spin_up_time", spin_up_time, "dt_integration", dt_integration, allow_zero=True
-    )
 
     typed_key = (
         key if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)

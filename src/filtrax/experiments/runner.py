@@ -612,13 +612,7 @@ def run_experiment(
         initialize_distributed()
     run_dir = Path(run_dir)
     digest = config_digest(config)
-    if resume and overwrite:
-        raise RunDirectoryError("--resume and --overwrite exclude each other: pick one")
-    if resume:
-        _check_resumable(run_dir, digest)
-        run_directory.check_inputs(run_dir, config)
-    else:
-        run_directory.check_fresh(run_dir, overwrite=overwrite)
+    _check_directory(run_dir, config, digest, resume=resume, overwrite=overwrite)
     # Build (and so read every input file) before touching the directory: a config that
     # fails leaves nothing behind that a second attempt would take for a run.
     say = _Phases(quiet or not is_main_process())
@@ -677,6 +671,17 @@ def run_experiment(
         say("writing the report and its figures")
         write_report(run_dir)
     return run_dir
+
+
+def _check_directory(run_dir: Path, config, digest: str, *, resume: bool, overwrite: bool):
+    """Refuse a run directory this run may not use, before anything is built or written."""
+    if resume and overwrite:
+        raise RunDirectoryError("--resume and --overwrite exclude each other: pick one")
+    if resume:
+        _check_resumable(run_dir, digest)
+        run_directory.check_inputs(run_dir, config)
+    else:
+        run_directory.check_fresh(run_dir, overwrite=overwrite)
 
 
 def _outputs_current(run_dir: Path, report: bool) -> bool:

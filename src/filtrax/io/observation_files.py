@@ -266,19 +266,71 @@ def read_station_table(
             time, a missing or non-positive error_std, a missing value, duplicate rows, or an
             error_std that changes between times for one slot (the noise model is static).
     """
-    pd = _import_pandas()
     path = Path(path)
     cycles = _cycle_index(cycle_times)
     table, rows = _read_table(path)
+    optional = ["level"] if "level" in table.columns else []
+    table, error = _observation_rows(path, table, rows, REQUIRED_COLUMNS, optional)
+    position = table.index.to_numpy()
+    lat, lon = _station_coordinates(table, error)
+    value = _numeric_column(table, "value", error)
+    error_std = _numeric_column(table, "error_std", error)
+    channel = _station_channels(table, grid, error)
+    cycle = _station_cycles(table, cycles, error)
+    if (i := _first_bad(~(error_std > 0.0) | ~np.isfinite(error_std))) is not None:
+        raise error(i, f"error_std {error_std[i]} must be finite and > 0")
+    if (i := _first_bad(~np.isfinite(value))) is not None:
+        raise error(i, f"value is {value[i]}; leave the row out where there is no observation")
+    _refuse_duplicate_stations(path, rows, position, cycle, lat, lon, channel)
+    slots, column, labels = _station_slots(grid, channel, lat, lon)
+    std = _static_error_std(path, rows, position, error_std, column, labels)
 
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    values = np.full((len(cycles), len(slots)), np.nan)
+    values[cycle, column] = value
+    chan, slot_lat, slot_lon = (np.array(v) for v in zip(*slots, strict=True))
+    operator = BilinearInterpolation(grid, chan.astype(np.int64), slot_lat, slot_lon)
+    return ObservationSet(values, operator, std**2, labels)
+
+
+def _site_values(observed, shape, variable, site, times, rows, position, error):
+    """``values (cycle, slot)`` and one noise variance per slot from the rows ``observed =
+    (cycle, slot, value, error_std)``; a duplicate row or a changing error_std is an error."""
+    cycle, slot, value, error_std = observed
+    values = np.full(shape, np.nan)
+    seen: dict[tuple[int, int], int] = {}
+    variance = np.full(shape[1], np.nan)
+    for i in range(len(value)):
+        key = (int(cycle[i]), int(slot[i]))
+        if key in seen:
+            raise error(
+                i,
+                f"duplicate observation of {variable}[{site[i]}] at time {times[i]} "
+                f"(also {rows.one(int(position[seen[key]]))})",
+            )
+        seen[key] = i
+        values[key] = value[i]
+        v = error_std[i] ** 2
+        if np.isnan(variance[slot[i]]):
+            variance[slot[i]] = v
+        elif not np.isclose(variance[slot[i]], v):
+            raise error(
+                i,
+                f"error_std of {variable}[{site[i]}] changes from "
+                f"{np.sqrt(variance[slot[i]])} to {error_std[i]} (the noise model is static)",
+            )
+    return values, variance
+
+
+def _observation_rows(path: Path, table, rows, required, optional=()):
+    """The table's observation rows (blank lines dropped, the index keeps each row's place)
+    and ``error(i, message)``, which names the file and row ``i``'s line."""
+    missing = [c for c in required if c not in table.columns]
     if missing:
         raise ValueError(
             f"{path}: missing required column(s) {', '.join(missing)}; found columns: "
             f"{', '.join(map(str, table.columns))}"
         )
-    columns = [*REQUIRED_COLUMNS, *(["level"] if "level" in table.columns else [])]
-    table = table[columns]
+    table = table[[*required, *optional]]
     table = table[~table.isna().all(axis=1)]  # blank lines; the index keeps the positions
     if table.empty:
         raise ValueError(f"{path}: the table has no observation rows")
@@ -287,16 +339,13 @@ def read_station_table(
     def error(i: int, message: str) -> ValueError:
         return rows.error(int(position[i]), message)
 
+    return table, error
+
+
+def _station_coordinates(table, error) -> tuple[np.ndarray, np.ndarray]:
+    """``lat`` in [-90, 90] and ``lon`` normalised to [0, 360), each present in every row."""
     lat = _numeric_column(table, "lat", error)
     lon = _numeric_column(table, "lon", error)
-    value = _numeric_column(table, "value", error)
-    error_std = _numeric_column(table, "error_std", error)
-    level = (
-        _numeric_column(table, "level", error)
-        if "level" in table.columns
-        else np.full(len(table), np.nan)
-    )
-
     for name, column_values in (("lat", lat), ("lon", lon)):
         if (i := _first_bad(np.isnan(column_values))) is not None:
             raise error(i, f"{name} is missing")
@@ -304,8 +353,16 @@ def read_station_table(
         raise error(i, f"lat {lat[i]} outside [-90, 90]")
     if (i := _first_bad(~((lon >= -180.0) & (lon < 360.0)))) is not None:
         raise error(i, f"lon {lon[i]} outside [-180, 360)")
-    lon = _normalise_lon(lon)
+    return lat, _normalise_lon(lon)
 
+
+def _station_channels(table, grid: GridSpec, error) -> np.ndarray:
+    """The grid channel of every row's ``(variable, level)``."""
+    level = (
+        _numeric_column(table, "level", error)
+        if "level" in table.columns
+        else np.full(len(table), np.nan)
+    )
     variable = table["variable"].astype(object).to_numpy()
     channel = np.empty(len(table), dtype=np.int64)
     resolved: dict[tuple[str, float | None], int] = {}
@@ -319,7 +376,12 @@ def read_station_table(
             except ValueError as err:
                 raise error(i, str(err)) from None
         channel[i] = resolved[key]
+    return channel
 
+
+def _station_cycles(table, cycles, error) -> np.ndarray:
+    """The cycle of every row, whose time must equal a cycle time exactly."""
+    pd = _import_pandas()
     times = pd.to_datetime(table["time"], format="ISO8601", utc=True, errors="coerce")
     if (i := _first_bad(times.isna().to_numpy())) is not None:
         raise error(i, f"time {table['time'].iloc[i]!r} is not a valid ISO 8601 time")
@@ -327,12 +389,12 @@ def read_station_table(
     cycle = cycles.get_indexer(times)
     if (i := _first_bad(cycle < 0)) is not None:
         raise error(i, _not_a_cycle(times[i], cycles))
+    return cycle
 
-    if (i := _first_bad(~(error_std > 0.0) | ~np.isfinite(error_std))) is not None:
-        raise error(i, f"error_std {error_std[i]} must be finite and > 0")
-    if (i := _first_bad(~np.isfinite(value))) is not None:
-        raise error(i, f"value is {value[i]}; leave the row out where there is no observation")
 
+def _refuse_duplicate_stations(path, rows, position, cycle, lat, lon, channel) -> None:
+    """One error listing (up to five) groups of rows with the same time, place and channel."""
+    pd = _import_pandas()
     keys = pd.DataFrame(
         {"cycle": cycle, "lat": lat, "lon": lon, "channel": channel}, index=position
     )
@@ -346,7 +408,12 @@ def read_station_table(
             f"{'; '.join(listed)}{more}"
         )
 
-    # Observation slots in a deterministic order, and stations for the labels.
+
+def _station_slots(grid: GridSpec, channel, lat, lon):
+    """Observation slots in a deterministic order (variable, level with the surface first,
+    lat, lon), each row's slot, and the slots' labels (stations numbered in (lat, lon)
+    order)."""
+
     def slot_order(slot: tuple[int, float, float]) -> tuple[Any, ...]:
         c = grid.channels[slot[0]]
         return (c.variable, c.level is not None, c.level or 0.0, slot[1], slot[2])
@@ -360,7 +427,12 @@ def read_station_table(
         f"station {stations[(la, lo)]} {grid.channels[c].label()} at (lat {la:g}, lon {lo:g})"
         for c, la, lo in slots
     ]
+    return slots, column, labels
 
+
+def _static_error_std(path, rows, position, error_std, column, labels) -> np.ndarray:
+    """One error_std per slot; one that changes between times is an error naming the rows."""
+    pd = _import_pandas()
     by_slot = pd.Series(error_std).groupby(column)
     changing = np.flatnonzero(by_slot.nunique().to_numpy() > 1)
     if changing.size:
@@ -372,13 +444,7 @@ def read_station_table(
             f"({', '.join(f'{s:g}' for s in distinct)}) at {rows.many(position[in_slot])}; "
             f"the noise model is static: use one error_std per slot"
         )
-    std = by_slot.first().to_numpy(dtype=np.float64)
-
-    values = np.full((len(cycles), len(slots)), np.nan)
-    values[cycle, column] = value
-    chan, slot_lat, slot_lon = (np.array(v) for v in zip(*slots, strict=True))
-    operator = BilinearInterpolation(grid, chan.astype(np.int64), slot_lat, slot_lon)
-    return ObservationSet(values, operator, std**2, labels)
+    return by_slot.first().to_numpy(dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,35 +556,9 @@ def _gridded_observations(
     _check_coordinate(path, ds, "lat", np.asarray(grid.latitudes, dtype=np.float64))
     _check_coordinate(path, ds, "lon", np.asarray(grid.longitudes, dtype=np.float64))
 
-    names = [str(n) for n in ds.data_vars if {"lat", "lon"} <= set(map(str, ds[n].dims))]
-    observed_names = [n for n in names if not n.endswith(_ERROR_SUFFIX)]
-    error_names = [n for n in names if n.endswith(_ERROR_SUFFIX)]
-    if not observed_names:
-        raise ValueError(
-            f"{path}: no observation variable with lat and lon dimensions; available "
-            f"variables: {', '.join(grid.variables)}"
-        )
-    for name in observed_names:
-        if name not in grid.variables:
-            raise ValueError(
-                f"{path}: unknown variable {name!r}; available: {', '.join(grid.variables)}"
-            )
-    for name in error_names:
-        if name.removesuffix(_ERROR_SUFFIX) not in observed_names:
-            raise ValueError(
-                f"{path}: {name!r} has no observation variable {name.removesuffix(_ERROR_SUFFIX)!r}"
-            )
-
+    observed_names = _gridded_variables(ds, path, grid)
     per_variable = _error_std_argument(path, error_std, observed_names)
-
-    if "time" not in ds.dims:
-        raise ValueError(f"{path}: no 'time' dimension")
-    times = _utc_naive(ds["time"].values)
-    if times.has_duplicates:
-        raise ValueError(f"{path}: duplicate time {_format_time(times[times.duplicated()][0])}")
-    cycle = cycles.get_indexer(times)
-    if (i := _first_bad(cycle < 0)) is not None:
-        raise ValueError(f"{path}: {_not_a_cycle(times[i], cycles)}")
+    times, cycle = _gridded_cycles(ds, path, cycles)
 
     num_lat, num_lon = len(grid.latitudes), len(grid.longitudes)
     flat_parts: list[np.ndarray] = []
@@ -574,6 +614,49 @@ def _gridded_observations(
 
     if not flat_parts:
         raise ValueError(f"{path}: observation mask selects no grid point")
+    return _grid_point_set(grid, flat_parts, value_parts, std_parts)
+
+
+def _gridded_variables(ds: xr.Dataset, path: Path, grid: GridSpec) -> list[str]:
+    """The observed variables (on lat and lon, known to the grid); each ``<name>_error_std``
+    field must belong to one of them."""
+    names = [str(n) for n in ds.data_vars if {"lat", "lon"} <= set(map(str, ds[n].dims))]
+    observed_names = [n for n in names if not n.endswith(_ERROR_SUFFIX)]
+    error_names = [n for n in names if n.endswith(_ERROR_SUFFIX)]
+    if not observed_names:
+        raise ValueError(
+            f"{path}: no observation variable with lat and lon dimensions; available "
+            f"variables: {', '.join(grid.variables)}"
+        )
+    for name in observed_names:
+        if name not in grid.variables:
+            raise ValueError(
+                f"{path}: unknown variable {name!r}; available: {', '.join(grid.variables)}"
+            )
+    for name in error_names:
+        if name.removesuffix(_ERROR_SUFFIX) not in observed_names:
+            raise ValueError(
+                f"{path}: {name!r} has no observation variable {name.removesuffix(_ERROR_SUFFIX)!r}"
+            )
+    return observed_names
+
+
+def _gridded_cycles(ds: xr.Dataset, path: Path, cycles):
+    """The file's times, each one a cycle time and none twice, and their cycle indices."""
+    if "time" not in ds.dims:
+        raise ValueError(f"{path}: no 'time' dimension")
+    times = _utc_naive(ds["time"].values)
+    if times.has_duplicates:
+        raise ValueError(f"{path}: duplicate time {_format_time(times[times.duplicated()][0])}")
+    cycle = cycles.get_indexer(times)
+    if (i := _first_bad(cycle < 0)) is not None:
+        raise ValueError(f"{path}: {_not_a_cycle(times[i], cycles)}")
+    return times, cycle
+
+
+def _grid_point_set(grid: GridSpec, flat_parts, value_parts, std_parts) -> ObservationSet:
+    """Observed grid points in flat state order, with their values, noise and labels."""
+    num_lat, num_lon = len(grid.latitudes), len(grid.longitudes)
     flat = np.concatenate(flat_parts)
     order = np.argsort(flat, kind="stable")
     flat = flat[order]
@@ -702,20 +785,9 @@ def read_site_table(
     """
     path = Path(path)
     table, rows = _read_table(path)
-    missing = [c for c in SITE_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: missing required column(s) {', '.join(missing)}; found columns: "
-            f"{', '.join(map(str, table.columns))}"
-        )
-    table = table[[c for c in table.columns if c in (*SITE_COLUMNS, "error_std")]]
-    table = table[~table.isna().all(axis=1)]
-    if table.empty:
-        raise ValueError(f"{path}: the table has no observation rows")
+    optional = ["error_std"] if "error_std" in table.columns else []
+    table, error = _observation_rows(path, table, rows, SITE_COLUMNS, optional)
     position = table.index.to_numpy()
-
-    def error(i: int, message: str) -> ValueError:
-        return rows.error(int(position[i]), message)
 
     times = _numeric_column(table, "time", error)
     sites = _numeric_column(table, "site", error)
@@ -752,29 +824,9 @@ def read_site_table(
 
     site = sites.astype(np.int64)
     slots = np.unique(site)
-    slot = np.searchsorted(slots, site)
-    values = np.full((num_cycles, len(slots)), np.nan)
-    seen: dict[tuple[int, int], int] = {}
-    variance = np.full(len(slots), np.nan)
-    for i in range(len(table)):
-        key = (int(cycle[i]), int(slot[i]))
-        if key in seen:
-            raise error(
-                i,
-                f"duplicate observation of {variable}[{site[i]}] at time {times[i]} "
-                f"(also {rows.one(int(position[seen[key]]))})",
-            )
-        seen[key] = i
-        values[key] = value[i]
-        v = error_std[i] ** 2
-        if np.isnan(variance[slot[i]]):
-            variance[slot[i]] = v
-        elif not np.isclose(variance[slot[i]], v):
-            raise error(
-                i,
-                f"error_std of {variable}[{site[i]}] changes from "
-                f"{np.sqrt(variance[slot[i]])} to {error_std[i]} (the noise model is static)",
-            )
+    observed = (cycle, np.searchsorted(slots, site), value, error_std)
+    values, variance = _site_values(observed, (num_cycles, len(slots)), variable, site, times,
+                                    rows, position, error)  # fmt: skip
     operator = PointSelection((num_sites,), jnp.asarray(slots))
     labels = [f"{variable}[{s}]" for s in slots]
     return ObservationSet(values, operator, variance, labels)

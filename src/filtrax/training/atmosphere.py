@@ -330,10 +330,8 @@ def _checkpoint_step(output: Path) -> int:
         return int(data["step"])
 
 
-def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
-    """Load data, train (resuming), validate and write ``<name>.npz`` and ``<name>.toml``."""
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
+def _training_data(config: AtmosphereTrainingConfig):
+    """The training and held-out stores (on one grid), the grid and their stacked states."""
     train_ds = open_store(config.data.train)
     held_ds = open_store(config.data.validation)
     grid = grid_of(train_ds)
@@ -346,6 +344,57 @@ def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
     if config.data.max_train_states:
         train = train[: config.data.max_train_states]
     held_out = stack_channels(held_ds.load())
+    return train_ds, held_ds, grid, train, held_out
+
+
+#: The generator's settings a card repeats from the training store's attributes.
+_CARD_DATA_ATTRIBUTES = (
+    "truth_grid",
+    "truth_levels",
+    "time_step_minutes",
+    "state_grid",
+    "seed",
+    "spin_up_days",
+    "years",
+    "source",
+)
+
+
+def _card_data(config, attrs, held_attrs, train, held_out, hours: float) -> dict:
+    """The card's ``[data]`` table: where the states came from and how many were used."""
+    return {
+        "train": str(config.data.train),
+        "validation": str(config.data.validation),
+        "train_states": int(train.shape[0]),
+        "validation_states": int(held_out.shape[0]),
+        "time_step_hours": hours,
+        **{
+            k: (str(v) if not isinstance(v, int | float | str) else v)
+            for k, v in attrs.items()
+            if k in _CARD_DATA_ATTRIBUTES
+        },
+        "validation_seed": held_attrs.get("seed"),
+    }
+
+
+def _card_training(config, output: Path, losses: list[float], seconds: float) -> dict:
+    """The card's ``[training]`` table: the settings, the losses, the time and the machine."""
+    return {
+        **dataclass_dict(config.training),
+        "steps_completed": _checkpoint_step(output),
+        "final_loss": losses[-1] if losses else float("nan"),
+        "first_loss": losses[0] if losses else float("nan"),
+        "seconds": round(seconds, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+        f"{jax.default_backend()}",
+    }
+
+
+def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
+    """Load data, train (resuming), validate and write ``<name>.npz`` and ``<name>.toml``."""
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    train_ds, held_ds, grid, train, held_out = _training_data(config)
     stats = channel_statistics(train)
     hours = float(train_ds.attrs.get("save_hours", 12.0))
     logger.info("data: %s train, %s held out", train.shape, held_out.shape)
@@ -380,7 +429,6 @@ def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
     digest = save_emulator(weights, emulator)
     scores = validate(config, emulator, train, held_out)
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(network, eqx.is_array)))
-    attrs = train_ds.attrs
     card = {
         "name": config.name,
         "description": config.description
@@ -395,29 +443,7 @@ def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
         "weights": weights.name,
         "sha256": digest,
         "reference": "filtrax.emulators.atmosphere; trained by 'filtrax train'",
-        "data": {
-            "train": str(config.data.train),
-            "validation": str(config.data.validation),
-            "train_states": int(train.shape[0]),
-            "validation_states": int(held_out.shape[0]),
-            "time_step_hours": hours,
-            **{
-                k: (str(v) if not isinstance(v, int | float | str) else v)
-                for k, v in attrs.items()
-                if k
-                in (
-                    "truth_grid",
-                    "truth_levels",
-                    "time_step_minutes",
-                    "state_grid",
-                    "seed",
-                    "spin_up_days",
-                    "years",
-                    "source",
-                )
-            },
-            "validation_seed": held_ds.attrs.get("seed"),
-        },
+        "data": _card_data(config, train_ds.attrs, held_ds.attrs, train, held_out, hours),
         "grid": {
             "latitudes": list(grid.latitudes),
             "longitudes": list(grid.longitudes),
@@ -428,15 +454,7 @@ def train_atmosphere(config: AtmosphereTrainingConfig) -> Path:
         },
         "statistics": {k: [float(x) for x in v] for k, v in stats.items()},
         "network": {**dataclass_dict(config.network), "parameters": int(num_params)},
-        "training": {
-            **dataclass_dict(config.training),
-            "steps_completed": _checkpoint_step(output),
-            "final_loss": losses[-1] if losses else float("nan"),
-            "first_loss": losses[0] if losses else float("nan"),
-            "seconds": round(train_seconds, 1),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
-            f"{jax.default_backend()}",
-        },
+        "training": _card_training(config, output, losses, train_seconds),
         "sampler": dataclass_dict(config.sampler),
         "validation": scores,
     }

@@ -119,13 +119,20 @@ def fit_noisy_path(
     solution = np.linalg.solve(regularised, moment)  # (K * (size² C + 1), C)
     if not np.all(np.isfinite(solution)):
         raise FloatingPointError("the noisy-path least-squares solution is not finite")
+    fitted = _with_stencils(network, solution, channels)
+    return eqx.tree_at(lambda e: e.denoiser.network, emulator, fitted)
+
+
+def _with_stencils(network: NoisyInputPath, solution: np.ndarray, channels: int):
+    """``network`` with the least-squares ``solution`` ``(K * (size² C + 1), C)`` as its
+    stencils' weights and biases."""
     size = network.size
     per_term = solution.reshape(network.terms, size * size * channels + 1, channels)
     # SphereConv: weight (size, size, cin, terms * cout), output index k * C + c; bias likewise.
     weight = per_term[:, :-1].transpose(1, 0, 2).reshape(size, size, channels, -1)
     bias = per_term[:, -1].reshape(-1)
     stencils = network.stencils
-    fitted = eqx.tree_at(
+    return eqx.tree_at(
         lambda n: (n.stencils.weight, n.stencils.bias),
         network,
         (
@@ -133,4 +140,3 @@ def fit_noisy_path(
             jnp.asarray(bias, stencils.bias.dtype),
         ),
     )
-    return eqx.tree_at(lambda e: e.denoiser.network, emulator, fitted)
