@@ -224,22 +224,17 @@ class DPMSolverPlusPlus2SSampler(AbstractSampler):
     """
 
     noise_levels: Float[Array, " levels"]
-    # Array leaves: sweeping the churn does not recompile the cycle.
-    churn: Float[Array, ""] = eqx.field(default=2.5, converter=jnp.asarray)
-    churn_min_sigma: Float[Array, ""] = eqx.field(default=0.75, converter=jnp.asarray)
-    churn_max_sigma: Float[Array, ""] = eqx.field(default=float("inf"), converter=jnp.asarray)
-    churn_noise_scale: Float[Array, ""] = eqx.field(default=1.05, converter=jnp.asarray)
+    churn: float = eqx.field(static=True, default=2.5)
+    churn_min_sigma: float = eqx.field(static=True, default=0.75)
+    churn_max_sigma: float = eqx.field(static=True, default=float("inf"))
+    churn_noise_scale: float = eqx.field(static=True, default=1.05)
 
     def __check_init__(self) -> None:
         _check_levels(self.noise_levels)
-        if isinstance(self.churn, jax.core.Tracer) or isinstance(
-            self.churn_noise_scale, jax.core.Tracer
-        ):
-            return
-        if not (float(self.churn) >= 0 and float(self.churn_noise_scale) >= 0):
+        if self.churn < 0 or self.churn_noise_scale < 0:
             raise ValueError(
-                f"churn and churn_noise_scale must be >= 0, got churn={self.churn.tolist()}, "
-                f"churn_noise_scale={self.churn_noise_scale.tolist()}"
+                f"churn and churn_noise_scale must be >= 0, got churn={self.churn}, "
+                f"churn_noise_scale={self.churn_noise_scale}"
             )
 
     @classmethod
@@ -254,19 +249,16 @@ class DPMSolverPlusPlus2SSampler(AbstractSampler):
 
     def sample(self, denoiser, cond, template, *, key, noise=standard_normal_noise):
         levels = self.noise_levels.astype(template.dtype)
-        dtype = template.dtype
-        churn_rate = jnp.minimum(self.churn.astype(dtype) / self.num_steps, 2.0**0.5 - 1.0)
-        low, high = self.churn_min_sigma.astype(dtype), self.churn_max_sigma.astype(dtype)
-        noise_scale = self.churn_noise_scale.astype(dtype)
+        churn_rate = min(self.churn / self.num_steps, 2.0**0.5 - 1.0)
 
         def churned(z, i):
             sigma = levels[i]
-            in_band = (sigma >= low) & (sigma <= high)
-            gamma = jnp.where(in_band, churn_rate, 0.0).astype(dtype)
+            in_band = (sigma >= self.churn_min_sigma) & (sigma <= self.churn_max_sigma)
+            gamma = jnp.where(in_band, churn_rate, 0.0).astype(template.dtype)
             sigma_hat = sigma * (1.0 + gamma)
             eps = noise(jax.random.fold_in(key, i + 1), template)
             extra_std = jnp.sqrt(jnp.maximum(sigma_hat**2 - sigma**2, 0.0))
-            return z + noise_scale * extra_std * eps, sigma_hat
+            return z + self.churn_noise_scale * extra_std * eps, sigma_hat
 
         def step(z, i):
             z, sigma_hat = churned(z, i)
