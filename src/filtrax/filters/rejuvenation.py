@@ -18,6 +18,11 @@ the weighted ensemble: the kernel adds diversity without inflating the spread. T
 covariance is the ensemble's own, of rank ≤ N − 1, so no ``d × d`` matrix is formed
 (``O(N² d)`` per cycle). ``h = 1`` draws a fresh Gaussian ensemble with the weighted
 moments; ``h → 0`` is plain resampling.
+
+:class:`TransformRejuvenation` replaces the resampled copies by the ensemble transform
+particle filter's deterministic map (Reich 2013), the optimal-transport coupling of the
+weights and uniform ones; :class:`ComposedRejuvenation` chains rejuvenations (the transform,
+then the kernel).
 """
 
 from __future__ import annotations
