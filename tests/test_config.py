@@ -11,6 +11,7 @@ from filtrax.experiments.config import (
     ConfigError,
     ExperimentConfig,
     FilterConfig,
+    ModelConfig,
     config_from_dict,
     load_config,
     valid_keys,
@@ -23,14 +24,8 @@ seed = 7
 [model]
 name = "gaussian_field"
 factory = ""
-emulator = "l96_lorenz96_dt0.2"
-time_step = 0.2
-spin_up = 5.0
 initial_spread = 0.5
 initial_ensemble = ""
-state_dim = 12
-observed = 6
-observation_std = 0.25
 num_lat = 8
 num_lon = 16
 variables = ["temperature", "geopotential"]
@@ -38,11 +33,6 @@ levels = [500, 850.5]
 correlation_length_km = 900
 ar_coefficient = 0.75
 noise_std = 2.0
-weights = "weights/emulator.eqx"
-checkpoint = "params/GenCast 1p0deg Mini <2019.npz"
-statistics = "stats"
-gpu_attention = false
-noise = "spherical"
 
 [truth]
 source = "file"
@@ -362,7 +352,39 @@ def test_valid_keys():
     assert len(keys) == len(set(keys))
     flat = [
         f"{section}.{key}" if isinstance(values, dict) else section
-        for section, values in ExperimentConfig().to_dict().items()
+        for section, values in ExperimentConfig().full_dict().items()
         for key in (values if isinstance(values, dict) else [None])
     ]
     assert keys == flat
+
+
+def test_model_keys_of_another_family_are_refused_and_left_out():
+    """[model] holds the keys of model.name's family: one of another family is refused at a
+    non-default value, and the resolved config writes only the keys in effect."""
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"model": {"name": "heldsuarez", "state_dim": 32}})
+    message = str(caught.value)
+    assert message.startswith("model.state_dim = 32 has no effect with model.name = 'heldsuarez'")
+    assert "its own keys are: emulator, weights, noise" in message
+    cfg = config_from_dict({"model": {"name": "heldsuarez", "emulator": "hs_t21_32x64_hybrid"}})
+    written = tomllib.loads(cfg.to_toml())["model"]
+    assert set(written) == {
+        "name", "factory", "initial_spread", "initial_ensemble", "emulator", "weights", "noise"
+    }  # fmt: skip
+    assert config_from_dict(tomllib.loads(cfg.to_toml())) == cfg
+    # At its default, a key of another family is harmless (configs written before the
+    # split hold every key) and still left out.
+    old = config_from_dict({"model": {"name": "heldsuarez", "state_dim": 16}})
+    assert "state_dim" not in old.to_dict()["model"] and "state_dim" in old.full_dict()["model"]
+    # model.factory's setting may read any key: nothing is refused or left out.
+    own = config_from_dict({"model": {"factory": "m.py:SETTING", "state_dim": 32}})
+    assert own.to_dict()["model"]["state_dim"] == 32
+
+
+def test_every_model_key_belongs_to_some_family():
+    from filtrax.experiments.models import COMMON_MODEL_KEYS, MODELS
+
+    claimed = set(COMMON_MODEL_KEYS)
+    for name in MODELS.names():
+        claimed.update(MODELS[name].keys)
+    assert claimed == {f.name for f in dataclasses.fields(ModelConfig)}

@@ -30,7 +30,7 @@ from .builders import (
     WEIGHTS,
 )
 from .errors import ConfigError
-from .models import MODELS
+from .models import COMMON_MODEL_KEYS, MODELS
 from .schema import (
     NON_NEGATIVE,
     POSITIVE,
@@ -132,6 +132,29 @@ class ModelConfig(Validated):
         "latent noise of the diffusion: i.i.d. or GenCast's spherical white noise [heldsuarez]",
         choices=("gaussian", "spherical"),
     )
+
+    def keys_in_effect(self) -> tuple[str, ...] | None:
+        """The keys ``model.name``'s family reads (``None``: all, for ``model.factory``)."""
+        if self.factory:
+            return None
+        family = MODELS[self.name].keys
+        return None if family is None else (*COMMON_MODEL_KEYS, *family)
+
+    def _check(self) -> None:
+        # A key the family never reads would be silently ignored: refuse it unless it is
+        # left at its default, so that the resolved config says what the run used.
+        in_effect = self.keys_in_effect()
+        if in_effect is None:
+            return
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name not in in_effect and value != f.default:
+                own = ", ".join(k for k in in_effect if k not in COMMON_MODEL_KEYS)
+                raise ConfigError(
+                    f"model.{f.name} = {display(value)} has no effect with model.name = "
+                    f"{self.name!r}; its own keys are: {own} (and "
+                    f"{', '.join(COMMON_MODEL_KEYS)})"
+                )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -429,11 +452,23 @@ class ExperimentConfig(Validated):
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (lists, not tuples) in schema order; ``tomllib`` gives it back."""
+        """Plain nested dict (lists, not tuples) in schema order; ``tomllib`` gives it back.
+
+        ``[model]`` holds only the keys of ``model.name``'s family
+        (:meth:`ModelConfig.keys_in_effect`); the others are at their defaults.
+        """
+        data = self.full_dict()
+        in_effect = self.model.keys_in_effect()
+        if in_effect is not None:
+            data["model"] = {k: v for k, v in data["model"].items() if k in in_effect}
+        return data
+
+    def full_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with every key of every section, in effect or not."""
         return to_dict(self)
 
     def to_toml(self) -> str:
-        """The config as TOML (deterministic: schema order, every field written)."""
+        """The config as TOML (deterministic: schema order, every key in effect written)."""
         return toml_text(self.to_dict())
 
 

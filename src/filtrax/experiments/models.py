@@ -76,11 +76,20 @@ class ModelSetting:
         build: ``build(config, truth_key, init_key) -> ModelParts``.
         truth_sources: the ``truth.source`` values it accepts.
         observation_sources: the ``observations.source`` values it accepts.
+        keys: the ``[model]`` keys it reads besides :data:`COMMON_MODEL_KEYS`, or ``None``
+            for a setting that may read any (``model.factory``'s). A key outside them has
+            no effect: the config refuses it at a value other than its default and leaves
+            it out of the resolved ``config.toml``.
     """
 
     build: Callable[..., ModelParts]
     truth_sources: tuple[str, ...]
     observation_sources: tuple[str, ...]
+    keys: tuple[str, ...] | None = None
+
+
+#: The ``[model]`` keys every family reads.
+COMMON_MODEL_KEYS = ("name", "factory", "initial_spread", "initial_ensemble")
 
 
 #: ``model.name`` -> :class:`ModelSetting`.
@@ -477,24 +486,57 @@ def _gencast_setting(config: ExperimentConfig, truth_key, init_key) -> ModelPart
 
 _GRIDDED_OBSERVATIONS = ("synthetic", "gridded", "stations")
 MODELS.register(
-    "linear_gaussian", ModelSetting(_linear_gaussian, ("simulate", "none"), ("synthetic",))
+    "linear_gaussian",
+    ModelSetting(
+        _linear_gaussian,
+        ("simulate", "none"),
+        ("synthetic",),
+        keys=("state_dim", "observed", "observation_std"),
+    ),
 )
 MODELS.register(
     "gaussian_field",
-    ModelSetting(_gaussian_field, ("simulate", "file", "none"), _GRIDDED_OBSERVATIONS),
+    ModelSetting(
+        _gaussian_field,
+        ("simulate", "file", "none"),
+        _GRIDDED_OBSERVATIONS,
+        keys=(
+            "num_lat",
+            "num_lon",
+            "variables",
+            "levels",
+            "correlation_length_km",
+            "ar_coefficient",
+            "noise_std",
+        ),
+    ),
 )
 MODELS.register(
     "lorenz96",
-    ModelSetting(_lorenz96_setting, ("simulate", "file", "none"), ("synthetic", "sites")),
+    ModelSetting(
+        _lorenz96_setting,
+        ("simulate", "file", "none"),
+        ("synthetic", "sites"),
+        keys=("emulator", "weights", "time_step", "spin_up"),
+    ),
 )
 MODELS.register(
     "heldsuarez",
     ModelSetting(
-        _heldsuarez_setting, ("simulate", "file", "bundled", "none"), _GRIDDED_OBSERVATIONS
+        _heldsuarez_setting,
+        ("simulate", "file", "bundled", "none"),
+        _GRIDDED_OBSERVATIONS,
+        keys=("emulator", "weights", "noise"),
     ),
 )
 MODELS.register(
-    "gencast", ModelSetting(_gencast_setting, ("simulate", "file", "none"), _GRIDDED_OBSERVATIONS)
+    "gencast",
+    ModelSetting(
+        _gencast_setting,
+        ("simulate", "file", "none"),
+        _GRIDDED_OBSERVATIONS,
+        keys=("checkpoint", "statistics", "gpu_attention"),
+    ),
 )
 
 

@@ -89,7 +89,8 @@ def config_digest(config: ExperimentConfig) -> str:
     without later-added keys at their neutral value (:data:`DIGEST_NEUTRAL_DEFAULTS`)."""
     run = dataclasses.replace(config.run, profile=True, observation_diagnostics=True)
     neutral = dataclasses.replace(config, parallel=ParallelConfig(), run=run)
-    data = neutral.to_dict()
+    # Every key, in effect or not: digests of runs written before [model] was trimmed.
+    data = neutral.full_dict()
     for section, keys in DIGEST_NEUTRAL_DEFAULTS.items():
         for key, (value, dependents) in keys.items():
             if data[section][key] == value:
