@@ -149,11 +149,10 @@ class ModelConfig(Validated):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name not in in_effect and value != f.default:
-                own = ", ".join(k for k in in_effect if k not in COMMON_MODEL_KEYS)
                 raise ConfigError(
                     f"model.{f.name} = {display(value)} has no effect with model.name = "
-                    f"{self.name!r}; its own keys are: {own} (and "
-                    f"{', '.join(COMMON_MODEL_KEYS)})"
+                    f"{self.name!r}; its own keys are: {', '.join(MODELS[self.name].keys)} "
+                    f"(and {', '.join(COMMON_MODEL_KEYS)})"
                 )
 
 
