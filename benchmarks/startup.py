@@ -6,7 +6,8 @@ each run twice in fresh processes with two cycles: first with an empty compilati
 run filled (warm). It prints what ``metrics.nc`` records of each invocation (the build:
 reading inputs and loading the emulator; each ensemble's first cycle and the part of it spent
 compiling; the time from the build's start to the end of the first cycle) and the process's
-wall time, which adds the imports and the scoring and report after the cycles::
+wall time, which adds the imports and the scoring and report after the cycles. Last, the
+wall time of ``filtrax run --resume`` on the finished warm run, which has nothing to do::
 
     .venv/bin/python benchmarks/startup.py
 """
@@ -55,6 +56,16 @@ def invocation(command: list[str], out: Path, cache: Path) -> dict[str, float]:
         }
 
 
+def resumed(run_dir: Path, cache: Path) -> float:
+    """Wall seconds of ``filtrax run --resume`` on a finished run (nothing left to do)."""
+    env = {**os.environ, "FILTRAX_CACHE_DIR": str(cache)}
+    command = [sys.executable, "-m", "filtrax.cli", "run", str(run_dir / "config.toml"),
+               "--out", str(run_dir), "--resume", "--quiet"]  # fmt: skip
+    tic = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+    return time.perf_counter() - tic
+
+
 def main() -> None:
     print(f"{platform.node()}, {os.cpu_count()} cores, jax {jax.__version__}, "
           f"{platform.python_version()}")  # fmt: skip
@@ -68,8 +79,11 @@ def main() -> None:
                 row = invocation(command, Path(tmp) / out, cache)
                 cells = " ".join(f"{row[c]:16.1f}" for c in columns)
                 print(f"{name:38s} {state:6s} {cells}", flush=True)
+            seconds = resumed(Path(tmp) / "warm", cache)
+            print(f"{name:38s} {'resume':6s} {'':>84s} {seconds:16.1f}", flush=True)
     print("seconds; 'to first cycle' counts from the build's start (after the imports) to the "
-          "end of the first ensemble's first cycle")  # fmt: skip
+          "end of the first ensemble's first cycle; 'resume' is the process's wall time of "
+          "`filtrax run --resume` on the finished warm run")  # fmt: skip
 
 
 if __name__ == "__main__":

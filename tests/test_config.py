@@ -144,13 +144,18 @@ def test_defaults_round_trip():
 
 def test_full_file_round_trip(tmp_path):
     cfg = load_config(write(tmp_path, FULL_TOML))
-    assert cfg.to_dict() == tomllib.loads(FULL_TOML)
+    data = {**cfg.full_dict(), "model": cfg.to_dict()["model"]}  # [model] is trimmed too
+    assert data == tomllib.loads(FULL_TOML)
+    # The resolved config drops the keys filter.method = 'bootstrap' does not read (weights).
+    assert set(cfg.to_dict()["filter"]) == set(cfg.filter.keys_in_effect())
+    assert "weights" not in cfg.to_dict()["filter"]
+    resolved = dataclasses.replace(cfg, filter=cfg.filter.in_effect_only())
     assert isinstance(cfg.model.correlation_length_km, float)  # int accepted for float
     assert isinstance(cfg.run.cycle_hours, float)
     assert cfg.model.levels == (500.0, 850.5)
     text = cfg.to_toml()
-    assert config_from_dict(tomllib.loads(text)) == cfg
-    assert load_config(write(tmp_path, text)) == cfg
+    assert config_from_dict(tomllib.loads(text)) == resolved
+    assert load_config(write(tmp_path, text)) == resolved
     assert text == config_from_dict(tomllib.loads(text)).to_toml()  # deterministic
 
 
@@ -388,3 +393,96 @@ def test_every_model_key_belongs_to_some_family():
     for name in MODELS.names():
         claimed.update(MODELS[name].keys)
     assert claimed == {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def test_filter_keys_a_method_does_not_read_are_named_and_left_out():
+    """[filter] keys filter.method does not read are not refused (methods are compared by
+    switching filter.method on one config) but named, dropped from the resolved config, and
+    left out of the digest, so that a resume reading config.toml back finds the same run."""
+    from filtrax.experiments.builders import COMMON_FILTER_KEYS, FILTER_KEYS
+    from filtrax.experiments.runner import config_digest
+
+    cfg = config_from_dict(
+        {"filter": {"method": "letkf", "weights": "moment_matched", "ess_band": [0.3, 0.5]}}
+    )
+    assert cfg.filter.keys_without_effect() == {"weights": "moment_matched", "ess_band": (0.3, 0.5)}
+    written = tomllib.loads(cfg.to_toml())
+    assert set(written["filter"]) == {*COMMON_FILTER_KEYS, *FILTER_KEYS["letkf"]}
+    back = config_from_dict(written)
+    assert back.filter.keys_without_effect() == {}
+    assert config_digest(back) == config_digest(cfg)
+    # A key the method reads still changes the digest.
+    other = config_from_dict({"filter": {"method": "letkf", "inflation": 1.1}})
+    assert config_digest(other) != config_digest(cfg)
+
+
+def test_every_filter_method_declares_its_keys():
+    from filtrax.experiments.builders import COMMON_FILTER_KEYS, FILTER_KEYS, FILTERS
+
+    assert set(FILTER_KEYS) == set(FILTERS.names())
+    fields = {f.name for f in dataclasses.fields(FilterConfig)}
+    claimed = set(COMMON_FILTER_KEYS).union(*FILTER_KEYS.values())
+    assert claimed == fields
+
+
+#: A valid value other than the default for each [filter] key a method may not read.
+OTHER_FILTER_VALUES = {
+    "weights": "moment_matched",
+    "tempering": "fixed",
+    "alpha": 0.5,
+    "ess_band": [0.3, 0.5],
+    "resampling": "multinomial",
+    "weight_sigma_max": 50.0,
+    "noise_draws": 2,
+    "cg_iterations": 2,
+    "skip_first_selection": False,
+    "inflation": 1.1,
+    "adaptive_inflation": True,
+    "inflation_max": 1.5,
+    "localisation_block": [2],
+    "localisation_half_width": 2.0,
+    "relaxation": 0.5,
+    "rejuvenation": "kernel",
+    "rejuvenation_bandwidth": 0.3,
+    "rejuvenation_regularisation": 0.1,
+    "observation_error_inflation": 1.5,
+}
+
+
+@pytest.mark.parametrize("method", ["free", "enkf", "letkf", "bootstrap", "fa_apf"])
+def test_a_key_declared_without_effect_does_not_change_the_filter(method):
+    """FILTER_KEYS is what the builders read: changing any other key builds the same filter
+    (or is refused outright by a check of its own)."""
+    import equinox as eqx
+
+    import filtrax as fx
+    from filtrax.experiments.builders import COMMON_FILTER_KEYS, FILTER_KEYS
+    from filtrax.experiments.factory import build_filter
+
+    emulator = fx.random_linear_gaussian_model(seed=0, state_dim=4).emulator()
+    base = {"model": {"name": "lorenz96"}, "filter": {"method": method}}
+    plain = build_filter(config_from_dict(base), emulator, method)
+    assert set(OTHER_FILTER_VALUES) == {f.name for f in dataclasses.fields(FilterConfig)} - set(
+        COMMON_FILTER_KEYS
+    )
+    for key, value in OTHER_FILTER_VALUES.items():
+        if key in FILTER_KEYS[method]:
+            continue
+        try:
+            config = config_from_dict({**base, "filter": {"method": method, key: value}})
+        except ConfigError:
+            continue  # refused: not silently ignored either
+        assert key in config.filter.keys_without_effect()
+        changed = build_filter(config, emulator, method)
+        assert bool(eqx.tree_equal(changed, plain)), key
+
+
+def test_a_family_with_cards_of_its_own_starts_from_its_own_emulator():
+    """model.emulator's schema default is a Lorenz-96 card; model.name = 'heldsuarez' left
+    at it runs the 32 x 64 hybrid card, and the resolved config says so."""
+    atmosphere = config_from_dict({"model": {"name": "heldsuarez"}})
+    assert atmosphere.model.emulator == "hs_t21_32x64_hybrid"
+    assert tomllib.loads(atmosphere.to_toml())["model"]["emulator"] == "hs_t21_32x64_hybrid"
+    assert config_from_dict({"model": {"name": "lorenz96"}}).model.emulator == "l96_wilks05_dt0.05"
+    chosen = config_from_dict({"model": {"name": "heldsuarez", "emulator": "hs_t21_16x32"}})
+    assert chosen.model.emulator == "hs_t21_16x32"

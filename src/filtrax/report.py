@@ -677,9 +677,12 @@ def write_report(run_dir: str | Path) -> Path:
     has_truth = "rmse" in metrics
     made = _figures(run_dir, config, metrics)
     lines = [f"# filtrax run: {config.get('name', run_dir.name)}", ""]
+    section = config["filter"]
+    # A method that does not weigh (free, enkf, letkf) has no filter.weights in its config.
+    weights = f"weights `{section['weights']}`, " if "weights" in section else ""
     lines.append(
-        f"Model {_model_text(config['model'])}, method `{config['filter']['method']}` "
-        f"(weights `{config['filter']['weights']}`, N = {config['filter']['particles']}), "
+        f"Model {_model_text(config['model'])}, method `{section['method']}` "
+        f"({weights}N = {section['particles']}), "
         f"sampler `{config['sampler']['name']}`, guidance `{config['guidance']['name']}`, "
         f"{config['run']['cycles']} cycles. Burn-in of {config['run']['burn_in']} cycles is "
         f"excluded from the time means; intervals are 95 % and account for autocorrelation."

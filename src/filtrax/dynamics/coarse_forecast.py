@@ -119,6 +119,12 @@ class CoarseForecast:
             return jnp.concatenate(parts, axis=0).astype(frame.dtype)
 
         self._forecast = forecast
+        # Under a trace (a cycle's program), an inlined jit: the 24 dinosaur steps are traced
+        # once per process, and the outer program's HLO is the one the bare function gives,
+        # so every compiled cycle and every number stays as it was. An eager call (a
+        # particle's initial state) stays op by op for the same reason: compiled as one
+        # program, XLA fuses it differently and the states move in the last bits.
+        self._traced = jax.jit(forecast, inline=True)
 
     def __call__(self, frame: jax.Array) -> jax.Array:
         expected = (self.num_channels, len(self.latitudes), len(self.longitudes))
@@ -128,6 +134,8 @@ class CoarseForecast:
                 f"got {tuple(frame.shape)}"
             )
         with _dinosaur_promotion():
+            if isinstance(frame, jax.core.Tracer):
+                return self._traced(frame)
             return self._forecast(frame)
 
 

@@ -147,6 +147,31 @@ class FilterParts:
         return BlockLocalisation(block) if block else None
 
 
+#: The ``[filter]`` keys every method reads.
+COMMON_FILTER_KEYS = ("method", "particles")
+_INFLATION = ("inflation", "adaptive_inflation", "inflation_max")
+_SELECTION = ("tempering", "alpha", "ess_band", "resampling", "localisation_block", *_INFLATION)
+_REJUVENATION = ("rejuvenation", "rejuvenation_bandwidth", "rejuvenation_regularisation")
+#: ``filter.method`` -> the ``[filter]`` keys its builder below reads besides
+#: :data:`COMMON_FILTER_KEYS` (the others are not in effect, and the resolved config drops them).
+FILTER_KEYS: dict[str, tuple[str, ...]] = {
+    "free": (),
+    "enkf": (*_INFLATION, "localisation_half_width", "observation_error_inflation"),
+    "letkf": ("inflation", "relaxation", "localisation_half_width", "observation_error_inflation"),
+    "bootstrap": (*_SELECTION, *_REJUVENATION, "observation_error_inflation"),
+    "fa_apf": (
+        "weights",
+        "weight_sigma_max",
+        "noise_draws",
+        "cg_iterations",
+        "skip_first_selection",
+        *_SELECTION,
+        *_REJUVENATION,
+        "observation_error_inflation",
+    ),
+}
+
+
 @FILTERS.register("free")
 def _free(p: FilterParts):
     return FreeEnsemble(p.unguided(), particle_map=p.layout)

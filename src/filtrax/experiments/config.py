@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .builders import (
+    COMMON_FILTER_KEYS,
+    FILTER_KEYS,
     FILTERS,
     GUIDANCE,
     REJUVENATION,
@@ -73,6 +75,11 @@ def _iso_datetime(value: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+#: ``model.emulator``'s schema default, the Lorenz-96 family's card (a family may declare its
+#: own: :attr:`~.models.ModelSetting.default_emulator`).
+EMULATOR_DEFAULT = "l96_wilks05_dt0.05"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig(Validated):
     """``[model]``: the dynamical model / emulator."""
@@ -91,8 +98,9 @@ class ModelConfig(Validated):
         "replaces model.name's setting",
     )
     emulator: str = field(
-        "l96_wilks05_dt0.05",
-        "bundled emulator card (see 'filtrax models') [lorenz96, heldsuarez]",
+        EMULATOR_DEFAULT,
+        "bundled emulator card (see 'filtrax models') [lorenz96, heldsuarez]; default: "
+        "l96_wilks05_dt0.05 for lorenz96, hs_t21_32x64_hybrid for heldsuarez",
     )
     time_step: float = field(0.05, "model time per cycle, Δt [lorenz96]", **POSITIVE)
     spin_up: float = field(20.0, "model time of the truth's spin-up [lorenz96]", min=0.0)
@@ -141,6 +149,11 @@ class ModelConfig(Validated):
         return None if family is None else (*COMMON_MODEL_KEYS, *family)
 
     def _check(self) -> None:
+        own_default = "" if self.factory else MODELS[self.name].default_emulator
+        if own_default and self.emulator == EMULATOR_DEFAULT:
+            # The schema's default is the Lorenz-96 card; a family with cards of its own
+            # starts from its own, written out in the resolved config.
+            object.__setattr__(self, "emulator", own_default)
         # A key the family never reads would be silently ignored: refuse it unless it is
         # left at its default, so that the resolved config says what the run used.
         in_effect = self.keys_in_effect()
@@ -292,6 +305,28 @@ class FilterConfig(Validated):
         "themselves keep observations.error_std [every method but free]",
         min=1.0,
     )
+
+    def keys_in_effect(self) -> tuple[str, ...]:
+        """The keys ``filter.method`` reads (:data:`~.builders.FILTER_KEYS`)."""
+        return (*COMMON_FILTER_KEYS, *FILTER_KEYS[self.method])
+
+    def keys_without_effect(self) -> dict[str, Any]:
+        """The keys set away from their defaults that ``filter.method`` does not read.
+
+        Not refused: switching ``filter.method`` on one config is how methods are compared
+        (``--set filter.method=letkf``). The run names them in one line, and the resolved
+        ``config.toml`` drops them."""
+        in_effect = self.keys_in_effect()
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in in_effect and getattr(self, f.name) != f.default
+        }
+
+    def in_effect_only(self) -> FilterConfig:
+        """This section with :meth:`keys_without_effect` back at their defaults."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: defaults[k] for k in self.keys_without_effect()})
 
     def _check(self) -> None:
         block = self.localisation_block
@@ -454,12 +489,15 @@ class ExperimentConfig(Validated):
         """Plain nested dict (lists, not tuples) in schema order; ``tomllib`` gives it back.
 
         ``[model]`` holds only the keys of ``model.name``'s family
-        (:meth:`ModelConfig.keys_in_effect`); the others are at their defaults.
+        (:meth:`ModelConfig.keys_in_effect`; the others are at their defaults), and
+        ``[filter]`` only those ``filter.method`` reads (:meth:`FilterConfig.keys_in_effect`).
         """
         data = self.full_dict()
         in_effect = self.model.keys_in_effect()
         if in_effect is not None:
             data["model"] = {k: v for k, v in data["model"].items() if k in in_effect}
+        in_effect = self.filter.keys_in_effect()
+        data["filter"] = {k: v for k, v in data["filter"].items() if k in in_effect}
         return data
 
     def full_dict(self) -> dict[str, Any]:

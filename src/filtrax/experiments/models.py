@@ -80,12 +80,15 @@ class ModelSetting:
             for a setting that may read any (``model.factory``'s). A key outside them has
             no effect: the config refuses it at a value other than its default and leaves
             it out of the resolved ``config.toml``.
+        default_emulator: the card ``model.emulator`` names when the config leaves it at
+            its schema default (that default is the Lorenz-96 family's); ``""``: none.
     """
 
     build: Callable[..., ModelParts]
     truth_sources: tuple[str, ...]
     observation_sources: tuple[str, ...]
     keys: tuple[str, ...] | None = None
+    default_emulator: str = ""
 
 
 #: The ``[model]`` keys every family reads.
@@ -527,6 +530,7 @@ MODELS.register(
         ("simulate", "file", "bundled", "none"),
         _GRIDDED_OBSERVATIONS,
         keys=("emulator", "weights", "noise"),
+        default_emulator="hs_t21_32x64_hybrid",
     ),
 )
 MODELS.register(

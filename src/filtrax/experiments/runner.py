@@ -56,6 +56,7 @@ from .config import ConfigError, ExperimentConfig, ParallelConfig, config_from_d
 from .errors import RunDirectoryError
 from .factory import Experiment, build_experiment
 from .run_directory import atomic_netcdf
+from .schema import display
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +86,15 @@ DIGEST_NEUTRAL_DEFAULTS = {
 def config_digest(config: ExperimentConfig) -> str:
     """The sha256 of the config without ``[parallel]``, ``run.profile`` and
     ``run.observation_diagnostics`` (none changes the results: one lays particles out, the
-    others only time phases or forecast on streams of their own), and
-    without later-added keys at their neutral value (:data:`DIGEST_NEUTRAL_DEFAULTS`)."""
+    others only time phases or forecast on streams of their own), with the ``[filter]`` keys
+    ``filter.method`` does not read at their defaults, and without later-added keys at their
+    neutral value (:data:`DIGEST_NEUTRAL_DEFAULTS`)."""
     run = dataclasses.replace(config.run, profile=True, observation_diagnostics=True)
-    neutral = dataclasses.replace(config, parallel=ParallelConfig(), run=run)
+    # [filter] keys filter.method does not read count at their defaults: the resolved
+    # config.toml drops them, and a resume reads it back.
+    neutral = dataclasses.replace(
+        config, parallel=ParallelConfig(), run=run, filter=config.filter.in_effect_only()
+    )
     # Every key, in effect or not: digests of runs written before [model] was trimmed.
     data = neutral.full_dict()
     for section, keys in DIGEST_NEUTRAL_DEFAULTS.items():
@@ -614,9 +620,17 @@ def run_experiment(
     run_dir = Path(run_dir)
     digest = config_digest(config)
     _check_directory(run_dir, config, digest, resume=resume, overwrite=overwrite)
+    say = _Phases(quiet or not is_main_process())
+    ignored = config.filter.keys_without_effect()
+    if ignored:
+        settings = ", ".join(f"filter.{k} = {display(v)}" for k, v in ignored.items())
+        say(f"filter.method = {config.filter.method!r} does not read {settings}: ignored")
+    if resume and _finished(run_dir, digest, report):
+        # Nothing to run or rewrite: skip the build (seconds of dinosaur and emulator set-up).
+        say("the run was already complete, and its metrics and report are up to date")
+        return run_dir
     # Build (and so read every input file) before touching the directory: a config that
     # fails leaves nothing behind that a second attempt would take for a run.
-    say = _Phases(quiet or not is_main_process())
     say("building the experiment: reading its inputs, loading the emulator")
     tic = time.perf_counter()
     experiment = build_experiment(config)
@@ -683,6 +697,31 @@ def _check_directory(run_dir: Path, config, digest: str, *, resume: bool, overwr
         run_directory.check_inputs(run_dir, config)
     else:
         run_directory.check_fresh(run_dir, overwrite=overwrite)
+
+
+def _finished(run_dir: Path, digest: str, report: bool) -> bool:
+    """Whether every ensemble ``metrics.nc`` scored has a checkpoint of this config at its
+    last cycle, and the outputs are current (:func:`_outputs_current`) and newer than the
+    run's copies of its inputs. It reads file headers only: a finished run builds nothing."""
+    if not _outputs_current(run_dir, report):
+        return False
+    # The run's copies of its inputs, edited since it was scored: the full path compares them.
+    written = (run_dir / "metrics.nc").stat().st_mtime
+    copies = [run_dir / f"{name}.nc" for name in ("observations", "truth")]
+    if any(p.exists() and p.stat().st_mtime > written for p in copies):
+        return False
+    try:
+        with xr.open_dataset(run_dir / "metrics.nc") as metrics:
+            scored = {str(name) for name in metrics["ensemble"].values}
+        for name in scored:
+            with np.load(run_dir / "checkpoints" / f"{name}.npz", allow_pickle=False) as data:
+                if bytes(data["config_sha256"]).decode() != digest:
+                    return False
+                if int(data["cycle"]) != data["history_seconds"].shape[0]:
+                    return False
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False  # the full resume path reports what is wrong
+    return bool(scored)
 
 
 def _outputs_current(run_dir: Path, report: bool) -> bool:
