@@ -159,14 +159,14 @@ class ModelConfig(Validated):
         in_effect = self.keys_in_effect()
         if in_effect is None:
             return
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name not in in_effect and value != f.default:
-                raise ConfigError(
-                    f"model.{f.name} = {display(value)} has no effect with model.name = "
-                    f"{self.name!r}; its own keys are: {', '.join(MODELS[self.name].keys)} "
-                    f"(and {', '.join(COMMON_MODEL_KEYS)})"
-                )
+        outside = self.set_outside(in_effect)
+        if outside:
+            name, value = next(iter(outside.items()))  # the first in schema order
+            raise ConfigError(
+                f"model.{name} = {display(value)} has no effect with model.name = "
+                f"{self.name!r}; its own keys are: {', '.join(MODELS[self.name].keys)} "
+                f"(and {', '.join(COMMON_MODEL_KEYS)})"
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -316,12 +316,7 @@ class FilterConfig(Validated):
         Not refused: switching ``filter.method`` on one config is how methods are compared
         (``--set filter.method=letkf``). The run names them in one line, and the resolved
         ``config.toml`` drops them."""
-        in_effect = self.keys_in_effect()
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in in_effect and getattr(self, f.name) != f.default
-        }
+        return self.set_outside(self.keys_in_effect())
 
     def in_effect_only(self) -> FilterConfig:
         """This section with :meth:`keys_without_effect` back at their defaults."""

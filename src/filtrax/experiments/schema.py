@@ -134,6 +134,15 @@ class Validated:
     def _check(self) -> None:
         """Cross-field checks; overridden by sections that have them."""
 
+    def set_outside(self, in_effect: tuple[str, ...]) -> dict[str, Any]:
+        """The fields not named in ``in_effect`` whose value is not their default, in
+        schema order: the keys a section's model family or method would not read."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in in_effect and getattr(self, f.name) != f.default
+        }
+
 
 def to_dict(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
