@@ -75,6 +75,29 @@ METHODS = {
         "filter.adaptive_inflation=true",
     ],
     "FA-APF + transform + kernel": [*FA_APF, "filter.rejuvenation=transform+kernel"],
+    # The ensemble Kalman particle filter: the LETKF takes what the tempering leaves out,
+    # localised as the LETKF reference is.
+    "FA-APF + LETKF hybrid": [*FA_APF, "filter.hybrid=letkf", "filter.localisation_half_width=2"],
+    # The same with the particle filter's share held to ESS >= 0.9 N: selection then removes
+    # little diversity, which a near-deterministic transition cannot restore.
+    "FA-APF + LETKF hybrid, ESS ≥ 0.9N": [
+        *FA_APF,
+        "filter.hybrid=letkf",
+        "filter.localisation_half_width=2",
+        "filter.ess_band=[0.9, 0.95]",
+    ],
+    "FA-APF + LETKF hybrid + kernel": [
+        *FA_APF,
+        "filter.hybrid=letkf",
+        "filter.localisation_half_width=2",
+        "filter.rejuvenation=kernel",
+    ],
+    "FA-APF + LETKF hybrid + adaptive λ": [
+        *FA_APF,
+        "filter.hybrid=letkf",
+        "filter.localisation_half_width=2",
+        "filter.adaptive_inflation=true",
+    ],
     "bootstrap PF": ["filter.method=bootstrap", *PLAIN],
     "LETKF": ["filter.method=letkf", "filter.inflation=1.05", "filter.localisation_half_width=2"],
 }

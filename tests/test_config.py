@@ -66,6 +66,7 @@ relaxation = 0.0
 rejuvenation = "none"
 rejuvenation_bandwidth = 0.5
 rejuvenation_regularisation = 0.05
+hybrid = "none"
 observation_error_inflation = 2.0
 adaptive_inflation = true
 inflation_max = 1.5
@@ -445,6 +446,7 @@ OTHER_FILTER_VALUES = {
     "rejuvenation": "kernel",
     "rejuvenation_bandwidth": 0.3,
     "rejuvenation_regularisation": 0.1,
+    "hybrid": "letkf",
     "observation_error_inflation": 1.5,
 }
 

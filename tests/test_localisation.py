@@ -347,7 +347,9 @@ def test_config_builds_the_enkf_localisation_for_grids_and_rings(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[model]\nname = "lorenz96"\n')
     with pytest.raises(
-        ConfigError, match=r"localisation_half_width = 500.0 applies to enkf and letkf, not"
+        ConfigError,
+        match=r"localisation_half_width = 500.0 applies to enkf, letkf and fa_apf with "
+        r"filter.hybrid = 'letkf', not filter.method = 'fa_apf' with filter.hybrid = 'none'",
     ):
         load_config(path, ["filter.localisation_half_width=500"])
     config = load_config(path, ["filter.method=enkf", "filter.localisation_half_width=3"])

@@ -7,6 +7,7 @@ shares no code with the particle filters.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -245,6 +246,29 @@ def test_kalman_check_rejects_wrong_methods(model, twin, case):
         filter_ = _fa_apf(model, weight, fx.FixedTempering(1.0), guidance=fx.DPSGuidance())
     _, mean_error, _ = _run_against_kalman(model, twin, filter_)
     assert mean_error > 0.15
+
+
+def _tempered_fa_apf(model, alpha, split):
+    """The FA-APF with exact (moment-matched) weights tempered by a fixed α."""
+    weight = fx.MomentMatchedPredictiveWeight(cg_iterations=STATE_DIM, dense_log_determinant=True)
+    filter_ = _fa_apf(model, weight, fx.FixedTempering(alpha))
+    return eqx.tree_at(lambda f: f.likelihood_split, filter_, split)
+
+
+def test_kalman_remainder_makes_a_tempered_fa_apf_exact(model, twin):
+    """The ensemble Kalman particle filter (:mod:`filtrax.filters.hybrid`): with α = 0.1 the
+    FA-APF selects and moves with R/α and the ETKF assimilates the rest, R/(1 − α); the two
+    together are the Kalman filter (N = 400, as the LETKF's check). Measured: mean error
+    0.07, trace ratios 1.00-1.09. Control: the paper's split at the same α (the move guided
+    by the whole likelihood, the weights by a tenth of it, nothing after) is visibly wrong
+    (measured: 0.27, trace ratios up to 1.32)."""
+    hybrid = _tempered_fa_apf(model, 0.1, fx.KalmanRemainder())
+    _, mean_error, trace_ratio = _run_against_kalman(model, twin, hybrid, 400)
+    assert mean_error < 0.1, f"time-averaged |mean − KF mean| / KF std = {mean_error:.3f}"
+    assert np.all(np.abs(trace_ratio - 1.0) < 0.15), f"per-cycle trace ratios {trace_ratio}"
+    paper = _tempered_fa_apf(model, 0.1, fx.FullLikelihoodMove())
+    _, control_error, _ = _run_against_kalman(model, twin, paper, 400)
+    assert control_error > 0.2, f"control mean error {control_error:.3f}"
 
 
 # --- 4. Tempered Dirac weights are exact in the scalar case ---------------------------------

@@ -40,12 +40,15 @@ from .filters.covariance_localisation import (
     GaspariCohnLocalisation as GaspariCohnLocalisation,
 )
 from .filters.enkf import EnsembleKalmanFilter as EnsembleKalmanFilter
+from .filters.hybrid import KalmanRemainder as KalmanRemainder
 from .filters.inflation import AbstractInflation as AbstractInflation
 from .filters.inflation import FixedInflation as FixedInflation
 from .filters.inflation import InnovationInflation as InnovationInflation
 from .filters.letkf import (
     LocalEnsembleTransformKalmanFilter as LocalEnsembleTransformKalmanFilter,
 )
+from .filters.likelihood_split import AbstractLikelihoodSplit as AbstractLikelihoodSplit
+from .filters.likelihood_split import FullLikelihoodMove as FullLikelihoodMove
 from .filters.localisation import BlockLocalisation as BlockLocalisation
 from .filters.particle import AbstractFilter as AbstractFilter
 from .filters.particle import AbstractPotential as AbstractPotential

@@ -21,8 +21,10 @@ from ..diffusion.samplers import (
     HeunSampler,
 )
 from ..filters.enkf import EnsembleKalmanFilter
+from ..filters.hybrid import KalmanRemainder
 from ..filters.inflation import AbstractInflation, FixedInflation, InnovationInflation
 from ..filters.letkf import LocalEnsembleTransformKalmanFilter
+from ..filters.likelihood_split import FullLikelihoodMove
 from ..filters.localisation import BlockLocalisation
 from ..filters.particle import AuxiliaryParticleFilter, BootstrapParticleFilter, FreeEnsemble
 from ..filters.proposals import EmulatorProposal
@@ -54,6 +56,8 @@ WEIGHTS: Registry = Registry("filter.weights")
 FILTERS: Registry = Registry("filter.method")
 #: ``filter.rejuvenation`` -> ``builder(filter_section)``.
 REJUVENATION: Registry = Registry("filter.rejuvenation")
+#: ``filter.hybrid`` -> ``builder(parts: FilterParts)``.
+HYBRIDS: Registry = Registry("filter.hybrid")
 #: ``filter.resampling``: the schemes of :mod:`filtrax.resampling`.
 RESAMPLING_NAMES = tuple(RESAMPLERS)
 
@@ -96,6 +100,10 @@ REJUVENATION.register(
         )
     ),
 )
+
+
+HYBRIDS.register("none", lambda p: FullLikelihoodMove())
+HYBRIDS.register("letkf", lambda p: KalmanRemainder(p.covariance_localisation))
 
 
 def sampler_from_section(section) -> AbstractSampler:
@@ -167,6 +175,8 @@ FILTER_KEYS: dict[str, tuple[str, ...]] = {
         "skip_first_selection",
         *_SELECTION,
         *_REJUVENATION,
+        "hybrid",
+        "localisation_half_width",
         "observation_error_inflation",
     ),
 }
@@ -222,5 +232,6 @@ def _fa_apf(p: FilterParts):
         p.block_localisation(),
         inflation_from_section(f),
         rejuvenation=REJUVENATION[f.rejuvenation](f),
+        likelihood_split=HYBRIDS[f.hybrid](p),
         particle_map=p.layout,
     )

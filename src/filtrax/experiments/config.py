@@ -25,6 +25,7 @@ from .builders import (
     FILTER_KEYS,
     FILTERS,
     GUIDANCE,
+    HYBRIDS,
     REJUVENATION,
     RESAMPLING_NAMES,
     SAMPLERS,
@@ -268,7 +269,8 @@ class FilterConfig(Validated):
     localisation_half_width: float = field(
         0.0,
         "Gaspari-Cohn half-width c of the covariance localisation (zero beyond 2c): km on a "
-        "latitude-longitude grid, sites on the Lorenz-96 ring; 0 = global [enkf, letkf]",
+        "latitude-longitude grid, sites on the Lorenz-96 ring; 0 = global [enkf, letkf, "
+        "fa_apf with hybrid = letkf]",
         min=0.0,
     )
     relaxation: float = field(
@@ -298,6 +300,14 @@ class FilterConfig(Validated):
         "between particles [rejuvenation = transform, transform+kernel]",
         min=0.0,
         min_exclusive=True,
+    )
+    hybrid: str = field(
+        "none",
+        "what the FA-APF does with the likelihood its tempering leaves out of the selection: "
+        "none (the paper's: the move is guided by the whole likelihood) or letkf (the ensemble "
+        "Kalman particle filter: the move is guided by the tempered likelihood and the LETKF "
+        "assimilates the rest, localised by filter.localisation_half_width) [fa_apf]",
+        choices=HYBRIDS.names(),
     )
     observation_error_inflation: float = field(
         1.0,
@@ -330,11 +340,21 @@ class FilterConfig(Validated):
                 f"filter.localisation_block = {display(block)} is invalid: every entry must be "
                 f"an integer >= 1 (sites per block), or [] for global selection"
             )
-        if self.localisation_half_width > 0 and self.method not in ("enkf", "letkf"):
+        kalman = self.method in ("enkf", "letkf") or (
+            self.method == "fa_apf" and self.hybrid != "none"
+        )
+        if self.localisation_half_width > 0 and not kalman:
             raise ConfigError(
                 f"filter.localisation_half_width = {self.localisation_half_width!r} applies to "
-                f"enkf and letkf, not filter.method = {self.method!r}; the particle filters "
+                f"enkf, letkf and fa_apf with filter.hybrid = 'letkf', not filter.method = "
+                f"{self.method!r} with filter.hybrid = {self.hybrid!r}; the particle filters "
                 f"localise their selection with filter.localisation_block"
+            )
+        if self.hybrid != "none" and self.method == "fa_apf" and block:
+            raise ConfigError(
+                f"filter.hybrid = {self.hybrid!r} needs global selection, not "
+                f"filter.localisation_block = {display(block)}: the Kalman update takes the "
+                f"likelihood that one tempering exponent per cycle left out"
             )
         if self.relaxation > 0 and self.method != "letkf":
             raise ConfigError(

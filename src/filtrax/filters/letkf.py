@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..observations.model import observation_mask
+from ..observations.model import ObservationModel, observation_mask
 from .covariance_localisation import GaspariCohnLocalisation
 from .particle import (
     FilterState,
@@ -144,18 +144,58 @@ def apply_transforms(transforms: Float[Array, "sites members members"], forecast
     return jnp.einsum("gik,k...g->i...g", transforms.astype(forecast.dtype), forecast)
 
 
+def local_analysis(
+    frames: Array,
+    y: Array,
+    observation: ObservationModel,
+    localisation: GaspariCohnLocalisation | None,
+    *,
+    inflation: float = 1.0,
+    relaxation: float = 0.0,
+    likelihood_power: Array | None = None,
+) -> Array:
+    r"""The LETKF's analysis of forecast ``frames`` (members first) given ``y``.
+
+    Every channel of a grid column shares its site's transform; the observations are
+    tapered by the localisation's
+    :meth:`~filtrax.filters.covariance_localisation.GaspariCohnLocalisation.site_locality`,
+    or one global transform is used without localisation (the ETKF). A NaN in ``y`` gives
+    that observation zero weight (zero locality everywhere and a finite stand-in value).
+
+    ``likelihood_power`` :math:`\gamma \in [0, 1]` assimilates :math:`p(y\mid x)^\gamma`,
+    the likelihood with error variances :math:`R/\gamma`, by scaling every precision
+    :math:`\rho_{gm}/\sigma_m^2` by γ; γ = 0 gives the identity transform, to round-off (what a
+    particle filter's tempering left out, :mod:`.hybrid`).
+    """
+    n = frames.shape[0]
+    predicted = jax.vmap(observation.predict)(frames)
+    mask = observation_mask(y)
+    observed = jnp.where(mask, y, predicted.mean(axis=0))
+    error_std = jnp.sqrt(jnp.where(mask, observation.noise_variance, 1.0))
+    if localisation is None:
+        locality = mask[None, :].astype(frames.dtype)
+        site_frames = frames.reshape(n, -1, 1)
+    else:
+        locality = localisation.site_locality(observation, frames[0])
+        locality = jnp.where(mask[None, :], locality, 0.0)
+        site_frames = frames.reshape(n, -1, locality.shape[0])
+    if likelihood_power is not None:
+        locality = locality * jnp.asarray(likelihood_power, locality.dtype)
+    transforms = letkf_transforms(
+        predicted, observed, error_std, locality, inflation=inflation, relaxation=relaxation
+    )
+    return apply_transforms(transforms, site_frames).reshape(frames.shape)
+
+
 class LocalEnsembleTransformKalmanFilter(UnguidedEnsembleFilter):
     r"""The LETKF whose forecast is the diffusion emulator's ensemble (a baseline).
 
     Each member is propagated with the unguided emulator, as in
     :class:`~filtrax.filters.enkf.EnsembleKalmanFilter`; the analysis is then
-    :func:`letkf_transforms` at every site of the frame (every channel of a grid column
-    shares its site's transform), with the observations tapered by the localisation's
-    :meth:`~filtrax.filters.covariance_localisation.GaspariCohnLocalisation.site_locality`,
-    or one global transform without localisation (the ETKF). A NaN in ``y`` gives that
-    observation zero weight. Only the emulator's new frame is updated; the state is rebuilt
-    with :meth:`~filtrax.emulators._base.AbstractEmulator.advance`. The update is
-    deterministic: the key only drives the forecast.
+    :func:`local_analysis`: :func:`letkf_transforms` at every site of the frame. Only the
+    emulator's new frame is updated; the state is rebuilt with
+    :meth:`~filtrax.emulators._base.AbstractEmulator.advance`. The update is deterministic:
+    the key only drives the forecast.
 
     Attributes:
         proposal: an unguided :class:`EmulatorProposal` (the forecast).
@@ -189,28 +229,10 @@ class LocalEnsembleTransformKalmanFilter(UnguidedEnsembleFilter):
         keys = particle_keys(key, n)
         forecast = _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
         frames = jax.vmap(self.emulator.current_frame)(forecast)
-        predicted = jax.vmap(observation.predict)(frames)
-        mask = observation_mask(y)
-        # A missing observation: zero locality everywhere and a finite stand-in value.
-        observed = jnp.where(mask, y, predicted.mean(axis=0))
-        error_std = jnp.sqrt(jnp.where(mask, observation.noise_variance, 1.0))
-        if self.localisation is None:
-            locality = mask[None, :].astype(frames.dtype)
-            site_frames = frames.reshape(n, -1, 1)
-        else:
-            locality = self.localisation.site_locality(observation, frames[0])
-            locality = jnp.where(mask[None, :], locality, 0.0)
-            sites = locality.shape[0]
-            site_frames = frames.reshape(n, -1, sites)
-        transforms = letkf_transforms(
-            predicted,
-            observed,
-            error_std,
-            locality,
-            inflation=self.inflation,
-            relaxation=self.relaxation,
-        )
-        analysis = apply_transforms(transforms, site_frames).reshape(frames.shape)
+        analysis = local_analysis(
+            frames, y, observation, self.localisation,
+            inflation=self.inflation, relaxation=self.relaxation,
+        )  # fmt: skip
         new_particles = self.particle_map.constrain(
             jax.vmap(self.emulator.advance)(particles, analysis)
         )

@@ -58,6 +58,7 @@ from ..resampling import (
     systematic,
 )
 from .inflation import AbstractInflation, FixedInflation, inflate
+from .likelihood_split import AbstractLikelihoodSplit, FullLikelihoodMove
 from .localisation import BlockLocalisation
 from .proposals import EmulatorProposal
 from .rejuvenation import AbstractRejuvenation, NoRejuvenation
@@ -407,7 +408,11 @@ class ParticleFilter(AbstractFilter):
     3. ancestors by :attr:`resampling`, globally or per block of sites
        (:attr:`localisation`), after :attr:`inflation` of the particles and of their
        predicted observations about their means;
-    4. every particle moves by :attr:`proposal` (stream :data:`PROPOSAL_STREAM`).
+    4. every particle moves by :attr:`proposal` (stream :data:`PROPOSAL_STREAM`), guided by
+       the observation model :attr:`likelihood_split` gives it;
+    5. :attr:`likelihood_split` completes the moved particles (the paper's FA-APF: nothing
+       to do; the ensemble Kalman particle filter: the LETKF with the likelihood that α
+       left out, :mod:`.hybrid`).
 
     A cycle without observations (all NaN) moves the particles by the emulator's own
     transition and keeps them all (:func:`forecast_step`) when the proposal is guided,
@@ -428,6 +433,9 @@ class ParticleFilter(AbstractFilter):
         inflation: λ ≥ 1 about the mean before the weights (:mod:`.inflation`).
         rejuvenation: what moves the selected particles before the proposal
             (:mod:`.rejuvenation`; :class:`NoRejuvenation`: none).
+        likelihood_split: what the move and the step after it do with the likelihood
+            that tempering left out of the selection (:mod:`.likelihood_split`;
+            :class:`FullLikelihoodMove`, the paper's: the move is guided by all of it).
     """
 
     proposal: EmulatorProposal
@@ -438,6 +446,22 @@ class ParticleFilter(AbstractFilter):
     localisation: BlockLocalisation | None = None
     inflation: AbstractInflation = FixedInflation()
     rejuvenation: AbstractRejuvenation = NoRejuvenation()
+    likelihood_split: AbstractLikelihoodSplit = FullLikelihoodMove()
+
+    def __check_init__(self) -> None:
+        if self.likelihood_split.is_identity:
+            return
+        split = type(self.likelihood_split).__name__
+        if not (self.potential.acts_before_move and self.proposal.is_guided):
+            raise ValueError(
+                f"ParticleFilter.likelihood_split = {split} needs a guided move after the "
+                f"selection (the FA-APF): it guides the move with the tempered likelihood"
+            )
+        if self.localisation is not None:
+            raise ValueError(
+                f"ParticleFilter.likelihood_split = {split} needs global selection, not a "
+                f"block localisation: the tempering exponent must be one number per cycle"
+            )
 
     @property
     def emulator(self) -> AbstractEmulator:
@@ -474,7 +498,7 @@ class ParticleFilter(AbstractFilter):
                 state.particles, state.log_weights, y, observation, keys, key,
                 uniform_selection=first,
             )  # fmt: skip
-            children = self._move(keys, parents, y, observation)
+            children = self._move_and_complete(keys, parents, y, observation, alpha, first)
             selected = children
         else:
             children = self._move(keys, state.particles, y, observation)
@@ -490,6 +514,18 @@ class ParticleFilter(AbstractFilter):
 
     def _move(self, keys, particles, y, observation):
         return _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
+
+    def _move_and_complete(self, keys, parents, y, observation, alpha, first):
+        """The guided move of the selected ``parents``, then :attr:`likelihood_split`'s step."""
+        split = self.likelihood_split
+        if split.is_identity:
+            return self._move(keys, parents, y, observation)
+        # A skipped first selection (α forced to 0) leaves the whole likelihood to the move,
+        # as the paper's filter does.
+        alpha = jnp.where(first, jnp.ones_like(alpha), alpha)
+        children = self._move(keys, parents, y, split.guiding_observation(observation, alpha))
+        completed = split.complete(self.emulator, parents, children, y, observation, alpha)
+        return self.particle_map.constrain(completed)
 
     def _per_particle(self, fn, keys, particles):
         """``fn(particle, key)`` for every particle, the key on stream :data:`WEIGHT_STREAM`,
@@ -586,6 +622,7 @@ def AuxiliaryParticleFilter(
     inflation: AbstractInflation | None = None,
     *,
     rejuvenation: AbstractRejuvenation | None = None,
+    likelihood_split: AbstractLikelihoodSplit | None = None,
     particle_map: AbstractParticleMap | None = None,
 ) -> ParticleFilter:
     r"""The fully adapted auxiliary particle filter (FA-APF; Pitt & Shephard 1999; Savary,
@@ -608,6 +645,10 @@ def AuxiliaryParticleFilter(
             (:mod:`.inflation`); anything but ``FixedInflation(1)`` needs Dirac weights.
         rejuvenation: moves the selected parents before the guided move
             (:mod:`.rejuvenation`; default none).
+        likelihood_split: what is done with the likelihood the tempering leaves out
+            (:mod:`.likelihood_split`): :class:`FullLikelihoodMove` (default, the paper's)
+            or :class:`~filtrax.filters.hybrid.KalmanRemainder` (the ensemble Kalman
+            particle filter); the latter needs global selection.
         particle_map: the particles' layout (:mod:`filtrax.parallel`).
     """
     predictive_weight = DiracPredictiveWeight() if predictive_weight is None else predictive_weight
@@ -635,7 +676,7 @@ def AuxiliaryParticleFilter(
     return ParticleFilter(
         proposal, PredictivePotential(predictive_weight), tempering, resampling,
         skip_first_selection, localisation, inflation, rejuvenation or NoRejuvenation(),
-        **layout,
+        likelihood_split or FullLikelihoodMove(), **layout,
     )  # fmt: skip
 
 

@@ -1,0 +1,107 @@
+"""The ensemble Kalman particle filter (filtrax.filters.hybrid): identities and refusals.
+
+Its exactness on the linear-Gaussian oracle, with a control that fails, is in
+``test_oracle.py`` (``test_kalman_remainder_makes_a_tempered_fa_apf_exact``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import filtrax as fx
+from filtrax.experiments.config import ConfigError, config_from_dict
+from filtrax.experiments.factory import build_filter
+
+STATE_DIM = 6
+
+
+@pytest.fixture(scope="module")
+def model() -> fx.LinearGaussianModel:
+    return fx.random_linear_gaussian_model(seed=3, state_dim=STATE_DIM)
+
+
+def _fa_apf(model, tempering, split=None):
+    sampler = fx.HeunSampler(fx.karras_noise_levels(200.0, 0.002, 7.0, 8))
+    proposal = fx.EmulatorProposal(model.emulator(), sampler, fx.MMPSGuidance(2))
+    return fx.AuxiliaryParticleFilter(
+        proposal, tempering=tempering, skip_first_selection=True, likelihood_split=split
+    )
+
+
+def _analysis(model, filter_, cycles=4, particles=32):
+    _, observations = model.simulate(jax.random.key(1), jnp.zeros(STATE_DIM), cycles)
+    result = fx.assimilate(
+        filter_,
+        jnp.zeros((particles, STATE_DIM)),
+        observations,
+        model.observation_model(),
+        key=jax.random.key(2),
+    )
+    return np.asarray(result.analysis), np.asarray(result.diagnostics.alpha)
+
+
+def test_at_alpha_one_the_hybrid_is_the_fa_apf_bit_for_bit(model):
+    """α = 1: the selection and the move used the whole likelihood, nothing is left to the
+    Kalman update, and the analysis equals the paper's filter exactly."""
+    paper, _ = _analysis(model, _fa_apf(model, fx.FixedTempering(1.0)))
+    hybrid, _ = _analysis(model, _fa_apf(model, fx.FixedTempering(1.0), fx.KalmanRemainder()))
+    np.testing.assert_array_equal(hybrid, paper)
+
+
+def test_below_alpha_one_the_kalman_update_moves_the_particles(model):
+    """α < 1 (the ESS band): the move is guided by R/α and the ETKF takes the rest, so the
+    analysis differs from the paper's filter from the first selected cycle on."""
+    band = fx.ESSBandTempering(0.5, 0.6)
+    paper, alphas = _analysis(model, _fa_apf(model, band))
+    hybrid, _ = _analysis(model, _fa_apf(model, band, fx.KalmanRemainder()))
+    assert np.all(alphas[1:] < 1.0), alphas
+    assert np.all(np.isfinite(hybrid))
+    # Cycle 0 skips the selection (α = 0, the whole likelihood to the move): the same.
+    np.testing.assert_array_equal(hybrid[0], paper[0])
+    assert not np.allclose(hybrid[1], paper[1])
+
+
+def test_the_split_is_refused_where_it_cannot_work(model):
+    sampler = fx.HeunSampler(fx.karras_noise_levels(200.0, 0.002, 7.0, 8))
+    unguided = fx.EmulatorProposal(model.emulator(), sampler)
+    with pytest.raises(ValueError, match=r"likelihood_split = KalmanRemainder needs a guided move"):
+        fx.ParticleFilter(
+            unguided,
+            fx.ObservationLikelihood(),
+            fx.FixedTempering(1.0),
+            likelihood_split=fx.KalmanRemainder(),
+        )
+    guided = fx.EmulatorProposal(model.emulator(), sampler, fx.MMPSGuidance(2))
+    with pytest.raises(ValueError, match=r"needs global selection, not a block localisation"):
+        fx.AuxiliaryParticleFilter(
+            guided,
+            localisation=fx.BlockLocalisation((2,)),
+            likelihood_split=fx.KalmanRemainder(),
+        )
+
+
+def test_config_builds_the_hybrid_with_the_letkf_localisation():
+    emulator = fx.random_linear_gaussian_model(seed=0, state_dim=4).emulator()
+    plain = config_from_dict({"model": {"name": "lorenz96"}})
+    assert plain.filter.hybrid == "none"
+    paper = build_filter(plain, emulator, "fa_apf")
+    assert isinstance(paper.likelihood_split, fx.FullLikelihoodMove)
+    config = config_from_dict({"model": {"name": "lorenz96"}, "filter": {"hybrid": "letkf"}})
+    split = build_filter(config, emulator, "fa_apf").likelihood_split
+    assert isinstance(split, fx.KalmanRemainder) and split.localisation is None
+    with pytest.raises(
+        ConfigError,
+        match=r"filter.hybrid = 'letkf' needs global selection, not filter.localisation_block = "
+        r"\[2\]",
+    ):
+        config_from_dict(
+            {
+                "model": {"name": "lorenz96"},
+                "filter": {"hybrid": "letkf", "localisation_block": [2]},
+            }
+        )
+    with pytest.raises(ConfigError, match=r"filter.hybrid = 'kalman' is not one of"):
+        config_from_dict({"model": {"name": "lorenz96"}, "filter": {"hybrid": "kalman"}})
