@@ -206,3 +206,34 @@ def test_dinosaur_members_take_node_by_node_transforms():
         ValueError, match=r"transforms has shape \(5, 3, 3\); expected \(2048, 3, 3\)"
     ):
         sim.transform_members(states, jnp.zeros((5, members, members)))
+
+
+@pytest.mark.x64
+def test_local_analysis_with_a_likelihood_power_is_the_kalman_filter_of_r_over_that_power():
+    """``likelihood_power`` γ assimilates p(y|x)^γ: the Kalman analysis with error variances
+    R/γ (the hybrid's remainder); γ = 0 leaves the forecast as it is, to round-off."""
+    import filtrax as fx
+    from filtrax.filters.letkf import local_analysis
+
+    forecast, operator, observations, error_std = _problem()
+    observation = fx.ObservationModel(fx.LinearObservation(jnp.asarray(operator)), error_std**2)
+    means = {}
+    for power in (0.25, 1.0):
+        members = np.asarray(
+            local_analysis(
+                jnp.asarray(forecast), jnp.asarray(observations), observation, None,
+                likelihood_power=power,
+            )
+        )  # fmt: skip
+        means[power], covariance = _moments(members)
+        kalman_mean, kalman_covariance = _kalman(
+            forecast, operator, observations, error_std / np.sqrt(power)
+        )
+        np.testing.assert_allclose(means[power], kalman_mean, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(covariance, kalman_covariance, rtol=1e-8, atol=1e-9)
+    # The check can fail: a quarter of the likelihood is visibly not all of it.
+    assert not np.allclose(means[0.25], means[1.0], rtol=1e-3, atol=1e-3)
+    unchanged = local_analysis(
+        jnp.asarray(forecast), jnp.asarray(observations), observation, None, likelihood_power=0.0
+    )
+    np.testing.assert_allclose(np.asarray(unchanged), forecast, rtol=1e-10, atol=1e-10)
