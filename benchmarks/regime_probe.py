@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import regimes
-from filtrax.experiments.config import config_from_dict, load_config
-from filtrax.experiments.runner import config_digest, run_experiment
+from filtrax.experiments.config import load_config
 
 
 def main() -> None:
@@ -40,14 +37,7 @@ def main() -> None:
     overrides = [*regime_overrides, *args.set, f"run.cycles={args.cycles}"]
     overrides += [f"run.burn_in={args.burn_in}", "run.profile=false", "run.baseline=true"]
     run_dir = args.out / regimes._slug(args.regime) / regimes._slug(args.label)
-    config = load_config(config_path, overrides)
-    if (run_dir / "metrics.nc").exists():  # reused only if it is the same config
-        stored = config_from_dict(tomllib.loads((run_dir / "config.toml").read_text()))
-        if config_digest(stored) != config_digest(config):
-            raise SystemExit(f"error: {run_dir} holds a run of another config; choose a --label")
-    else:
-        run_experiment(config, run_dir, quiet=True, report=False, resume=run_dir.exists())
-    metrics = xr.open_dataset(run_dir / "metrics.nc").load()
+    metrics = regimes.run_or_reuse(load_config(config_path, overrides), run_dir)
 
     def scored(name: str, ensemble: str) -> float:
         values = metrics[name].sel(ensemble=ensemble).isel(cycle=slice(args.burn_in, None))

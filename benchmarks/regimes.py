@@ -60,6 +60,9 @@ REGIMES = {
 PLAIN = ["filter.localisation_block=[]", "filter.inflation=1.0", "filter.adaptive_inflation=false"]
 #: The library's default FA-APF (Dirac weights, ESS-band α), whatever the config says.
 FA_APF = ["filter.method=fa_apf", "filter.weights=dirac", "filter.tempering=ess_band", *PLAIN]
+#: The ensemble Kalman particle filter: the LETKF takes what the tempering leaves out,
+#: localised as the LETKF reference is.
+HYBRID = [*FA_APF, "filter.hybrid=letkf", "filter.localisation_half_width=2"]
 METHODS = {
     "FA-APF (default)": FA_APF,
     "FA-APF + kernel": [*FA_APF, "filter.rejuvenation=kernel"],
@@ -75,29 +78,12 @@ METHODS = {
         "filter.adaptive_inflation=true",
     ],
     "FA-APF + transform + kernel": [*FA_APF, "filter.rejuvenation=transform+kernel"],
-    # The ensemble Kalman particle filter: the LETKF takes what the tempering leaves out,
-    # localised as the LETKF reference is.
-    "FA-APF + LETKF hybrid": [*FA_APF, "filter.hybrid=letkf", "filter.localisation_half_width=2"],
+    "FA-APF + LETKF hybrid": HYBRID,
     # The same with the particle filter's share held to ESS >= 0.9 N: selection then removes
     # little diversity, which a near-deterministic transition cannot restore.
-    "FA-APF + LETKF hybrid, ESS ≥ 0.9N": [
-        *FA_APF,
-        "filter.hybrid=letkf",
-        "filter.localisation_half_width=2",
-        "filter.ess_band=[0.9, 0.95]",
-    ],
-    "FA-APF + LETKF hybrid + kernel": [
-        *FA_APF,
-        "filter.hybrid=letkf",
-        "filter.localisation_half_width=2",
-        "filter.rejuvenation=kernel",
-    ],
-    "FA-APF + LETKF hybrid + adaptive λ": [
-        *FA_APF,
-        "filter.hybrid=letkf",
-        "filter.localisation_half_width=2",
-        "filter.adaptive_inflation=true",
-    ],
+    "FA-APF + LETKF hybrid, ESS ≥ 0.9N": [*HYBRID, "filter.ess_band=[0.9, 0.95]"],
+    "FA-APF + LETKF hybrid + kernel": [*HYBRID, "filter.rejuvenation=kernel"],
+    "FA-APF + LETKF hybrid + adaptive λ": [*HYBRID, "filter.adaptive_inflation=true"],
     "bootstrap PF": ["filter.method=bootstrap", *PLAIN],
     "LETKF": ["filter.method=letkf", "filter.inflation=1.05", "filter.localisation_half_width=2"],
 }
@@ -116,7 +102,12 @@ def run_method(regime, method, out: Path, args) -> xr.Dataset:
     if "lorenz96" not in str(config_path):  # the LETKF's 2-site half-width is Lorenz-96's
         overrides = [o for o in overrides if not o.startswith("filter.localisation_half_width")]
     config = load_config(config_path, overrides)
-    run_dir = out / _slug(regime) / _slug(method)
+    return run_or_reuse(config, out / _slug(regime) / _slug(method))
+
+
+def run_or_reuse(config, run_dir: Path) -> xr.Dataset:
+    """The metrics of ``config``'s run in ``run_dir``: reused when finished (refused when that
+    run is of another config), resumed when killed, else run."""
     if (run_dir / "metrics.nc").exists():
         stored = config_from_dict(tomllib.loads((run_dir / "config.toml").read_text()))
         if config_digest(stored) != config_digest(config):

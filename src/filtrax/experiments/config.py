@@ -340,17 +340,15 @@ class FilterConfig(Validated):
                 f"filter.localisation_block = {display(block)} is invalid: every entry must be "
                 f"an integer >= 1 (sites per block), or [] for global selection"
             )
-        kalman = self.method in ("enkf", "letkf") or (
-            self.method == "fa_apf" and self.hybrid != "none"
-        )
-        if self.localisation_half_width > 0 and not kalman:
+        hybrid = self.method == "fa_apf" and self.hybrid != "none"
+        if self.localisation_half_width > 0 and not (hybrid or self.method in ("enkf", "letkf")):
             raise ConfigError(
                 f"filter.localisation_half_width = {self.localisation_half_width!r} applies to "
                 f"enkf, letkf and fa_apf with filter.hybrid = 'letkf', not filter.method = "
                 f"{self.method!r} with filter.hybrid = {self.hybrid!r}; the particle filters "
                 f"localise their selection with filter.localisation_block"
             )
-        if self.hybrid != "none" and self.method == "fa_apf" and block:
+        if hybrid and block:
             raise ConfigError(
                 f"filter.hybrid = {self.hybrid!r} needs global selection, not "
                 f"filter.localisation_block = {display(block)}: the Kalman update takes the "
