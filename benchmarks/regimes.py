@@ -63,6 +63,12 @@ FA_APF = ["filter.method=fa_apf", "filter.weights=dirac", "filter.tempering=ess_
 #: The ensemble Kalman particle filter: the LETKF takes what the tempering leaves out,
 #: localised as the LETKF reference is.
 HYBRID = [*FA_APF, "filter.hybrid=letkf", "filter.localisation_half_width=2"]
+UNRESAMPLED = [
+    *FA_APF,
+    "filter.tempering=fixed",
+    "filter.alpha=0",
+    "filter.localisation_half_width=2",
+]
 METHODS = {
     "FA-APF (default)": FA_APF,
     "FA-APF + kernel": [*FA_APF, "filter.rejuvenation=kernel"],
@@ -84,6 +90,10 @@ METHODS = {
     "FA-APF + LETKF hybrid, ESS ≥ 0.9N": [*HYBRID, "filter.ess_band=[0.9, 0.95]"],
     "FA-APF + LETKF hybrid + kernel": [*HYBRID, "filter.rejuvenation=kernel"],
     "FA-APF + LETKF hybrid + adaptive λ": [*HYBRID, "filter.adaptive_inflation=true"],
+    # No resampling: the move guided by the whole likelihood, then an ensemble Kalman
+    # update of the share of the innovation the move did not absorb (filtrax.filters.hybrid).
+    "FA-APF + predictive Kalman": [*UNRESAMPLED, "filter.hybrid=predictive_unabsorbed"],
+    "FA-APF + moved Kalman": [*UNRESAMPLED, "filter.hybrid=unabsorbed"],
     "bootstrap PF": ["filter.method=bootstrap", *PLAIN],
     "LETKF": ["filter.method=letkf", "filter.inflation=1.05", "filter.localisation_half_width=2"],
 }

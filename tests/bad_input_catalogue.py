@@ -444,6 +444,14 @@ CASES: list[Case] = [
         ("filter.ess_band",),
     ),
     Case(
+        "Kalman update after the move without predicted observations",
+        "config",
+        lambda f: run_args(
+            f, "--set", "filter.hybrid=predictive", "--set", "filter.weights=moment_matched"
+        ),
+        ("filter.hybrid = 'predictive'", "filter.weights = 'dirac'", "'moment_matched'"),
+    ),
+    Case(
         "burn-in as long as the run",
         "config",
         lambda f: run_args(f, "--set", "run.burn_in=2"),

@@ -115,3 +115,26 @@ def test_weight_call_counts(weight):
         assert backward == weight.cg_iterations + observation.num_observations
         backward = weight.cg_iterations + 1
     assert (counter.forward, counter.backward) == (forward, backward)
+
+
+def test_a_split_that_needs_the_predictions_calls_the_weight_once_more():
+    """:class:`~filtrax.PredictiveKalmanUpdate` recomputes the parents' predictions after the
+    selection: one more batched predictive-mean call per cycle, N more in the counts."""
+    model = fx.random_linear_gaussian_model(seed=0, state_dim=D)
+    observation = model.observation_model()
+    y = jnp.ones(observation.num_observations)
+    made, reported = [], []
+    for split in (None, fx.PredictiveKalmanUpdate()):
+        counter = Counter()
+        _, emulator = setup(counter)
+        proposal = fx.EmulatorProposal(emulator, fx.EulerSampler(LEVELS), fx.MMPSGuidance(2))
+        filter_ = fx.AuxiliaryParticleFilter(
+            proposal, tempering=fx.FixedTempering(0.0), likelihood_split=split
+        )
+        state = filter_.init(jnp.zeros((8, D)))
+        with jax.disable_jit():
+            filter_.step(state, y, observation, jax.random.key(0))
+        made.append(counter.forward)
+        reported.append(filter_.call_counts(8, observation.num_observations)[0])
+    assert made[1] - made[0] == 1
+    assert reported[1] - reported[0] == 8

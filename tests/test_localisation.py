@@ -349,7 +349,8 @@ def test_config_builds_the_enkf_localisation_for_grids_and_rings(tmp_path):
     with pytest.raises(
         ConfigError,
         match=r"localisation_half_width = 500.0 applies to enkf, letkf and fa_apf with "
-        r"filter.hybrid = 'letkf', not filter.method = 'fa_apf' with filter.hybrid = 'none'",
+        r"a filter.hybrid other than 'none', not filter.method = 'fa_apf' with filter.hybrid = "
+        r"'none'",
     ):
         load_config(path, ["filter.localisation_half_width=500"])
     config = load_config(path, ["filter.method=enkf", "filter.localisation_half_width=3"])

@@ -41,6 +41,9 @@ from .filters.covariance_localisation import (
 )
 from .filters.enkf import EnsembleKalmanFilter as EnsembleKalmanFilter
 from .filters.hybrid import KalmanRemainder as KalmanRemainder
+from .filters.hybrid import PredictiveKalmanUpdate as PredictiveKalmanUpdate
+from .filters.hybrid import UnabsorbedKalmanRemainder as UnabsorbedKalmanRemainder
+from .filters.hybrid import move_gain as move_gain
 from .filters.inflation import AbstractInflation as AbstractInflation
 from .filters.inflation import FixedInflation as FixedInflation
 from .filters.inflation import InnovationInflation as InnovationInflation

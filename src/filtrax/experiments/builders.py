@@ -21,7 +21,11 @@ from ..diffusion.samplers import (
     HeunSampler,
 )
 from ..filters.enkf import EnsembleKalmanFilter
-from ..filters.hybrid import KalmanRemainder
+from ..filters.hybrid import (
+    KalmanRemainder,
+    PredictiveKalmanUpdate,
+    UnabsorbedKalmanRemainder,
+)
 from ..filters.inflation import AbstractInflation, FixedInflation, InnovationInflation
 from ..filters.letkf import LocalEnsembleTransformKalmanFilter
 from ..filters.likelihood_split import FullLikelihoodMove
@@ -104,6 +108,12 @@ REJUVENATION.register(
 
 HYBRIDS.register("none", lambda p: FullLikelihoodMove())
 HYBRIDS.register("letkf", lambda p: KalmanRemainder(p.covariance_localisation))
+HYBRIDS.register("predictive", lambda p: PredictiveKalmanUpdate(p.covariance_localisation))
+HYBRIDS.register(
+    "predictive_unabsorbed",
+    lambda p: PredictiveKalmanUpdate(p.covariance_localisation, scale_by_unabsorbed=True),
+)
+HYBRIDS.register("unabsorbed", lambda p: UnabsorbedKalmanRemainder(p.covariance_localisation))
 
 
 def sampler_from_section(section) -> AbstractSampler:

@@ -227,6 +227,10 @@ class ObservationsConfig(Validated):
             object.__setattr__(self, "error_std", SYNTHETIC_ERROR_STD)
 
 
+#: The ``filter.hybrid`` values whose Kalman update needs the weights' predicted observations.
+PREDICTION_HYBRIDS = ("predictive", "predictive_unabsorbed", "unabsorbed")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FilterConfig(Validated):
     """``[filter]``: the assimilation method."""
@@ -270,7 +274,7 @@ class FilterConfig(Validated):
         0.0,
         "Gaspari-Cohn half-width c of the covariance localisation (zero beyond 2c): km on a "
         "latitude-longitude grid, sites on the Lorenz-96 ring; 0 = global [enkf, letkf, "
-        "fa_apf with hybrid = letkf]",
+        "fa_apf with a hybrid]",
         min=0.0,
     )
     relaxation: float = field(
@@ -304,9 +308,14 @@ class FilterConfig(Validated):
     hybrid: str = field(
         "none",
         "what the FA-APF does with the likelihood its tempering leaves out of the selection: "
-        "none (the paper's: the move is guided by the whole likelihood) or letkf (the ensemble "
+        "none (the paper's: the move is guided by the whole likelihood); letkf (the ensemble "
         "Kalman particle filter: the move is guided by the tempered likelihood and the LETKF "
-        "assimilates the rest, localised by filter.localisation_half_width) [fa_apf]",
+        "assimilates the rest); predictive (the move guided by the whole likelihood, then the "
+        "predictive weights' remaining share by a Kalman transform, not resampling); "
+        "predictive_unabsorbed (the same, scaled by the share of the innovation the move did "
+        "not absorb); unabsorbed (the LETKF of the moved particles with that share). The "
+        "Kalman updates are localised by filter.localisation_half_width; the last three need "
+        "weights = dirac [fa_apf]",
         choices=HYBRIDS.names(),
     )
     observation_error_inflation: float = field(
@@ -344,15 +353,20 @@ class FilterConfig(Validated):
         if self.localisation_half_width > 0 and not (hybrid or self.method in ("enkf", "letkf")):
             raise ConfigError(
                 f"filter.localisation_half_width = {self.localisation_half_width!r} applies to "
-                f"enkf, letkf and fa_apf with filter.hybrid = 'letkf', not filter.method = "
-                f"{self.method!r} with filter.hybrid = {self.hybrid!r}; the particle filters "
-                f"localise their selection with filter.localisation_block"
+                f"enkf, letkf and fa_apf with a filter.hybrid other than 'none', not "
+                f"filter.method = {self.method!r} with filter.hybrid = {self.hybrid!r}; the "
+                f"particle filters localise their selection with filter.localisation_block"
             )
         if hybrid and block:
             raise ConfigError(
                 f"filter.hybrid = {self.hybrid!r} needs global selection, not "
                 f"filter.localisation_block = {display(block)}: the Kalman update takes the "
                 f"likelihood that one tempering exponent per cycle left out"
+            )
+        if hybrid and self.hybrid in PREDICTION_HYBRIDS and self.weights != "dirac":
+            raise ConfigError(
+                f"filter.hybrid = {self.hybrid!r} needs the weights' predicted observations: "
+                f"filter.weights = 'dirac', not {self.weights!r}"
             )
         if self.relaxation > 0 and self.method != "letkf":
             raise ConfigError(

@@ -153,6 +153,7 @@ def local_analysis(
     inflation: float = 1.0,
     relaxation: float = 0.0,
     likelihood_power: Array | None = None,
+    predicted: Array | None = None,
 ) -> Array:
     r"""The LETKF's analysis of forecast ``frames`` (members first) given ``y``.
 
@@ -166,9 +167,16 @@ def local_analysis(
     the likelihood with error variances :math:`R/\gamma`, by scaling every precision
     :math:`\rho_{gm}/\sigma_m^2` by γ; γ = 0 gives the identity transform, to round-off (what a
     particle filter's tempering left out, :mod:`.hybrid`).
+
+    ``predicted`` (members first) are the observations the transforms are computed from,
+    :math:`h(x_i)` of the ``frames`` by default. Given other predictions :math:`\hat y_i`, the
+    transforms of the ensemble :math:`\hat y_i` are applied to ``frames``: the analysis
+    regresses the frames on :math:`\hat y`
+    (:class:`~filtrax.filters.hybrid.PredictiveKalmanUpdate`).
     """
     n = frames.shape[0]
-    predicted = jax.vmap(observation.predict)(frames)
+    if predicted is None:
+        predicted = jax.vmap(observation.predict)(frames)
     mask = observation_mask(y)
     observed = jnp.where(mask, y, predicted.mean(axis=0))
     error_std = jnp.sqrt(jnp.where(mask, observation.noise_variance, 1.0))

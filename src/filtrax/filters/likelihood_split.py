@@ -9,7 +9,12 @@ the selection. A likelihood split says what happens to it:
   move still conditions on the whole likelihood, and nothing follows it;
 * the ensemble Kalman particle filter (:class:`~filtrax.filters.hybrid.KalmanRemainder`):
   the move conditions on the same tempered likelihood as the selection, and an ensemble
-  Kalman analysis of the moved particles assimilates the rest.
+  Kalman analysis of the moved particles assimilates the rest;
+* a Kalman update of the predictive weights' remaining share
+  (:class:`~filtrax.filters.hybrid.PredictiveKalmanUpdate`), or of the share of the
+  innovation the guided move did not absorb
+  (:class:`~filtrax.filters.hybrid.UnabsorbedKalmanRemainder`): the move conditions on the
+  whole likelihood, as in the paper's filter.
 
 A split is a strategy of :class:`~filtrax.filters.particle.ParticleFilter` on the same
 interface as its tempering, inflation and rejuvenation.
@@ -20,7 +25,7 @@ from __future__ import annotations
 import abc
 
 import equinox as eqx
-from jaxtyping import PyTree
+from jaxtyping import Array, PyTree
 
 from .._typing import Observation, Scalar
 from ..emulators._base import AbstractEmulator
@@ -35,6 +40,11 @@ class AbstractLikelihoodSplit(eqx.Module):
     def is_identity(self) -> bool:
         """Whether it is the paper's filter (the move guided by the full likelihood)."""
 
+    @property
+    def needs_predictions(self) -> bool:
+        """Whether :meth:`complete` needs the parents' predicted observations ``ŷ``."""
+        return False
+
     @abc.abstractmethod
     def guiding_observation(self, observation: ObservationModel, alpha: Scalar) -> ObservationModel:
         """The observation model the guided move conditions on, given the selection's α."""
@@ -42,10 +52,12 @@ class AbstractLikelihoodSplit(eqx.Module):
     @abc.abstractmethod
     def complete(
         self, emulator: AbstractEmulator, parents: PyTree, children: PyTree, y: Observation,
-        observation: ObservationModel, alpha: Scalar,
+        observation: ObservationModel, alpha: Scalar, predicted: Array | None = None,
     ) -> PyTree:  # fmt: skip
         """The moved ``children`` (particle ``i`` moved from ``parents[i]``) once the part of
-        the likelihood neither the selection nor the move used is assimilated."""
+        the likelihood neither the selection nor the move used is assimilated. ``predicted``
+        holds the parents' predicted observations ``ŷ_i`` (particles first) where
+        :attr:`needs_predictions`, else ``None``."""
 
 
 class FullLikelihoodMove(AbstractLikelihoodSplit):
@@ -58,5 +70,5 @@ class FullLikelihoodMove(AbstractLikelihoodSplit):
     def guiding_observation(self, observation, alpha):
         return observation
 
-    def complete(self, emulator, parents, children, y, observation, alpha):
+    def complete(self, emulator, parents, children, y, observation, alpha, predicted=None):
         return children

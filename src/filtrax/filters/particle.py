@@ -462,6 +462,12 @@ class ParticleFilter(AbstractFilter):
                 f"ParticleFilter.likelihood_split = {split} needs global selection, not a "
                 f"block localisation: the tempering exponent must be one number per cycle"
             )
+        if self.likelihood_split.needs_predictions and not self.potential.splits_per_observation:
+            raise ValueError(
+                f"ParticleFilter.likelihood_split = {split} needs the weights' predicted "
+                f"observations, which {type(self.potential.weight).__name__} does not give; "
+                f"use DiracPredictiveWeight"
+            )
 
     @property
     def emulator(self) -> AbstractEmulator:
@@ -476,7 +482,9 @@ class ParticleFilter(AbstractFilter):
     def call_counts(self, num_particles, num_observations):
         wf, wb = self.potential.call_counts(num_observations)
         pf, pb = self.proposal.call_counts()
-        return num_particles * (wf + pf), num_particles * (wb + pb)
+        # A split that needs the parents' predictions calls the weights' prediction again.
+        again = 1 if self.likelihood_split.needs_predictions else 0
+        return num_particles * ((1 + again) * wf + pf), num_particles * ((1 + again) * wb + pb)
 
     def step(self, state, y, observation, key):
         if not self.proposal.is_guided:
@@ -524,8 +532,22 @@ class ParticleFilter(AbstractFilter):
         # as the paper's filter does.
         alpha = jnp.where(first, jnp.ones_like(alpha), alpha)
         children = self._move(keys, parents, y, split.guiding_observation(observation, alpha))
-        completed = split.complete(self.emulator, parents, children, y, observation, alpha)
+        needs = split.needs_predictions
+        predicted = self._predictions(keys, parents, observation) if needs else None
+        completed = split.complete(
+            self.emulator, parents, children, y, observation, alpha, predicted
+        )
         return self.particle_map.constrain(completed)
+
+    def _predictions(self, keys, particles, observation):
+        """Every particle's predicted observations ``ŷ_i`` (its potential's, on the weights'
+        key stream): one more predictive-mean call per particle, where the selection's own
+        were made before resampling."""
+
+        def predict(s, k):
+            return self.potential.predicted_observations(s, observation, self.emulator, key=k)
+
+        return self._per_particle(predict, keys, particles)
 
     def _per_particle(self, fn, keys, particles):
         """``fn(particle, key)`` for every particle, the key on stream :data:`WEIGHT_STREAM`,
@@ -542,11 +564,7 @@ class ParticleFilter(AbstractFilter):
         the inflation λ."""
         emulator = self.emulator
         if self.selects_from_predictions:
-
-            def predict(s, k):
-                return self.potential.predicted_observations(s, observation, emulator, key=k)
-
-            predictions = self._per_particle(predict, keys, particles)
+            predictions = self._predictions(keys, particles, observation)
             return self.select_from_predictions(
                 particles, predictions, log_weights, y, observation, key,
                 uniform_selection=uniform_selection, keys=keys,
