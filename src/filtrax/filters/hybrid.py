@@ -176,7 +176,8 @@ class PredictiveKalmanUpdate(AbstractKalmanAfterFullMove):
       model with the exact move this is the Kalman filter as :math:`N \to \infty` (tested):
       the law of total variance splits the forecast covariance into the transition's
       :math:`Q`, which the move assimilates, and the spread of the parents' predictions, which
-      the transform does.
+      the transform does. Exact at α = 0 only: the selection's Dirac weight uses :math:`R`,
+      not :math:`S`.
     * ``scale_by_unabsorbed = True``: :math:`\gamma = (1 - \alpha)(1 - g)`, the share of
       the innovation neither the selection nor the move took. Not exact (measured on the
       oracle), but it leaves a move that absorbs nearly everything (g near 1, as on
