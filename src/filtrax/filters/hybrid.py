@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._typing import Observation, Scalar
-from ..observations.model import ObservationModel
+from ..observations.model import ObservationModel, observation_mask
 from .covariance_localisation import GaspariCohnLocalisation
 from .letkf import local_analysis
 from .likelihood_split import AbstractLikelihoodSplit
@@ -108,7 +108,7 @@ def move_gain(
     cannot reach the observations (a near-deterministic transition) gives :math:`g \approx
     0`; clipped to [0, 1).
     """
-    mask = jnp.isfinite(y)[None, :]
+    mask = observation_mask(y)[None, :]
     std = jnp.sqrt(observation.noise_variance.astype(predicted.dtype))[None, :]
     innovation = jnp.where(mask, (y[None, :] - predicted) / std, 0.0)
     shift = jnp.where(mask, (moved - predicted) / std, 0.0)
