@@ -156,6 +156,30 @@ def test_move_gain_recovers_the_share_of_the_innovation_the_move_took():
     assert np.isfinite(gain(0.6, holes)) and gain(0.6, holes) == pytest.approx(0.6, abs=0.03)
 
 
+def test_the_filter_records_the_move_gain_where_a_kalman_update_measured_it(model):
+    """``CycleDiagnostics.move_gain``: g in [0, 1) every cycle after a full move, the
+    skipped first selection included (α forced to 1 skips the update, not the measure);
+    NaN for the paper's filter, which measures nothing."""
+    _, observations = model.simulate(jax.random.key(1), jnp.zeros(STATE_DIM), 4)
+
+    def gains(split):
+        result = fx.assimilate(
+            _fa_apf(model, fx.FixedTempering(0.0), split),
+            jnp.zeros((32, STATE_DIM)),
+            observations,
+            model.observation_model(),
+            key=jax.random.key(2),
+        )
+        return np.asarray(result.diagnostics.move_gain)
+
+    assert np.all(np.isnan(gains(None)))
+    for split in AFTER_FULL_MOVE:
+        g = gains(split)
+        assert g.shape == (4,) and np.all((g >= 0.0) & (g < 1.0)), (split, g)
+        # The guided move reaches the observations of this linear-Gaussian model.
+        assert np.all(g > 0.05), (split, g)
+
+
 def test_the_kalman_updates_after_a_full_move_need_dirac_weights(model):
     sampler = fx.HeunSampler(fx.karras_noise_levels(200.0, 0.002, 7.0, 8))
     guided = fx.EmulatorProposal(model.emulator(), sampler, fx.MMPSGuidance(2))

@@ -339,3 +339,16 @@ def test_observation_error_inflation_reaches_the_filter_not_the_observations(tmp
         load_config(config, ["filter.method=free", "filter.observation_error_inflation=2"])
     with pytest.raises(ConfigError, match=r"filter.observation_error_inflation = 0.5"):
         load_config(config, ["filter.observation_error_inflation=0.5"])
+
+
+def test_a_checkpoint_from_before_the_move_gain_reads_it_as_nan(tmp_path):
+    """Checkpoints written before ``move_gain`` was recorded still resume and score: the
+    missing record reads as NaN, one per cycle, and the others as stored."""
+    from filtrax.experiments.runner import _history
+
+    path = tmp_path / "analysis.npz"
+    np.savez(path, history_ess=np.array([3.0, 4.0, np.nan]))
+    with np.load(path, allow_pickle=False) as data:
+        np.testing.assert_array_equal(_history(data, "ess"), [3.0, 4.0, np.nan])
+        gain = _history(data, "move_gain")
+    assert gain.shape == (3,) and np.all(np.isnan(gain))

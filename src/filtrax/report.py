@@ -724,6 +724,12 @@ def write_report(run_dir: str | Path) -> Path:
         f"denoiser calls per cycle: {int(np.nanmax(sel.forward_calls.values))} forward, "
         f"{int(np.nanmax(sel.backward_calls.values))} VJPs."
     )
+    gain = sel.move_gain.values if "move_gain" in sel else np.array([np.nan])
+    if np.isfinite(gain).any():  # a Kalman update after the move measured it
+        lines.append(
+            f"Median share of the innovation the guided move absorbed (move_gain): "
+            f"{float(np.nanmedian(gain)):.3g}."
+        )
     lines += ["", *_startup_line(metrics)]
     lines.append("")
     for heading, caption, name in made:

@@ -65,6 +65,7 @@ HISTORY_FIELDS = (
     "alpha",
     "inflation",
     "log_evidence_increment",
+    "move_gain",
     "forward_calls",
     "backward_calls",
     "seconds",
@@ -119,6 +120,14 @@ def _save_checkpoint(path: Path, state: FilterState, history: dict, digest: str)
     atomic_savez(path, arrays)
 
 
+def _history(data, field: str) -> np.ndarray:
+    """A checkpoint's record of ``field``; NaN for one a checkpoint from before it lacks
+    (``move_gain``), so that such a run still resumes and scores."""
+    if f"history_{field}" in data.files:
+        return np.array(data[f"history_{field}"])
+    return np.full(np.asarray(data["history_ess"]).shape, np.nan)
+
+
 def _load_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[FilterState, dict]:
     try:
         return _read_checkpoint(path, template, digest)
@@ -153,7 +162,7 @@ def _read_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[Fi
             jnp.asarray(data["log_weights"]),
             jnp.asarray(data["cycle"]),
         )
-        history = {k: np.array(data[f"history_{k}"]) for k in HISTORY_FIELDS}
+        history = {k: _history(data, k) for k in HISTORY_FIELDS}
         # The observation-space records; checkpoints from before them lack them.
         history.update(
             {
@@ -399,6 +408,7 @@ DESCRIPTIONS = {
     "alpha": "tempering exponent of the weights",
     "inflation": "multiplicative inflation factor of the forecast ensemble",
     "log_evidence_increment": "log p(y_k | y_{1:k-1}) estimate",
+    "move_gain": "share of the innovation the guided move absorbed (Kalman update after it)",
     "forward_calls": "denoiser forward evaluations in the cycle",
     "backward_calls": "denoiser vector-Jacobian products in the cycle",
     "seconds": "wall-clock seconds of the cycle (the first includes compilation)",
@@ -453,7 +463,7 @@ def compute_metrics(experiment: Experiment, run_dir: Path) -> xr.Dataset:
     for m, method in enumerate(methods):
         with np.load(run_dir / "checkpoints" / f"{method}.npz", allow_pickle=False) as data:
             for k in HISTORY_FIELDS:
-                scalar[k][m] = data[f"history_{k}"]
+                scalar[k][m] = _history(data, k)
             records.append(
                 {
                     k: data[f"history_{k}"]

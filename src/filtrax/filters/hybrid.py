@@ -47,7 +47,7 @@ from .._typing import Observation, Scalar
 from ..observations.model import ObservationModel, observation_mask
 from .covariance_localisation import GaspariCohnLocalisation
 from .letkf import local_analysis
-from .likelihood_split import AbstractLikelihoodSplit
+from .likelihood_split import AbstractLikelihoodSplit, unmeasured_move_gain
 
 #: The smallest α the move is guided with (R/α stays finite; the ESS band's own floor).
 SMALLEST_GUIDING_ALPHA = 1e-12
@@ -84,7 +84,8 @@ class KalmanRemainder(AbstractLikelihoodSplit):
             return jax.vmap(emulator.advance)(parents, analysis)
 
         # α = 1: the selection and the move used the whole likelihood (the FA-APF itself).
-        return jax.lax.cond(alpha < 1.0, update, lambda moved: moved, children)
+        completed = jax.lax.cond(alpha < 1.0, update, lambda moved: moved, children)
+        return completed, unmeasured_move_gain(children)
 
 
 def move_gain(
@@ -158,7 +159,7 @@ class AbstractKalmanAfterFullMove(AbstractLikelihoodSplit):
             analysis = self.analysis(frames, y, observation, share, gain, predicted)
             return jax.vmap(emulator.advance)(parents, analysis)
 
-        return jax.lax.cond(share > 0.0, update, lambda f: children, frames)
+        return jax.lax.cond(share > 0.0, update, lambda f: children, frames), gain
 
 
 class PredictiveKalmanUpdate(AbstractKalmanAfterFullMove):

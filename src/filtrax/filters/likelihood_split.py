@@ -25,6 +25,8 @@ from __future__ import annotations
 import abc
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
 from .._typing import Observation, Scalar
@@ -53,11 +55,13 @@ class AbstractLikelihoodSplit(eqx.Module):
     def complete(
         self, emulator: AbstractEmulator, parents: PyTree, children: PyTree, y: Observation,
         observation: ObservationModel, alpha: Scalar, predicted: Array | None = None,
-    ) -> PyTree:  # fmt: skip
+    ) -> tuple[PyTree, Scalar]:  # fmt: skip
         """The moved ``children`` (particle ``i`` moved from ``parents[i]``) once the part of
-        the likelihood neither the selection nor the move used is assimilated. ``predicted``
-        holds the parents' predicted observations ``ŷ_i`` (particles first) where
-        :attr:`needs_predictions`, else ``None``."""
+        the likelihood neither the selection nor the move used is assimilated, and the share
+        ``g`` of the innovation the move absorbed (:func:`filtrax.filters.hybrid.move_gain`;
+        NaN where it is not measured). ``predicted`` holds the parents' predicted
+        observations ``ŷ_i`` (particles first) where :attr:`needs_predictions`, else
+        ``None``."""
 
 
 class FullLikelihoodMove(AbstractLikelihoodSplit):
@@ -71,4 +75,10 @@ class FullLikelihoodMove(AbstractLikelihoodSplit):
         return observation
 
     def complete(self, emulator, parents, children, y, observation, alpha, predicted=None):
-        return children
+        return children, unmeasured_move_gain(children)
+
+
+def unmeasured_move_gain(particles: PyTree) -> Scalar:
+    """NaN, in the particles' floating dtype: a move gain no one measured."""
+    leaf = jax.tree_util.tree_leaves(particles)[0]
+    return jnp.full((), jnp.nan, leaf.dtype)

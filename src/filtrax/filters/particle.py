@@ -94,6 +94,9 @@ class CycleDiagnostics(eqx.Module):
         forward_calls, backward_calls: denoiser evaluations and VJPs in this cycle.
         num_nonfinite: particles whose log-likelihood or new state was not finite.
         inflation: the multiplicative inflation λ applied in this cycle (1 when none).
+        move_gain: the share ``g`` of the innovation the guided move absorbed
+            (:func:`filtrax.filters.hybrid.move_gain`), where a Kalman update after the
+            move measured it; NaN elsewhere.
     """
 
     ess: Scalar
@@ -103,6 +106,7 @@ class CycleDiagnostics(eqx.Module):
     backward_calls: Int[Array, ""]
     num_nonfinite: Int[Array, ""]
     inflation: Scalar
+    move_gain: Scalar
 
 
 def particle_keys(cycle_key: Key, num_particles: int) -> Key:
@@ -247,11 +251,12 @@ class AbstractFilter(eqx.Module):
         """Assimilate ``y`` (the observation at the end of this cycle; all NaN: none)."""
 
     def _diagnostics(
-        self, ess, alpha, evidence, num_nonfinite, num_particles, num_obs, inflation=1.0
-    ):
+        self, ess, alpha, evidence, num_nonfinite, num_particles, num_obs, inflation=1.0,
+        move_gain=jnp.nan,
+    ):  # fmt: skip
         return _cycle_diagnostics(
             self.call_counts(num_particles, num_obs), ess, alpha, evidence, num_nonfinite,
-            inflation,
+            inflation, move_gain,
         )  # fmt: skip
 
 
@@ -269,7 +274,9 @@ def _unweighted_diagnostics(counts, particles, dtype, inflation=1.0) -> CycleDia
     )  # fmt: skip
 
 
-def _cycle_diagnostics(counts, ess, alpha, evidence, num_nonfinite, inflation=1.0):
+def _cycle_diagnostics(
+    counts, ess, alpha, evidence, num_nonfinite, inflation=1.0, move_gain=jnp.nan
+):
     forward, backward = counts
     dtype = jnp.asarray(ess).dtype
     return CycleDiagnostics(
@@ -280,6 +287,7 @@ def _cycle_diagnostics(counts, ess, alpha, evidence, num_nonfinite, inflation=1.
         backward_calls=jnp.asarray(backward, jnp.int32),
         num_nonfinite=jnp.asarray(num_nonfinite, jnp.int32),
         inflation=jnp.asarray(inflation, dtype),
+        move_gain=jnp.asarray(move_gain, dtype),
     )
 
 
@@ -506,9 +514,10 @@ class ParticleFilter(AbstractFilter):
                 state.particles, state.log_weights, y, observation, keys, key,
                 uniform_selection=first,
             )  # fmt: skip
-            children = self._move_and_complete(keys, parents, y, observation, alpha, first)
+            children, gain = self._move_and_complete(keys, parents, y, observation, alpha, first)
             selected = children
         else:
+            gain = jnp.nan
             children = self._move(keys, state.particles, y, observation)
             selected, alpha, ess, evidence, bad, factor = self.select(
                 children, state.log_weights, y, observation, keys, key, uniform_selection=first
@@ -516,7 +525,7 @@ class ParticleFilter(AbstractFilter):
         nonfinite = jnp.sum(bad | _nonfinite_particles(children))
         uniform = uniform_log_weights(n, state.log_weights.dtype)
         diagnostics = self._diagnostics(
-            ess, alpha, evidence, nonfinite, n, observation.num_observations, factor
+            ess, alpha, evidence, nonfinite, n, observation.num_observations, factor, gain
         )
         return FilterState(selected, uniform, state.cycle + 1), diagnostics
 
@@ -524,20 +533,21 @@ class ParticleFilter(AbstractFilter):
         return _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
 
     def _move_and_complete(self, keys, parents, y, observation, alpha, first):
-        """The guided move of the selected ``parents``, then :attr:`likelihood_split`'s step."""
+        """The guided move of the selected ``parents``, then :attr:`likelihood_split`'s step;
+        returns the particles and the move gain the split measured (NaN where none)."""
         split = self.likelihood_split
         if split.is_identity:
-            return self._move(keys, parents, y, observation)
+            return self._move(keys, parents, y, observation), jnp.nan
         # A skipped first selection (α forced to 0) leaves the whole likelihood to the move,
         # as the paper's filter does.
         alpha = jnp.where(first, jnp.ones_like(alpha), alpha)
         children = self._move(keys, parents, y, split.guiding_observation(observation, alpha))
         needs = split.needs_predictions
         predicted = self._predictions(keys, parents, observation) if needs else None
-        completed = split.complete(
+        completed, gain = split.complete(
             self.emulator, parents, children, y, observation, alpha, predicted
         )
-        return self.particle_map.constrain(completed)
+        return self.particle_map.constrain(completed), gain
 
     def _predictions(self, keys, particles, observation):
         """Every particle's predicted observations ``ŷ_i`` (its potential's, on the weights'
