@@ -55,6 +55,13 @@ REGIMES = {
         ["filter.particles=16", "observations.stride=2"],
         False,
     ),
+    # A random station network: 40 columns, area-weighted (observations.network_seed 0),
+    # sigma = 0.5 K, as a new user would try one.
+    "Held-Suarez, 40 random columns, N = 16": (
+        HS,
+        ["filter.particles=16", "observations.stations=40", "observations.error_std=0.5"],
+        False,
+    ),
 }
 #: Global selection, no inflation: the FA-APF as the paper runs it, whatever the config says.
 PLAIN = ["filter.localisation_block=[]", "filter.inflation=1.0", "filter.adaptive_inflation=false"]

@@ -464,6 +464,26 @@ CASES: list[Case] = [
         ("observations.stride = 8", "expected 1 to 7"),
     ),
     Case(
+        "more random stations than grid columns",
+        "config",
+        lambda f: run_args(f, "--set", "observations.stations=200"),
+        ("observations.stations = 200", "8 x 16 = 128 columns", "expected 1 to 128"),
+    ),
+    Case(
+        "random stations with an observation file",
+        "config",
+        lambda f: run_args(
+            f,
+            "--set",
+            "observations.stations=5",
+            "--set",
+            "observations.source=gridded",
+            "--set",
+            "observations.path=obs.nc",
+        ),
+        ("observations.stations = 5", "observations.source = 'gridded'", "set it to 0"),
+    ),
+    Case(
         "observed variable the model lacks",
         "config",
         lambda f: run_args(f, "--set", "observations.variables=['humidity']"),

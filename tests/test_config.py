@@ -46,6 +46,8 @@ levels = []
 stride = 2
 error_std = 1e-3
 every = 3
+stations = 0
+network_seed = 7
 
 [filter]
 method = "bootstrap"

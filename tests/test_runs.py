@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -352,3 +353,36 @@ def test_a_checkpoint_from_before_the_move_gain_reads_it_as_nan(tmp_path):
         np.testing.assert_array_equal(_history(data, "ess"), [3.0, 4.0, np.nan])
         gain = _history(data, "move_gain")
     assert gain.shape == (3,) and np.all(np.isnan(gain))
+
+
+def test_random_stations_observe_the_drawn_columns_the_same_for_every_seed(tmp_path):
+    """``observations.stations = K``: K distinct columns, every observed variable and level
+    at each; drawn from ``network_seed``, so the experiment's seed does not move them, and
+    another network seed does. Area-weighted: over many draws the polar rows are rarer."""
+    from filtrax.experiments.config import load_config
+    from filtrax.experiments.factory import _observed_columns, build_experiment
+
+    config = tmp_path / "stations.toml"
+    config.write_text(SMALL.format(cycles=2))
+
+    def columns(*overrides):
+        experiment = build_experiment(load_config(config, ["observations.stations=12", *overrides]))
+        labels = experiment.observation_labels
+        assert len(labels) == 12  # one observed channel (temperature, a surface field)
+        return sorted(label.split(" ", 1)[1] for label in labels)
+
+    first = columns()
+    assert len(set(first)) == 12
+    assert columns("seed=4") == first
+    assert columns("observations.network_seed=1") != first
+    base = load_config(config, ["observations.stations=60"])
+    grid = build_experiment(base).grid
+    masks = np.stack(
+        [
+            _observed_columns(dataclasses.replace(base.observations, network_seed=s), grid)
+            for s in range(20)
+        ]
+    )
+    assert np.all(masks.sum(axis=(1, 2)) == 60)
+    rows = masks.mean(axis=(0, 2))  # the fraction of each latitude row observed
+    assert rows[[0, -1]].mean() < rows[[3, 4]].mean(), rows

@@ -25,6 +25,10 @@ INITIAL = 103
 #: The background forecasts of the observation-space diagnostics (then ``RUN[name]``, then
 #: the cycle): drawn apart from every stream a run's results use.
 BACKGROUND = 104
+#: A random station network (``observations.stations``): folded into
+#: ``jax.random.key(observations.network_seed)``, not the experiment's seed, so that one
+#: network serves every seed of an experiment.
+NETWORK = 105
 
 #: Per run: the root of each recorded ensemble's cycles.
 RUN = {"analysis": 1, "baseline": 2}

@@ -215,11 +215,25 @@ class ObservationsConfig(Validated):
         **NON_NEGATIVE,
     )
     every: int = field(1, "observe every k-th cycle", min=1)
+    stations: int = field(
+        0,
+        "synthetic on a grid: observe this many columns drawn at random, with probability "
+        "proportional to their area, instead of every stride-th point (0: the stride)",
+        min=0,
+    )
+    network_seed: int = field(
+        0, "the seed the random columns (observations.stations) are drawn with", min=0
+    )
 
     def _check(self) -> None:
         if self.source in ("gridded", "stations", "sites") and not self.path:
             raise ConfigError(
                 f"observations.path must be non-empty when observations.source = {self.source!r}"
+            )
+        if self.stations and self.source != "synthetic":
+            raise ConfigError(
+                f"observations.stations = {self.stations} draws a synthetic network, but "
+                f"observations.source = {self.source!r} reads its own; set it to 0"
             )
         if self.source == "synthetic" and self.error_std == 0.0:
             # Resolved here, so that config.toml says which std the observations were drawn

@@ -159,17 +159,42 @@ def build_filter(
     return FILTERS[method](parts)
 
 
+def _observed_columns(o, grid: GridSpec) -> np.ndarray:
+    """The ``(lat, lon)`` mask of observed columns: every ``stride``-th point in lat and lon,
+    or ``o.stations`` columns drawn without replacement with probability proportional to
+    ``cos(lat)`` (each column's area, so that the network is uniform on the sphere)."""
+    rows, cols = grid.shape[-2:]
+    mask = np.zeros((rows, cols), bool)
+    if not o.stations:
+        mask[:: o.stride, :: o.stride] = True
+        return mask
+    if o.stations > rows * cols:
+        raise ConfigError(
+            f"observations.stations = {o.stations} exceeds the grid's {rows} x {cols} = "
+            f"{rows * cols} columns; expected 1 to {rows * cols}"
+        )
+    area = np.repeat(np.cos(np.deg2rad(np.asarray(grid.latitudes))), cols)
+    key = jax.random.fold_in(jax.random.key(o.network_seed), streams.NETWORK)
+    chosen = jax.random.choice(
+        key, rows * cols, (o.stations,), replace=False, p=jnp.asarray(area / area.sum())
+    )
+    mask.flat[np.asarray(chosen)] = True
+    return mask
+
+
 def _synthetic_gridded_observations(config: ExperimentConfig, grid: GridSpec):
-    """Every ``stride``-th point in lat and lon of the observed variables, all levels."""
+    """The observed variables, all levels (or ``observations.levels``), at the observed
+    columns (:func:`_observed_columns`)."""
     o = config.observations
     variables = list(o.variables) or list(grid.variables)
     rows = grid.shape[-2]
-    if o.stride >= rows:
+    if not o.stations and o.stride >= rows:
         raise ConfigError(
             f"observations.stride = {o.stride} is not below the grid's {rows} latitude rows: "
             f"it would observe only the southernmost row; expected 1 to {rows - 1}"
         )
     mask = np.zeros(grid.shape, bool)
+    columns = _observed_columns(o, grid)
     for variable in variables:
         if variable not in grid.variables:
             raise ConfigError(
@@ -190,7 +215,7 @@ def _synthetic_gridded_observations(config: ExperimentConfig, grid: GridSpec):
                 channel = grid.channel_index(variable, level)
             except ValueError as error:
                 raise ConfigError(f"observations.levels: {error}") from None
-            mask[channel, :: o.stride, :: o.stride] = True
+            mask[channel] = columns
     if not mask.any():
         raise ConfigError(
             f"the observation mask (observations.variables = {variables}, levels = "
@@ -410,6 +435,12 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         raise ConfigError(
             f"{where} built a site-indexed model (grid None) without its synthetic "
             "observation model: its ModelParts need observation = (ObservationModel, labels)"
+        )
+    if source == "synthetic" and grid is None and config.observations.stations:
+        raise ConfigError(
+            f"observations.stations = {config.observations.stations} draws columns of a grid, "
+            f"but model.name = {config.model.name!r} has sites, not a grid; set it to 0 "
+            f"(observations.stride picks every stride-th site)"
         )
     if source == "synthetic":
         if grid is not None:

@@ -81,6 +81,7 @@ PROFILE_BUDGET_SECONDS = 1.0
 DIGEST_NEUTRAL_DEFAULTS = {
     "filter": {"rejuvenation": ("none", ("rejuvenation_bandwidth", "rejuvenation_regularisation"))},
     "model": {"factory": ("", ()), "initial_ensemble": ("", ())},
+    "observations": {"stations": (0, ("network_seed",))},
 }
 
 
