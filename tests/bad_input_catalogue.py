@@ -470,6 +470,12 @@ CASES: list[Case] = [
         ("observations.stations = 200", "8 x 16 = 128 columns", "expected 1 to 128"),
     ),
     Case(
+        "random stations on a site model",
+        "config",
+        lambda f: lorenz96(f, "--set", "observations.stations=5"),
+        ("observations.stations = 5", "model.name = 'lorenz96' has sites", "set it to 0"),
+    ),
+    Case(
         "random stations with an observation file",
         "config",
         lambda f: run_args(
