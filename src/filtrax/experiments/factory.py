@@ -166,6 +166,11 @@ def _observed_columns(o, grid: GridSpec) -> np.ndarray:
     rows, cols = grid.shape[-2:]
     mask = np.zeros((rows, cols), bool)
     if not o.stations:
+        if o.stride >= rows:
+            raise ConfigError(
+                f"observations.stride = {o.stride} is not below the grid's {rows} latitude "
+                f"rows: it would observe only the southernmost row; expected 1 to {rows - 1}"
+            )
         mask[:: o.stride, :: o.stride] = True
         return mask
     if o.stations > rows * cols:
@@ -187,12 +192,6 @@ def _synthetic_gridded_observations(config: ExperimentConfig, grid: GridSpec):
     columns (:func:`_observed_columns`)."""
     o = config.observations
     variables = list(o.variables) or list(grid.variables)
-    rows = grid.shape[-2]
-    if not o.stations and o.stride >= rows:
-        raise ConfigError(
-            f"observations.stride = {o.stride} is not below the grid's {rows} latitude rows: "
-            f"it would observe only the southernmost row; expected 1 to {rows - 1}"
-        )
     mask = np.zeros(grid.shape, bool)
     columns = _observed_columns(o, grid)
     for variable in variables:

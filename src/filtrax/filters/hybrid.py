@@ -47,7 +47,7 @@ from .._typing import Observation, Scalar
 from ..observations.model import ObservationModel, observation_mask
 from .covariance_localisation import GaspariCohnLocalisation
 from .letkf import local_analysis
-from .likelihood_split import AbstractLikelihoodSplit, unmeasured_move_gain
+from .likelihood_split import AbstractLikelihoodSplit
 
 #: The smallest α the move is guided with (R/α stays finite; the ESS band's own floor).
 SMALLEST_GUIDING_ALPHA = 1e-12
@@ -85,7 +85,7 @@ class KalmanRemainder(AbstractLikelihoodSplit):
 
         # α = 1: the selection and the move used the whole likelihood (the FA-APF itself).
         completed = jax.lax.cond(alpha < 1.0, update, lambda moved: moved, children)
-        return completed, unmeasured_move_gain(children)
+        return completed, jnp.nan  # without predictions the move's gain is not measured
 
 
 def move_gain(

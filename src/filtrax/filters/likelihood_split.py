@@ -25,7 +25,6 @@ from __future__ import annotations
 import abc
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
@@ -75,10 +74,4 @@ class FullLikelihoodMove(AbstractLikelihoodSplit):
         return observation
 
     def complete(self, emulator, parents, children, y, observation, alpha, predicted=None):
-        return children, unmeasured_move_gain(children)
-
-
-def unmeasured_move_gain(particles: PyTree) -> Scalar:
-    """NaN, in the particles' floating dtype: a move gain no one measured."""
-    leaf = jax.tree_util.tree_leaves(particles)[0]
-    return jnp.full((), jnp.nan, leaf.dtype)
+        return children, jnp.nan  # nothing measures the move's gain here
