@@ -26,7 +26,7 @@ def add_emulator_choice(parser: argparse.ArgumentParser) -> None:
 
 def chosen_emulator(args: argparse.Namespace) -> AtmosphereEmulator:
     """The emulator :func:`add_emulator_choice`'s arguments name (a learned or a hybrid one)."""
-    from filtrax.emulators.atmosphere import trained_card
+    from filtrax.emulators.cards import trained_card
     from filtrax.emulators.hybrid import load_hybrid
 
     card = trained_card(args.weights) if args.weights else load_card(args.emulator)

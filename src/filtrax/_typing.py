@@ -5,6 +5,7 @@ leading ``particle`` axis and callers ``vmap`` over it. Observations are flat
 vectors; a NaN entry means "not observed".
 """
 
+import jax.core
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 State = Float[Array, "*s"]
@@ -17,6 +18,16 @@ Scalar = Float[Array, ""]
 Key = PRNGKeyArray
 Conditioning = PyTree
 
+
+def is_traced(value: object) -> bool:
+    """Whether ``value`` is a JAX tracer, i.e. abstract inside ``jit``/``vmap``/``grad``.
+
+    Constructors check a tunable's range only when it is concrete: under tracing the value
+    is a leaf of a compiled program and cannot be read without a host sync.
+    """
+    return isinstance(value, jax.core.Tracer)
+
+
 __all__ = [
     "Ancestors",
     "Conditioning",
@@ -27,4 +38,5 @@ __all__ = [
     "ObservationMask",
     "Scalar",
     "State",
+    "is_traced",
 ]

@@ -141,7 +141,7 @@ def atmosphere_demo(out: str, particles: int, cycles: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument(
         "--linear-gaussian",
         action="store_true",

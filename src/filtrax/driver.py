@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -69,7 +70,7 @@ class AssimilationResult(eqx.Module):
 def _validate(
     filter: AbstractFilter,
     particles: PyTree,
-    observations: Array,
+    observations: Array | np.ndarray,
     observation: ObservationModel,
     key: Key,
 ) -> None:
@@ -80,9 +81,9 @@ def _validate(
             f"observation must be an ObservationModel, got {type(observation).__name__}"
         )
     n = num_particles_of(particles)
-    if not (
-        isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    ) and not (isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)):
+    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)) and not (
+        isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    ):
         raise ValueError(
             f"key must be a JAX random key such as jax.random.key(0), got {type(key).__name__} "
             f"{key!r}"
@@ -151,7 +152,7 @@ def _check_finite(diagnostics: CycleDiagnostics, first_cycle: int) -> None:
 
 
 def _concatenate(chunks: list[AssimilationResult]) -> AssimilationResult:
-    def stacked(field):
+    def stacked(field: str) -> Any:  # a tree of arrays, or None where nothing was kept
         parts = [getattr(c, field) for c in chunks]
         if parts[0] is None:
             return None
@@ -171,7 +172,7 @@ def _concatenate(chunks: list[AssimilationResult]) -> AssimilationResult:
 def assimilate(
     filter: AbstractFilter,
     initial_particles: PyTree,
-    observations: Float[Array, "cycle obs"],
+    observations: Float[Array | np.ndarray, "cycle obs"],
     observation: ObservationModel,
     *,
     key: Key,

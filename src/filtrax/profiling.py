@@ -74,7 +74,7 @@ def phase_seconds(
     keys = particle_keys(key, n)
     timed = functools.partial(_median_seconds, repeats=repeats, budget=budget)
     proposal = getattr(filter_, "proposal", None)
-    out = dict.fromkeys(PHASES, 0.0)
+    out: dict[str, float] = dict.fromkeys(PHASES, 0.0)
 
     @eqx.filter_jit
     def cycle(f, s, y, k):
@@ -125,8 +125,9 @@ def _selection_seconds(filter_: ParticleFilter, state, y, observation, key, time
 
         @eqx.filter_jit
         def local_selection(f, predictions, log_weights, particles, y, key):
+            keys = particle_keys(key, predictions.shape[0])
             return f.select_from_predictions(
-                particles, predictions, log_weights, y, observation, key
+                particles, predictions, log_weights, y, observation, key, keys=keys
             )[0]
 
         dtype = state.log_weights.dtype

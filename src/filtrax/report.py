@@ -23,6 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .metrics import time_mean_with_interval
@@ -91,8 +93,8 @@ def level_name(run_dir: Path, metrics: xr.Dataset) -> str:
         path = run_dir / name
         if not path.exists():
             continue
-        opener = xr.open_zarr if path.suffix == ".zarr" else xr.open_dataset
-        with opener(path, **({"consolidated": False} if path.suffix == ".zarr" else {})) as fields:
+        is_zarr = path.suffix == ".zarr"
+        with xr.open_zarr(path, consolidated=False) if is_zarr else xr.open_dataset(path) as fields:
             if "level" in fields.coords and fields["level"].attrs.get("long_name"):
                 return str(fields["level"].attrs["long_name"])
     return "level"
@@ -144,7 +146,7 @@ def _panels(count: int, title: str, width: float = 3.5, height: float = 2.8):
     return fig, list(axes.ravel()[:count])
 
 
-def _legend_below(fig: plt.Figure, axes) -> None:
+def _legend_below(fig: Figure, axes) -> None:
     """One legend for the whole figure, below the panels (it covers no data)."""
     entries = {}
     for ax in axes:
@@ -161,12 +163,12 @@ def _legend_below(fig: plt.Figure, axes) -> None:
         )
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-Draw = Callable[[plt.Axes, tuple[int, ...], str], None]
+Draw = Callable[[Axes, tuple[int, ...], str], None]
 
 
 def _variable_figures(
@@ -204,7 +206,7 @@ def ensemble_names(method: str) -> dict[str, tuple[str, str]]:
 def _skill_draw(metrics: xr.Dataset, names: dict) -> Draw:
     """A panel of RMSE (solid) and spread (dashed) per cycle, filter and free ensemble."""
 
-    def draw(ax: plt.Axes, channels: tuple[int, ...], units: str) -> None:
+    def draw(ax: Axes, channels: tuple[int, ...], units: str) -> None:
         for ensemble in metrics.ensemble.values:
             label, color = names.get(str(ensemble), (str(ensemble), "C2"))
             rmse = _pooled(metrics, "rmse", ensemble, channels)
@@ -224,7 +226,7 @@ def _spread_skill_draw(metrics: xr.Dataset, names: dict, burn_in: int) -> Draw:
     variable's own axes (both from 0, same units, equal scales) with its own 1:1 line."""
     cycles = slice(burn_in, None) if burn_in < metrics.sizes["cycle"] else slice(None)
 
-    def draw(ax: plt.Axes, channels: tuple[int, ...], units: str) -> None:
+    def draw(ax: Axes, channels: tuple[int, ...], units: str) -> None:
         top = 0.0
         for ensemble in metrics.ensemble.values:
             label, color = names.get(str(ensemble), (str(ensemble), "C2"))
@@ -251,7 +253,7 @@ def _rank_draw(metrics: xr.Dataset, names: dict, num_particles: int) -> Draw:
     size = min(metrics.sizes["rank"], num_particles + 1)
     ranks = np.arange(size)
 
-    def draw(ax: plt.Axes, channels: tuple[int, ...], units: str) -> None:
+    def draw(ax: Axes, channels: tuple[int, ...], units: str) -> None:
         for ensemble in metrics.ensemble.values:
             label, color = names.get(str(ensemble), (str(ensemble), "C2"))
             hist = metrics.rank_histogram.sel(ensemble=ensemble).transpose("channel", "rank")
@@ -282,7 +284,7 @@ def ess_band(filter_section: dict) -> tuple[float, float] | None:
     return float(lower), float(upper)
 
 
-def _ess_alpha_figure(metrics: xr.Dataset, filter_section: dict) -> plt.Figure:
+def _ess_alpha_figure(metrics: xr.Dataset, filter_section: dict) -> Figure:
     """The filter's ESS before resampling per cycle, with N and (ESS-band tempering) the
     target band shaded, and its tempering exponent α per cycle."""
     n = int(filter_section["particles"])
@@ -310,7 +312,7 @@ def _ess_alpha_figure(metrics: xr.Dataset, filter_section: dict) -> plt.Figure:
     return fig
 
 
-def _alpha_panel(ax: plt.Axes, cycles: np.ndarray, alpha: np.ndarray) -> None:
+def _alpha_panel(ax: Axes, cycles: np.ndarray, alpha: np.ndarray) -> None:
     """α per cycle. α spanning decades goes on a symmetric-log axis (logarithmic above the
     smallest α > 0, linear below it), else on a linear one; either way α = 0 (a cycle
     without weighting) is drawn at 0, as a marker of its own."""
@@ -404,9 +406,7 @@ def _map_fields(run_dir: Path, variable: str, name: str):
     return ensemble.lat.values, ensemble.lon.values, fields, units, caption
 
 
-def _map_figure(
-    run_dir: Path, variable: str, name: str, locations: _Locations | None
-) -> plt.Figure:
+def _map_figure(run_dir: Path, variable: str, name: str, locations: _Locations | None) -> Figure:
     """Truth, ensemble mean, error (mean − truth) and spread of one variable at the last
     cycle on a lat-lon grid, with the observed locations marked on every panel."""
     lat, lon, fields, units, caption = _map_fields(run_dir, variable, name)
@@ -430,7 +430,7 @@ def _map_figure(
     for ax, (title, field, colours, vmin, vmax) in zip(axes.ravel(), panels, strict=True):
         image = ax.pcolormesh(lon, lat, field, cmap=colours, vmin=vmin, vmax=vmax, shading="auto")
         fig.colorbar(image, ax=ax, shrink=0.8, label=with_units(title.split(" (")[0], units))
-        if drawn:
+        if drawn and locations is not None:
             ax.plot(
                 locations.lon, locations.lat, "o", ms=3, mfc="white", mec="black", mew=0.6,
                 label="observed location",

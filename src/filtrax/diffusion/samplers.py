@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from .._typing import Key, State
+from .._typing import Key, State, is_traced
 from .denoisers import AbstractDenoiser
 from .noise_levels import karras_noise_levels
 
@@ -50,7 +50,7 @@ def _check_levels(noise_levels: Array) -> None:
         raise ValueError(
             f"noise_levels must be a 1-D grid with at least 2 entries, got shape {levels.shape}"
         )
-    if isinstance(levels, jax.core.Tracer):
+    if is_traced(levels):
         return
     if float(levels[-1]) != 0.0:
         raise ValueError(f"noise_levels must end with 0, got last level {float(levels[-1])}")
@@ -172,7 +172,7 @@ class DDIMSampler(AbstractSampler):
 
     def __check_init__(self) -> None:
         _check_levels(self.noise_levels)
-        if not isinstance(self.eta, jax.core.Tracer) and not float(self.eta) >= 0:
+        if not is_traced(self.eta) and not float(self.eta) >= 0:
             raise ValueError(f"DDIMSampler.eta must be >= 0, got {float(self.eta)}")
 
     @property
@@ -309,9 +309,7 @@ class AdamsBashforthSampler(AbstractSampler):
                 f"AdamsBashforthSampler.num_corrections must be an integer >= 0, "
                 f"got {self.num_corrections}"
             )
-        if not isinstance(self.langevin_step, jax.core.Tracer) and not (
-            float(self.langevin_step) > 0
-        ):
+        if not is_traced(self.langevin_step) and not (float(self.langevin_step) > 0):
             raise ValueError(
                 f"AdamsBashforthSampler.langevin_step must be > 0, got {float(self.langevin_step)}"
             )

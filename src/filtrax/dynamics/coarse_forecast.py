@@ -31,6 +31,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from .._typing import is_traced
 from .heldsuarez import (
     LEVEL_VARIABLES,
     SURFACE_VARIABLES,
@@ -134,7 +135,7 @@ class CoarseForecast:
                 f"got {tuple(frame.shape)}"
             )
         with _dinosaur_promotion():
-            if isinstance(frame, jax.core.Tracer):
+            if is_traced(frame):
                 return self._traced(frame)
             return self._forecast(frame)
 

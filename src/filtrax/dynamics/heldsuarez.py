@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -196,7 +197,7 @@ class HeldSuarezSimulator:
         steps_per_day = round(24 * 60 / setup.time_step_minutes)
         self.latitudes = np.degrees(np.asarray(target.latitudes))
         self.longitudes = np.degrees(np.asarray(target.longitudes))
-        self._trajectories: dict[int, object] = {}
+        self._trajectories: dict[int, Callable] = {}
         self._spin = jax.jit(time_integration.repeated(step, steps_per_day * 10))
         self._time_integration = time_integration
 
@@ -292,18 +293,29 @@ def _dinosaur_model(setup: HeldSuarezSetup) -> dict:
     grid = getattr(spherical_harmonic.Grid, setup.truth_grid)()
     vertical = sigma_coordinates.SigmaCoordinates.equidistant(setup.truth_levels)
     coords = coordinate_systems.CoordinateSystem(horizontal=grid, vertical=vertical)
+    # dinosaur's own annotations disagree with its documented use here (SimUnits for its
+    # SimUnitsProtocol, a float filter order, a nondimensional Numeric time step): the
+    # ignores below are for those signatures only.
     specs = primitive_equations.PrimitiveEquationsSpecs.from_si()
     init_fn, aux = primitive_equations_states.isothermal_rest_atmosphere(
-        coords, specs, p0=1e5 * units.pascal, p1=5e3 * units.pascal
+        coords,
+        specs,  # pyright: ignore[reportArgumentType]
+        p0=1e5 * units.pascal,
+        p1=5e3 * units.pascal,
     )
     ref_temps = aux[xarray_utils.REF_TEMP_KEY]
     orography = primitive_equations.truncated_modal_orography(aux[xarray_utils.OROGRAPHY], coords)
     equations = time_integration.compose_equations(
         [
-            primitive_equations.PrimitiveEquations(ref_temps, orography, coords, specs),
+            primitive_equations.PrimitiveEquations(
+                ref_temps,
+                orography,
+                coords,
+                specs,  # pyright: ignore[reportArgumentType]
+            ),
             held_suarez.HeldSuarezForcingSigma(
                 coords=coords,
-                physics_specs=specs,
+                physics_specs=specs,  # pyright: ignore[reportArgumentType]
                 reference_temperature=ref_temps,
                 p0=1e5 * units.pascal,
             ),
@@ -311,8 +323,16 @@ def _dinosaur_model(setup: HeldSuarezSetup) -> dict:
     )
     dt = specs.nondimensionalize(setup.time_step_minutes * units.minute)
     step = time_integration.step_with_filters(
-        time_integration.imex_rk_sil3(equations, dt),
-        [time_integration.exponential_step_filter(grid, dt, tau=0.0087504, order=1.5, cutoff=0.8)],
+        time_integration.imex_rk_sil3(equations, dt),  # pyright: ignore[reportArgumentType]
+        [
+            time_integration.exponential_step_filter(
+                grid,
+                dt,  # pyright: ignore[reportArgumentType]
+                tau=0.0087504,
+                order=1.5,  # pyright: ignore[reportArgumentType]
+                cutoff=0.8,
+            )
+        ],
     )
     return dict(
         grid=grid, vertical=vertical, specs=specs, init_fn=init_fn, ref_temps=ref_temps,

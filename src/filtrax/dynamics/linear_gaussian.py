@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
+from numpy.typing import DTypeLike
 
 from .._typing import Key, State
 from ..diffusion.denoisers import GaussianDenoiser
@@ -177,7 +178,7 @@ def random_linear_gaussian_model(
     *,
     spectral_radius: float = 0.9,
     observation_variance: float = 0.25,
-    dtype: np.dtype | None = None,
+    dtype: DTypeLike | None = None,
 ) -> LinearGaussianModel:
     """A reproducible test model: a stable rotation-like ``A``, correlated ``Q``, partial ``H``.
 

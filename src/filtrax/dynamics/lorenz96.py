@@ -216,7 +216,7 @@ class TwoScaleLorenz96(eqx.Module):
         return jnp.concatenate([dX, dY], axis=-1)
 
     @eqx.filter_jit
-    def step(self, state: Float[Array, "*batch d"], dt: float) -> Float[Array, "*batch d"]:
+    def step(self, state: Float[Array, "*batch d"], dt: float | Array) -> Float[Array, "*batch d"]:
         """One classical fourth-order Runge–Kutta step of length ``dt``."""
         state = jnp.asarray(state)
         f = self.tendency

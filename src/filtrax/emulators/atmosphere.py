@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from importlib import resources
 from pathlib import Path
 
 import equinox as eqx
@@ -55,11 +54,11 @@ from ..diffusion.latent_noise import (
 from ..grid import Channel, GridSpec
 from ._base import AbstractTwoFrameEmulator
 from .cards import (
+    card_and_weights,
     fill_module,
     load_card,
     load_weights,
     module_arrays,
-    trained_card,
     write_weights,
 )
 from .sphere_unet import NoisyInputPath, SphereUNet
@@ -246,7 +245,8 @@ def emulator_from_card(
                 f"({len(grid.channels)},) (one value per channel)"
             )
         stats[field] = jnp.asarray(arrays[key], jnp.float32)
-    hours = float(arrays.get("statistics.time_step_hours", card["data"]["time_step_hours"]))
+    stored = arrays.get("statistics.time_step_hours")  # weights written before it lack it
+    hours = float(card["data"]["time_step_hours"] if stored is None else stored)
     if not math.isclose(hours, float(card["data"]["time_step_hours"])):
         raise ValueError(
             f"{source}: weights were trained for {hours} h steps, the card says "
@@ -279,11 +279,7 @@ def load_emulator(
     """The emulator of a bundled card, or of a ``filtrax train`` output (``weights``, with
     its card, :func:`trained_card` when ``card`` is None); the sha256 is checked either way.
     ``noise`` is its latent noise (:func:`with_latent_noise`)."""
-    if weights is None:
-        path = Path(str(resources.files("filtrax.emulators") / "cards" / card["weights"]))
-    else:
-        path = Path(weights)
-        card = trained_card(path) if card is None else card
+    card, path = card_and_weights(card, weights)
     for section in ("grid", "network", "data"):
         if section not in card:
             raise ValueError(f"card {card.get('name')!r} lacks the [{section}] table")

@@ -16,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import PyTree
 
 REQUIRED_FIELDS = ("name", "description", "kind", "license", "weights", "sha256")
 
@@ -59,6 +60,20 @@ def trained_card(weights: str | Path) -> dict:
         raise ValueError(f"card {sidecar} is unreadable: {error}") from None
 
 
+def card_and_weights(card: dict | None, weights: str | Path | None) -> tuple[dict, Path]:
+    """The card in effect and the path of its weights.
+
+    ``weights`` (a file written by ``filtrax train``) wins over the bundled file the card
+    names; with no ``card`` its own card, written next to it, is read (:func:`trained_card`).
+    """
+    if weights is not None:
+        path = Path(weights)
+        return (trained_card(path) if card is None else card), path
+    if card is None:
+        raise ValueError("an emulator needs a bundled card or a weights file; got neither")
+    return card, Path(str(resources.files("filtrax.emulators") / "cards" / card["weights"]))
+
+
 def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -87,7 +102,7 @@ def write_weights(path: str | Path, arrays: dict[str, np.ndarray]) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, allow_pickle=False, **arrays)
     return sha256_of(path)
 
 
@@ -96,7 +111,7 @@ def _leaf_names(tree) -> list[str]:
     return [jax.tree_util.keystr(path) for path, _ in paths]
 
 
-def module_arrays(module: eqx.Module, prefix: str = "network") -> dict[str, np.ndarray]:
+def module_arrays(module: PyTree, prefix: str = "network") -> dict[str, np.ndarray]:
     """A module's array leaves keyed by ``prefix`` + their path in the module tree."""
     leaves = jax.tree_util.tree_leaves(eqx.filter(module, eqx.is_array))
     names = _leaf_names(module)

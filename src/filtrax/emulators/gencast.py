@@ -185,9 +185,8 @@ def statistics_vector(
             if field == "diff_std" and channel.variable in TARGET_ONLY_VARIABLES:
                 values.append(np.nan)
                 continue
-            raise ValueError(
-                f"{source}: no variable {channel.variable!r} (has {sorted(dataset.data_vars)})"
-            )
+            present = sorted(map(str, dataset.data_vars))
+            raise ValueError(f"{source}: no variable {channel.variable!r} (has {present})")
         entry = dataset[channel.variable]
         if channel.level is not None:
             if "level" not in entry.dims or channel.level not in entry["level"].values:
@@ -272,7 +271,8 @@ def progress_forcings(
 
 def seconds_since_epoch(time: np.datetime64 | str) -> int:
     """Whole seconds since 1970-01-01 (int32 holds them until 2038)."""
-    return int(np.datetime64(time, "s").astype(np.int64))
+    # NumPy's stubs lack the (datetime64, unit) constructor that converts units.
+    return int(np.datetime64(time, "s").astype(np.int64))  # pyright: ignore[reportCallIssue, reportArgumentType]
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,8 +498,14 @@ def gpu_attention(architecture_config):
 
 def _import_graphcast():
     try:
-        import haiku
-        from graphcast import checkpoint, denoiser, gencast, xarray_jax
+        # Optional dependencies (the `gencast` extra): absent in most environments.
+        import haiku  # pyright: ignore[reportMissingImports]
+        from graphcast import (  # pyright: ignore[reportMissingImports]
+            checkpoint,
+            denoiser,
+            gencast,
+            xarray_jax,
+        )
     except ModuleNotFoundError as error:
         raise ImportError(f"{error}: {GENCAST_INSTALL_HINT}") from None
     return haiku, checkpoint, denoiser, gencast, xarray_jax
@@ -595,7 +601,7 @@ def _to_dataset(xarray_jax, frames, grid: GridSpec) -> xr.Dataset:
 
 
 def _from_dataset(dataset: xr.Dataset, grid: GridSpec) -> State:
-    from graphcast import xarray_jax
+    from graphcast import xarray_jax  # pyright: ignore[reportMissingImports]
 
     channels = []
     for channel in grid.channels:

@@ -349,21 +349,15 @@ def load_hybrid(card: dict | None, weights=None, *, noise="gaussian"):
     """The hybrid emulator of a bundled card, or of a fitted output (``weights`` with its
     sidecar card); the sha256 is checked. Its latent is already the residual's own
     spherical-harmonic coefficients, so the only latent noise is ``"gaussian"``."""
-    from importlib import resources
-    from pathlib import Path
 
-    from .cards import load_weights, trained_card
+    from .cards import card_and_weights, load_weights
 
     if noise != "gaussian":
         raise ValueError(
             f"model.noise = {noise!r}: a hybrid emulator's latent is white spherical-harmonic "
             f"coefficients already; expected 'gaussian'"
         )
-    if weights is None:
-        path = Path(str(resources.files("filtrax.emulators") / "cards" / card["weights"]))
-    else:
-        path = Path(weights)
-        card = trained_card(path) if card is None else card
+    card, path = card_and_weights(card, weights)
     for section in ("grid", "base", "residual", "data"):
         if section not in card:
             raise ValueError(f"card {card.get('name')!r} lacks the [{section}] table")

@@ -37,17 +37,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PyTree
 
 from .._typing import Key, State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
 from ._base import AbstractTwoFrameEmulator
 from .cards import (
+    card_and_weights,
     fill_module,
     load_card,
     load_weights,
     module_arrays,
-    trained_card,
     write_weights,
 )
 
@@ -193,7 +193,7 @@ def build_network(architecture: dict, key: Key) -> CircularStencilNetwork:
     )
 
 
-def network_arrays(network: CircularStencilNetwork) -> dict[str, np.ndarray]:
+def network_arrays(network: PyTree) -> dict[str, np.ndarray]:
     """The network's parameters keyed by their path in the module tree."""
     return module_arrays(network)
 
@@ -241,15 +241,9 @@ def load_emulator(card: dict | None, weights: str | Path | None = None) -> Loren
     ``weights`` replaces the card (``card`` may then be ``None``): a file written by
     ``filtrax train``, checked against the sha256 of the ``.toml`` card written next to it.
     """
-    if weights is None:
-        from importlib import resources
-
-        path = Path(str(resources.files("filtrax.emulators") / "cards" / card["weights"]))
-        expected = card["sha256"]
-    else:
-        path = Path(weights)
-        card = trained_card(path)
-        expected = card["sha256"]
+    # Trained weights bring their own card: the one passed in describes the bundled file.
+    card, path = card_and_weights(None if weights is not None else card, weights)
+    expected = card["sha256"]
     missing = [f for f in ARCHITECTURE_FIELDS if f not in card.get("network", {})]
     if missing:
         raise ValueError(f"card {card.get('name')!r} lacks network fields {missing}")

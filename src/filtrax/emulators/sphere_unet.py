@@ -30,7 +30,7 @@ network can be given and fit by least squares (:mod:`filtrax.training.noisy_path
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import equinox as eqx
 import jax
@@ -297,14 +297,14 @@ class NoisyInputPath(eqx.Module):
     conditional mean dominates.
     """
 
-    base: eqx.Module
+    base: Callable[..., Array]  # the network it corrects: (x_scaled, c_noise, cond) -> output
     stencils: SphereConv
     terms: int = eqx.field(static=True)
     sigma_ref: float = eqx.field(static=True, default=0.4)
 
     def __init__(
         self,
-        base: eqx.Module,
+        base: Callable[..., Array],
         *,
         channels: int,
         terms: int,

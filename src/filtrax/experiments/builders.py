@@ -10,6 +10,7 @@ objects, which can also be built by hand.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from ..diffusion.noise_levels import karras_noise_levels
 from ..diffusion.samplers import (
@@ -46,6 +47,12 @@ from ..filters.weights import (
 )
 from ..guidance.guided import AbstractGuidance, DPSGuidance, MMPSGuidance, SDAGuidance
 from ..registry import Registry
+
+if TYPE_CHECKING:  # the config's choices are this module's registries: no runtime import
+    from ..emulators._base import AbstractEmulator
+    from ..filters.covariance_localisation import GaspariCohnLocalisation
+    from ..parallel import AbstractParticleMap
+    from .config import ExperimentConfig
 from ..resampling import RESAMPLERS
 
 #: ``sampler.name`` -> ``builder(sampler_section, noise_levels)``.
@@ -146,11 +153,11 @@ class FilterParts:
     """What every filter builder may use: the config, the emulator, the sampler, the
     particles' layout and the covariance localisation (``None``: global)."""
 
-    config: object
-    emulator: object
+    config: ExperimentConfig
+    emulator: AbstractEmulator
     sampler: AbstractSampler
-    layout: object
-    covariance_localisation: object
+    layout: AbstractParticleMap
+    covariance_localisation: GaspariCohnLocalisation | None
 
     @property
     def section(self):

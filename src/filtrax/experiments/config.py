@@ -165,7 +165,7 @@ class ModelConfig(Validated):
             name, value = next(iter(outside.items()))  # the first in schema order
             raise ConfigError(
                 f"model.{name} = {display(value)} has no effect with model.name = "
-                f"{self.name!r}; its own keys are: {', '.join(MODELS[self.name].keys)} "
+                f"{self.name!r}; its own keys are: {', '.join(MODELS[self.name].keys or ())} "
                 f"(and {', '.join(COMMON_MODEL_KEYS)})"
             )
 

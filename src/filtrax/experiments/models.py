@@ -160,6 +160,8 @@ def _import_module(path: str, where: str):
         if str(file.parent) not in sys.path:
             sys.path.insert(0, str(file.parent))
         spec = importlib.util.spec_from_file_location(module_name, file)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"model.factory = {path!r}: {file} is not a Python source file")
         module = importlib.util.module_from_spec(spec)
         # Registered before it runs, as an import would: dataclasses and equinox modules
         # defined in the file look their module up in sys.modules.

@@ -238,13 +238,14 @@ class _ProgressScore:
         self.groups = {v: np.asarray([n == v for n in names]) for v in dict.fromkeys(names)}
         self.squared: dict[tuple[str, str], dict[int, float]] = {}
 
-    def _channel_errors(self, k: int, ensemble: np.ndarray) -> np.ndarray:
-        """Squared RMSE per channel, as metrics.nc scores it (filtrax.metrics.rmse)."""
+    def _channel_errors(self, frame: np.ndarray, ensemble: np.ndarray) -> np.ndarray:
+        """Squared RMSE per channel against the true ``frame``, as metrics.nc scores it
+        (filtrax.metrics.rmse)."""
         if self.grid is None:
-            truth = self.truth[k].reshape(ensemble.shape[1:])
+            truth = frame.reshape(ensemble.shape[1:])
             return np.array([scores.rmse(ensemble, truth) ** 2])
         ensemble = ensemble.reshape(ensemble.shape[0], *self.grid.shape)
-        truth = self.truth[k].reshape(self.grid.shape)
+        truth = frame.reshape(self.grid.shape)
         weights = self.grid.area_weights()
         return np.array(
             [
@@ -257,7 +258,7 @@ class _ProgressScore:
         """Record cycle ``k`` of member ``name`` and return the bar's scores."""
         if self.truth is None:
             return {}
-        per_channel = self._channel_errors(k, ensemble)
+        per_channel = self._channel_errors(self.truth[k], ensemble)
         shown = {}
         for variable, mask in self.groups.items():
             errors = self.squared.setdefault((name, variable), {})

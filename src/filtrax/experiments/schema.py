@@ -113,6 +113,8 @@ class Validated:
     """Mixin: validate every field on construction, then run the cross-field ``_check``."""
 
     SECTION: ClassVar[str] = ""
+    # Declared so that type checkers see every section as the dataclass it is.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def _key(self, name: str) -> str:
         return f"{self.SECTION}.{name}" if self.SECTION else name
@@ -121,7 +123,7 @@ class Validated:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             key, hint, value = self._key(f.name), hints[f.name], getattr(self, f.name)
-            if dataclasses.is_dataclass(hint):
+            if isinstance(hint, type) and dataclasses.is_dataclass(hint):
                 if not isinstance(value, hint):
                     raise ConfigError(f"{key}: expected a table, got {show(value)}")
                 continue

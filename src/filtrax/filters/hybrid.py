@@ -151,6 +151,8 @@ class AbstractKalmanAfterFullMove(AbstractLikelihoodSplit):
         """The analysis of the moved ``frames`` (particles first)."""
 
     def complete(self, emulator, parents, children, y, observation, alpha, predicted=None):
+        if predicted is None:
+            raise ValueError(f"{type(self).__name__} needs the weights' predicted observations")
         frames = jax.vmap(emulator.current_frame)(children)
         gain = move_gain(predicted, jax.vmap(observation.predict)(frames), y, observation)
         share = self.share(alpha, gain)

@@ -97,7 +97,8 @@ class BlockLocalisation(eqx.Module):
                 )
         counts = tuple(math.ceil(s / b) for s, b in zip(site_shape, self.block_shape, strict=True))
         tile = np.indices(site_shape) // np.reshape(self.block_shape, (rank,) + (1,) * rank)
-        return np.ravel_multi_index(tuple(tile), counts).astype(np.int32), math.prod(counts)
+        blocks = np.asarray(np.ravel_multi_index(tuple(tile), counts), np.int32)
+        return blocks, math.prod(counts)
 
     def observation_blocks(
         self, observation: ObservationModel, frame: Float[Array, "*frame"]

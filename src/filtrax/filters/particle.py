@@ -45,7 +45,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
 from .. import streams
-from .._typing import Key, LogWeights, Observation, Scalar
+from .._typing import Ancestors, Key, LogWeights, Observation, Scalar
 from ..emulators._base import AbstractEmulator
 from ..observations.model import ObservationModel
 from ..parallel import AbstractParticleMap, VectorisedParticles
@@ -164,7 +164,7 @@ def _select(
     key: Key,
     *,
     uniform_selection: Array | bool = False,
-) -> tuple[Array, Scalar, Scalar, Scalar]:
+) -> tuple[Ancestors, Scalar, Scalar, Scalar, LogWeights]:
     """Temper, weight and resample; returns ``(ancestors, α, ESS before resampling,
     log-evidence, selection log-weights)``.
 
@@ -251,8 +251,8 @@ class AbstractFilter(eqx.Module):
         """Assimilate ``y`` (the observation at the end of this cycle; all NaN: none)."""
 
     def _diagnostics(
-        self, ess, alpha, evidence, num_nonfinite, num_particles, num_obs, inflation=1.0,
-        move_gain=jnp.nan,
+        self, ess, alpha, evidence, num_nonfinite, num_particles, num_obs,
+        inflation: float | Array = 1.0, move_gain: float | Array = jnp.nan,
     ):  # fmt: skip
         return _cycle_diagnostics(
             self.call_counts(num_particles, num_obs), ess, alpha, evidence, num_nonfinite,
@@ -265,7 +265,9 @@ def uniform_log_weights(n: int, dtype) -> LogWeights:
     return jnp.full((n,), -jnp.log(jnp.asarray(n, dtype)), dtype)
 
 
-def _unweighted_diagnostics(counts, particles, dtype, inflation=1.0) -> CycleDiagnostics:
+def _unweighted_diagnostics(
+    counts, particles, dtype, inflation: float | Array = 1.0
+) -> CycleDiagnostics:
     """A cycle without weights: ESS = N, α = 0, no evidence estimate."""
     n = num_particles_of(particles)
     return _cycle_diagnostics(
@@ -275,8 +277,9 @@ def _unweighted_diagnostics(counts, particles, dtype, inflation=1.0) -> CycleDia
 
 
 def _cycle_diagnostics(
-    counts, ess, alpha, evidence, num_nonfinite, inflation=1.0, move_gain=jnp.nan
-):
+    counts, ess, alpha, evidence, num_nonfinite,
+    inflation: float | Array = 1.0, move_gain: float | Array = jnp.nan,
+):  # fmt: skip
     forward, backward = counts
     dtype = jnp.asarray(ess).dtype
     return CycleDiagnostics(
@@ -471,9 +474,10 @@ class ParticleFilter(AbstractFilter):
                 f"block localisation: the tempering exponent must be one number per cycle"
             )
         if self.likelihood_split.needs_predictions and not self.potential.splits_per_observation:
+            weight = getattr(self.potential, "weight", self.potential)
             raise ValueError(
                 f"ParticleFilter.likelihood_split = {split} needs the weights' predicted "
-                f"observations, which {type(self.potential.weight).__name__} does not give; "
+                f"observations, which {type(weight).__name__} does not give; "
                 f"use DiracPredictiveWeight"
             )
 
@@ -597,7 +601,7 @@ class ParticleFilter(AbstractFilter):
 
     def select_from_predictions(
         self, particles, predictions, log_weights, y, observation, key, *,
-        uniform_selection=False, keys=None,
+        keys: Key, uniform_selection=False,
     ):  # fmt: skip
         """Inflate, weight by ``log N(y; ŷ_i, R)`` per observation, select globally or per
         block; returns what :meth:`select` does."""
@@ -700,11 +704,11 @@ def AuxiliaryParticleFilter(
             "AuxiliaryParticleFilter.proposal must be guided (the FA-APF samples the "
             "optimal proposal); use BootstrapParticleFilter for an unguided proposal"
         )
-    layout = {} if particle_map is None else {"particle_map": particle_map}
+    particle_map = VectorisedParticles() if particle_map is None else particle_map
     return ParticleFilter(
         proposal, PredictivePotential(predictive_weight), tempering, resampling,
         skip_first_selection, localisation, inflation, rejuvenation or NoRejuvenation(),
-        likelihood_split or FullLikelihoodMove(), **layout,
+        likelihood_split or FullLikelihoodMove(), particle_map=particle_map,
     )  # fmt: skip
 
 
@@ -741,10 +745,10 @@ def BootstrapParticleFilter(
             "BootstrapParticleFilter.proposal must be unguided: its weight p(y|x) is only "
             "correct for the emulator's own transition"
         )
-    layout = {} if particle_map is None else {"particle_map": particle_map}
+    particle_map = VectorisedParticles() if particle_map is None else particle_map
     return ParticleFilter(
         proposal, ObservationLikelihood(), tempering, resampling, False, localisation,
-        inflation, rejuvenation or NoRejuvenation(), **layout,
+        inflation, rejuvenation or NoRejuvenation(), particle_map=particle_map,
     )  # fmt: skip
 
 
@@ -769,7 +773,9 @@ class UnguidedEnsembleFilter(AbstractFilter):
         pf, pb = self.proposal.call_counts()
         return num_particles * pf, num_particles * pb
 
-    def _unweighted_diagnostics(self, particles, dtype, num_observations, inflation=1.0):
+    def _unweighted_diagnostics(
+        self, particles, dtype, num_observations, inflation: float | Array = 1.0
+    ):
         """No weights: ESS = N, α = 0, no evidence estimate."""
         counts = self.call_counts(num_particles_of(particles), num_observations)
         return _unweighted_diagnostics(counts, particles, dtype, inflation)

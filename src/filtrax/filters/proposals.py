@@ -49,13 +49,15 @@ class EmulatorProposal(eqx.Module):
         return calls, calls * self.guidance.backward_calls
 
     def __call__(
-        self, key: Key, state: PyTree, y: Observation, observation: ObservationModel
+        self, key: Key, state: PyTree, y: Observation, observation: ObservationModel | None
     ) -> PyTree:
         emulator = self.emulator
         cond = emulator.condition(state)
         template = emulator.latent_template(state)
         denoiser = emulator.denoiser
         if self.guidance is not None:
+            if observation is None:
+                raise ValueError("a guided EmulatorProposal needs the observation model")
 
             def latent_to_frame(z):
                 return emulator.latent_to_frame(z, state)

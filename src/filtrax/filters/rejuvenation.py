@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
 from .. import streams
-from .._typing import Key, LogWeights, Scalar
+from .._typing import Key, LogWeights, Scalar, is_traced
 
 
 class AbstractRejuvenation(eqx.Module):
@@ -79,7 +79,7 @@ class KernelRejuvenation(AbstractRejuvenation):
     bandwidth: Scalar = eqx.field(default=0.5, converter=jnp.asarray)
 
     def __check_init__(self) -> None:
-        if isinstance(self.bandwidth, jax.core.Tracer):
+        if is_traced(self.bandwidth):
             return
         value = float(self.bandwidth) if self.bandwidth.shape == () else math.nan
         if not 0 < value <= 1:
@@ -125,7 +125,8 @@ def _squared_distances(particles: PyTree, n: int, dtype) -> Array:
         norms = jnp.sum(flat * flat, axis=1)
         return jnp.maximum(norms[:, None] + norms[None, :] - 2.0 * flat @ flat.T, 0.0)
 
-    return sum(jax.tree_util.tree_leaves(jax.tree_util.tree_map(one, particles)))
+    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(one, particles))
+    return sum(leaves, jnp.zeros((n, n), dtype))
 
 
 def sinkhorn_coupling(
@@ -186,7 +187,7 @@ class TransformRejuvenation(AbstractRejuvenation):
     iterations: int = eqx.field(static=True, default=200)
 
     def __check_init__(self) -> None:
-        if isinstance(self.regularisation, jax.core.Tracer):
+        if is_traced(self.regularisation):
             return
         value = float(self.regularisation) if self.regularisation.shape == () else math.nan
         if not value > 0:

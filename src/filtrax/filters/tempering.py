@@ -22,7 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._typing import LogWeights, Scalar
+from .._typing import LogWeights, Scalar, is_traced
 from ..resampling import effective_sample_size
 
 
@@ -40,7 +40,7 @@ class FixedTempering(AbstractTempering):
     alpha: Scalar = eqx.field(default=1.0, converter=jnp.asarray)
 
     def __check_init__(self) -> None:
-        if not isinstance(self.alpha, jax.core.Tracer) and not 0 <= float(self.alpha) <= 1:
+        if not is_traced(self.alpha) and not 0 <= float(self.alpha) <= 1:
             raise ValueError(f"FixedTempering.alpha must lie in [0, 1], got {float(self.alpha)}")
 
     def exponent(self, log_likelihoods, log_weights):
@@ -68,7 +68,7 @@ class ESSBandTempering(AbstractTempering):
     iterations: int = eqx.field(static=True, default=50)
 
     def __check_init__(self) -> None:
-        if isinstance(self.lower, jax.core.Tracer) or isinstance(self.upper, jax.core.Tracer):
+        if is_traced(self.lower) or is_traced(self.upper):
             return
         lower, upper = float(self.lower), float(self.upper)
         if not 0 < lower <= upper <= 1:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
-from .._typing import Key, Observation, Scalar
+from .._typing import Key, Observation, Scalar, is_traced
 from ..emulators._base import AbstractEmulator
 from ..guidance.linear_solvers import conjugate_gradient, safeguarded_curvature
 from ..observations.model import ObservationModel, observation_mask
@@ -66,7 +66,7 @@ class AbstractPredictiveWeight(eqx.Module):
 
 
 def _check_sigma_max(sigma_max: Array, owner: str) -> None:
-    if isinstance(sigma_max, jax.core.Tracer):
+    if is_traced(sigma_max):
         return
     value = float(sigma_max) if jnp.shape(sigma_max) == () else math.nan
     if not (math.isfinite(value) and value > 0):

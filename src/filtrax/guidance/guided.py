@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from .._typing import Observation, ObservationMask, State
+from .._typing import Observation, ObservationMask, State, is_traced
 from ..diffusion.denoisers import AbstractDenoiser
 from ..observations.model import ObservationModel, observation_mask
 from .linear_solvers import (
@@ -94,7 +94,7 @@ class SDAGuidance(AbstractGuidance):
     gamma: Float[Array, ""] = eqx.field(default=1e-2, converter=jnp.asarray)
 
     def __check_init__(self) -> None:
-        if not isinstance(self.gamma, jax.core.Tracer) and not float(self.gamma) >= 0:
+        if not is_traced(self.gamma) and not float(self.gamma) >= 0:
             raise ValueError(f"SDAGuidance.gamma must be >= 0, got {float(self.gamma)}")
 
     @property
@@ -181,7 +181,7 @@ class GuidedDenoiser(AbstractDenoiser):
                 f"GuidedDenoiser.y has shape {jnp.shape(self.y)}, expected "
                 f"({self.observation.num_observations},)"
             )
-        if not isinstance(self.y, jax.core.Tracer):
+        if not is_traced(self.y):
             self.observation.check_observations(self.y, name="GuidedDenoiser.y")
 
     def _predict(self, x: State) -> Observation:

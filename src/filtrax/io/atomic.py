@@ -23,5 +23,5 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` of ``arrays`` to ``path``, atomically (no pickled objects)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)
     atomic_write_bytes(path, buffer.getvalue())

@@ -60,7 +60,8 @@ def frames_to_dataset(
     levels = sorted({c.level for c in grid.channels if c.level is not None})
     for variable in grid.variables:
         own = grid.levels_of(variable)
-        if own != (None,) and sorted(own) != levels:
+        on_levels = sorted(level for level in own if level is not None)
+        if own != (None,) and (None in own or on_levels != levels):
             raise ValueError(
                 f"variable {variable!r} has levels {own}; every variable on levels must have "
                 f"all of {levels}"

@@ -64,7 +64,7 @@ def coarse_dataset(
     for name in SURFACE_VARIABLES:
         data_vars[name] = (("time", "lat", "lon"), values(name))
     ds = xr.Dataset(data_vars, coords=coords)
-    for name in ds.data_vars:
+    for name in LEVEL_VARIABLES + SURFACE_VARIABLES:
         ds[name].attrs.update(
             units=UNITS[name], long_name=LONG_NAMES[name], standard_name=STANDARD_NAMES[name]
         )
@@ -124,7 +124,7 @@ def _preallocate_store(
     """Zarr metadata for all ``total`` states (NaN until written), chunked as they are written."""
     import dask.array
 
-    shapes = {
+    shapes: dict[str, tuple[int, ...]] = {
         name: (total, len(setup.state_levels), setup.state_lat, setup.state_lon)
         for name in LEVEL_VARIABLES
     }

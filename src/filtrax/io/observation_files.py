@@ -27,7 +27,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -321,7 +321,9 @@ def _site_values(observed, shape, variable, site, times, rows, position, error):
     return values, variance
 
 
-def _observation_rows(path: Path, table, rows, required, optional=()):
+def _observation_rows(
+    path: Path, table: pd.DataFrame, rows, required, optional=()
+) -> tuple[pd.DataFrame, Callable[[int, str], ValueError]]:
     """The table's observation rows (blank lines dropped, the index keeps each row's place)
     and ``error(i, message)``, which names the file and row ``i``'s line."""
     missing = [c for c in required if c not in table.columns]
@@ -330,8 +332,10 @@ def _observation_rows(path: Path, table, rows, required, optional=()):
             f"{path}: missing required column(s) {', '.join(missing)}; found columns: "
             f"{', '.join(map(str, table.columns))}"
         )
-    table = table[[*required, *optional]]
-    table = table[~table.isna().all(axis=1)]  # blank lines; the index keeps the positions
+    # pandas types a column selection and a row mask as "frame or series"; both are frames.
+    table = cast("pd.DataFrame", table[[*required, *optional]])
+    table = cast("pd.DataFrame", table[~table.isna().all(axis=1)])  # blank lines dropped;
+    # the index keeps the positions
     if table.empty:
         raise ValueError(f"{path}: the table has no observation rows")
     position = table.index.to_numpy()
@@ -741,7 +745,7 @@ def _error_std_field(
     values = values if has_level else values[None]
     given = per_variable.get(name)
     order = ("time", *(("level",) if has_level else ()), "lat", "lon")
-    observed = np.isfinite(np.asarray(ds[name].transpose(*order).values)).any(axis=0)
+    observed = np.asarray(np.isfinite(np.asarray(ds[name].transpose(*order).values)).any(axis=0))
     observed = observed if has_level else observed[None]
     if given is not None and not np.allclose(values[observed], given, rtol=1e-6):
         found = values[observed][~np.isclose(values[observed], given, rtol=1e-6)][0]

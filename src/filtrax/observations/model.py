@@ -15,9 +15,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
-from .._typing import Key, Observation, ObservationMask, Scalar, State
+from .._typing import Key, Observation, ObservationMask, Scalar, State, is_traced
 from .operators import AbstractObservationOperator
 
 
@@ -38,7 +38,7 @@ class ObservationModel(eqx.Module):
     operator: AbstractObservationOperator
     noise_variance: Float[Array, " obs"]
 
-    def __init__(self, operator: AbstractObservationOperator, noise_variance: Array | float):
+    def __init__(self, operator: AbstractObservationOperator, noise_variance: ArrayLike):
         if not isinstance(operator, AbstractObservationOperator):
             raise ValueError(
                 "ObservationModel.operator must be an AbstractObservationOperator, got "
@@ -54,7 +54,7 @@ class ObservationModel(eqx.Module):
                 f"ObservationModel.noise_variance has shape {variance.shape}, expected ({n},) "
                 f"(one variance per observation) or a scalar"
             )
-        if not isinstance(variance, jax.core.Tracer):
+        if not is_traced(variance):
             host = np.asarray(variance)
             bad = np.flatnonzero(~(np.isfinite(host) & (host > 0)))
             if bad.size:
@@ -139,7 +139,7 @@ class ObservationModel(eqx.Module):
             )
 
     def check_observations(
-        self, y: Array, *, name: str = "y", require_observed: bool = True
+        self, observations: ArrayLike, *, name: str = "y", require_observed: bool = True
     ) -> None:
         """Raise ``ValueError`` unless ``y`` has shape ``(..., num_observations)``.
 
@@ -147,7 +147,7 @@ class ObservationModel(eqx.Module):
         least one finite entry: guidance on an empty observation set is meaningless.
         Infinite values are rejected (only NaN marks a missing value).
         """
-        y = np.asarray(y)
+        y = np.asarray(observations)
         n = self.num_observations
         if y.ndim < 1 or y.shape[-1] != n:
             raise ValueError(f"{name} has shape {y.shape}, expected (..., {n}) observations")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from .._typing import Observation, State
 
@@ -63,7 +63,7 @@ class PointSelection(AbstractObservationOperator):
     state_shape: tuple[int, ...] = eqx.field(static=True)
     indices: Int[Array, " obs"]
 
-    def __init__(self, state_shape: Sequence[int] | int, indices: Array | Sequence[int]):
+    def __init__(self, state_shape: Sequence[int] | int, indices: ArrayLike | Sequence[int]):
         self.state_shape = _as_shape(state_shape, "PointSelection.state_shape")
         idx = np.asarray(indices)
         size = math.prod(self.state_shape)

@@ -72,9 +72,9 @@ from ..emulators.atmosphere import (
     load_emulator,
     save_emulator,
     sigma_data_of,
-    trained_card,
     with_noisy_path,
 )
+from ..emulators.cards import trained_card
 from ..emulators.sphere_unet import NoisyInputPath, SphereUNet
 from ..experiments.builders import sampler_from_section
 from ..grid import Channel, GridSpec
@@ -158,7 +158,7 @@ def train_network(
     stats,
     grid: GridSpec,
     sigma_data: float | tuple[float, ...],
-    initial: SphereUNet | None = None,
+    initial: SphereUNet | NoisyInputPath | None = None,
 ):
     """Train from ``initial`` (fine-tuning) or from a random network of the config's sizes."""
     t = config.training
@@ -233,6 +233,11 @@ def initial_network(
             f"{wanted_terms!r} (weights without a path can be given one, not the reverse)"
         )
     network = start.denoiser.network
+    if not isinstance(network, SphereUNet | NoisyInputPath):
+        raise ValueError(
+            f"{field} = {path!r} holds a {type(network).__name__}; fine-tuning starts from a "
+            f"SphereUNet, with or without a noisy-input path"
+        )
     if start_terms == 0:
         network = with_noisy_path(
             network, wanted_terms, grid, key, size=config.network.noisy_path_size

@@ -355,7 +355,9 @@ def training_config_from_dict(
     return build_section(config, data)
 
 
-def load_training_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainingConfig:
+def load_training_config(
+    path: str | Path, overrides: Sequence[str] = ()
+) -> TrainingConfig | AtmosphereTrainingConfig | HybridTrainingConfig:
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -75,7 +75,7 @@ def noise_level_options(t) -> dict:
     }
 
 
-def loss_weight(sigma, sigma_data=1.0):
+def loss_weight(sigma, sigma_data: float | jax.Array = 1.0):
     r""":math:`\lambda(\sigma) = (\sigma^2 + \sigma_\text{data}^2)/(\sigma\,\sigma_\text{data})^2`,
     EDM's weight (Karras et al. 2022, Table 1), which makes the loss of the raw network output
     unit-scaled at every σ; with :math:`\sigma_\text{data} = 1` it is GenCast's

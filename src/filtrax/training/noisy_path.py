@@ -115,6 +115,7 @@ def fit_noisy_path(
         g, m = normal_equations(keys[start : start + batch])
         gram = gram + np.asarray(g, np.float64)
         moment = moment + np.asarray(m, np.float64)
+    gram, moment = np.asarray(gram), np.asarray(moment)  # arrays once one batch was added
     regularised = gram + ridge * np.mean(np.diag(gram)) * np.eye(gram.shape[0])
     solution = np.linalg.solve(regularised, moment)  # (K * (size² C + 1), C)
     if not np.all(np.isfinite(solution)):
