@@ -27,7 +27,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._typing import State
 
@@ -112,7 +112,7 @@ class EDMPreconditionedDenoiser(AbstractDenoiser):
         c_skip, c_out, c_in, c_noise = self.preconditioning(x_t, sigma)
         return c_skip * x_t + c_out * self.network(c_in * x_t, c_noise, cond)
 
-    def preconditioning(self, x_t: State, sigma: Float[Array, ""]) -> tuple[Array, ...]:
+    def preconditioning(self, x_t: State, sigma: Float[ArrayLike, ""]) -> tuple[Array, ...]:
         r""":math:`(c_\text{skip}, c_\text{out}, c_\text{in}, c_\text{noise})` at ``sigma``,
         broadcastable against ``x_t`` (per channel with per-channel :math:`\sigma_\text{data}`)."""
         sigma = jnp.asarray(sigma, dtype=x_t.dtype)
@@ -157,7 +157,7 @@ class StandardNormalDenoiser(AbstractDenoiser):
     is unused (the hybrid emulator's residual, :mod:`filtrax.emulators.hybrid`).
     """
 
-    def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
+    def __call__(self, x_t: State, sigma: Float[ArrayLike, ""], cond: PyTree) -> State:
         return x_t / (1 + jnp.asarray(sigma, x_t.dtype) ** 2)
 
 
@@ -187,7 +187,7 @@ class GaussianDenoiser(AbstractDenoiser):
     eigenvalues: Float[Array, " d"]
     eigenvectors: Float[Array, "d d"]
 
-    def __init__(self, covariance: Float[Array, "d d"]):
+    def __init__(self, covariance: Float[ArrayLike, "d d"]):
         covariance = jnp.asarray(covariance)
         shape = covariance.shape
         if covariance.ndim != 2 or shape[0] != shape[1]:
@@ -201,7 +201,7 @@ class GaussianDenoiser(AbstractDenoiser):
         """``Q`` reassembled from its eigendecomposition."""
         return (self.eigenvectors * self.eigenvalues[None, :]) @ self.eigenvectors.T
 
-    def _shrinkage(self, sigma: Float[Array, ""], dtype: jnp.dtype) -> Float[Array, " d"]:
+    def _shrinkage(self, sigma: Float[ArrayLike, ""], dtype: jnp.dtype) -> Float[Array, " d"]:
         eigenvalues = self.eigenvalues.astype(dtype)
         return eigenvalues / (eigenvalues + jnp.asarray(sigma, dtype) ** 2)
 
@@ -222,7 +222,7 @@ class GaussianDenoiser(AbstractDenoiser):
         update = U @ (self._shrinkage(sigma, x_t.dtype) * (U.T @ deviation))
         return prior_mean + update.reshape(x_t.shape)
 
-    def tweedie_covariance(self, sigma: Float[Array, ""]) -> Float[Array, "d d"]:
+    def tweedie_covariance(self, sigma: Float[ArrayLike, ""]) -> Float[Array, "d d"]:
         """``V[x | x_σ] = σ² Q (Q + σ² I)^{-1}`` in closed form (flattened state)."""
         dtype = self.eigenvectors.dtype
         variances = jnp.asarray(sigma, dtype) ** 2 * self._shrinkage(sigma, dtype)

@@ -61,7 +61,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._typing import State
 from .denoisers import AbstractDenoiser
@@ -326,7 +326,7 @@ class VPDenoiser(AbstractDenoiser):
         _check_choice("VPDenoiser", "prediction", self.prediction, VP_PREDICTIONS)
         _check_positive("VPDenoiser", "time_scale", self.time_scale)
 
-    def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
+    def __call__(self, x_t: State, sigma: Float[ArrayLike, ""], cond: PyTree) -> State:
         sigma = jnp.asarray(sigma, dtype=x_t.dtype)
         alpha = 1.0 / jnp.sqrt(1.0 + sigma**2)
         time = self.time_scale * self.schedule.time(sigma)
@@ -368,7 +368,7 @@ class VEDenoiser(AbstractDenoiser):
         _check_choice("VEDenoiser", "prediction", self.prediction, VE_PREDICTIONS)
         _check_choice("VEDenoiser", "noise_input", self.noise_input, VE_NOISE_INPUTS)
 
-    def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
+    def __call__(self, x_t: State, sigma: Float[ArrayLike, ""], cond: PyTree) -> State:
         sigma = jnp.asarray(sigma, dtype=x_t.dtype)
         prediction = self.network(x_t, VE_NOISE_INPUT_MAPS[self.noise_input](sigma), cond)
         return VE_CONVERSIONS[self.prediction](x_t, sigma, prediction)
@@ -550,7 +550,7 @@ class FlowMatchingDenoiser(AbstractDenoiser):
     def __check_init__(self) -> None:
         _check_positive("FlowMatchingDenoiser", "time_scale", self.time_scale)
 
-    def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
+    def __call__(self, x_t: State, sigma: Float[ArrayLike, ""], cond: PyTree) -> State:
         sigma = jnp.asarray(sigma, dtype=x_t.dtype)
         t = self.interpolant.time(sigma)
         a, b, a_dot, b_dot = (

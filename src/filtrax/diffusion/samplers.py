@@ -30,7 +30,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._typing import Key, State, is_traced
 from .denoisers import AbstractDenoiser
@@ -44,7 +44,7 @@ def standard_normal_noise(key: Key, template: State) -> State:
     return jax.random.normal(key, template.shape, template.dtype)
 
 
-def _check_levels(noise_levels: Array) -> None:
+def _check_levels(noise_levels: ArrayLike) -> None:
     levels = jnp.asarray(noise_levels)
     if levels.ndim != 1 or levels.shape[0] < 2:
         raise ValueError(

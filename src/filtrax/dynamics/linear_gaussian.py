@@ -28,7 +28,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 from numpy.typing import DTypeLike
 
 from .._typing import Key, State
@@ -67,7 +67,7 @@ class LinearGaussianEmulator(AbstractResidualGaussianEmulator):
     transition_matrix: Float[Array, "d d"]
     denoiser: GaussianDenoiser
 
-    def __init__(self, transition_matrix: Array, noise_covariance: Array):
+    def __init__(self, transition_matrix: ArrayLike, noise_covariance: ArrayLike):
         A = jnp.asarray(transition_matrix)
         Q = jnp.asarray(noise_covariance)
         if A.ndim != 2 or A.shape[0] != A.shape[1] or Q.shape != A.shape:

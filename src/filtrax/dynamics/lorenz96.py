@@ -39,7 +39,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from .._typing import Key, State
 
@@ -171,13 +171,13 @@ class TwoScaleLorenz96(eqx.Module):
                 f"got shape {state.shape}"
             )
 
-    def slow(self, state: Float[Array, "*batch d"]) -> Float[Array, "*batch K"]:
+    def slow(self, state: Float[ArrayLike, "*batch d"]) -> Float[Array, "*batch K"]:
         """The slow variables :math:`X` (the first :math:`K` entries)."""
         state = jnp.asarray(state)
         self._check_state(state)
         return state[..., : self.num_slow]
 
-    def fast(self, state: Float[Array, "*batch d"]) -> Float[Array, "*batch K J"]:
+    def fast(self, state: Float[ArrayLike, "*batch d"]) -> Float[Array, "*batch K J"]:
         """The fast variables :math:`Y`, shaped ``(..., K, J)`` (row ``k`` couples to ``X_k``)."""
         state = jnp.asarray(state)
         self._check_state(state)
@@ -198,7 +198,7 @@ class TwoScaleLorenz96(eqx.Module):
         return (INITIAL_PERTURBATION_STD * noise).at[..., 0].add(1.0)
 
     @eqx.filter_jit
-    def tendency(self, state: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+    def tendency(self, state: Float[ArrayLike, "*batch d"]) -> Float[Array, "*batch d"]:
         """:math:`d(X, Y)/dt` of the flat state (equations in the module docstring)."""
         state = jnp.asarray(state)
         self._check_state(state)
@@ -216,7 +216,9 @@ class TwoScaleLorenz96(eqx.Module):
         return jnp.concatenate([dX, dY], axis=-1)
 
     @eqx.filter_jit
-    def step(self, state: Float[Array, "*batch d"], dt: float | Array) -> Float[Array, "*batch d"]:
+    def step(
+        self, state: Float[ArrayLike, "*batch d"], dt: float | Array
+    ) -> Float[Array, "*batch d"]:
         """One classical fourth-order Runge–Kutta step of length ``dt``."""
         state = jnp.asarray(state)
         f = self.tendency
@@ -227,7 +229,7 @@ class TwoScaleLorenz96(eqx.Module):
         return state + (k1 + 2 * (k2 + k3) + k4) / 6
 
     def integrate(
-        self, state: Float[Array, "*batch d"], dt: float, num_steps: int, save_every: int = 1
+        self, state: Float[ArrayLike, "*batch d"], dt: float, num_steps: int, save_every: int = 1
     ) -> Float[Array, "save *batch d"]:
         """``num_steps`` RK4 steps from ``state``, saving after every ``save_every`` steps.
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-from jaxtyping import Array, Bool, Float, Int, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 from .._typing import Key, State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
@@ -245,7 +245,7 @@ def sst_missing_mask(frame: np.ndarray, grid: GridSpec) -> np.ndarray:
 
 
 def progress_forcings(
-    seconds: Int[Array, ""], longitudes: Sequence[float], num_lat: int
+    seconds: Int[ArrayLike, ""], longitudes: Sequence[float], num_lat: int
 ) -> Float[Array, "4 lat lon"]:
     r"""``year_progress_sin/cos`` and ``day_progress_sin/cos`` at a valid time.
 

@@ -23,7 +23,7 @@ import difflib
 import math
 import tomllib
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, time
 from typing import Any, ClassVar
 
@@ -84,7 +84,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _bounds(meta: typing.Mapping[str, Any]) -> str:
+def _bounds(meta: Mapping[str, Any]) -> str:
     parts = []
     if "min" in meta:
         parts.append(f"{'>' if meta.get('min_exclusive') else '>='} {meta['min']!r}")
@@ -93,7 +93,7 @@ def _bounds(meta: typing.Mapping[str, Any]) -> str:
     return " and ".join(parts)
 
 
-def _check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+def _check_value(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(str(c) for c in sorted(meta["choices"]))
         raise ConfigError(f"{key} = {value!r} is not one of: {allowed}")

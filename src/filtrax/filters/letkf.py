@@ -45,7 +45,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from ..observations.model import ObservationModel, observation_mask
 from .covariance_localisation import GaspariCohnLocalisation
@@ -66,10 +66,10 @@ def _check(name: str, value: float, lower: float, upper: float) -> None:
 
 
 def letkf_transforms(
-    predicted: Float[Array, "members obs"],
-    observations: Float[Array, " obs"],
-    error_std: Float[Array, " obs"],
-    locality: Float[Array, "sites obs"],
+    predicted: Float[ArrayLike, "members obs"],
+    observations: Float[ArrayLike, " obs"],
+    error_std: Float[ArrayLike, " obs"],
+    locality: Float[ArrayLike, "sites obs"],
     *,
     inflation: float = 1.0,
     relaxation: float = 0.0,
@@ -152,7 +152,7 @@ def local_analysis(
     *,
     inflation: float = 1.0,
     relaxation: float = 0.0,
-    likelihood_power: Array | None = None,
+    likelihood_power: ArrayLike | None = None,
     predicted: Array | None = None,
 ) -> Array:
     r"""The LETKF's analysis of forecast ``frames`` (members first) given ``y``.

@@ -40,7 +40,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._typing import Observation, ObservationMask, State, is_traced
 from ..diffusion.denoisers import AbstractDenoiser
@@ -188,7 +188,7 @@ class GuidedDenoiser(AbstractDenoiser):
         state = x if self.latent_to_state is None else self.latent_to_state(x)
         return self.observation.predict(state)
 
-    def __call__(self, x_t: State, sigma: Float[Array, ""], cond: PyTree) -> State:
+    def __call__(self, x_t: State, sigma: Float[ArrayLike, ""], cond: PyTree) -> State:
         sigma = jnp.asarray(sigma, x_t.dtype)
         # One stored linearisation of the network, reused for every matvec and the score.
         x_hat, denoiser_vjp = jax.vjp(lambda x: self.denoiser(x, sigma, cond), x_t)

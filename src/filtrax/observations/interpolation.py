@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._typing import Observation, State
 from .operators import AbstractObservationOperator
@@ -90,9 +90,9 @@ class BilinearInterpolation(AbstractObservationOperator):
     def __init__(
         self,
         grid: GridSpec,
-        channels: Array | np.ndarray | Sequence[int],
-        latitudes: Array | np.ndarray | Sequence[float],
-        longitudes: Array | np.ndarray | Sequence[float],
+        channels: ArrayLike | Sequence[int],
+        latitudes: ArrayLike | Sequence[float],
+        longitudes: ArrayLike | Sequence[float],
     ):
         name = type(self).__name__
         chan = np.asarray(channels)

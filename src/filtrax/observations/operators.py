@@ -83,7 +83,7 @@ class PointSelection(AbstractObservationOperator):
         self.indices = jnp.asarray(idx, dtype=jnp.int32)
 
     @classmethod
-    def from_mask(cls, mask: Bool[Array, "*s"] | np.ndarray) -> PointSelection:
+    def from_mask(cls, mask: Bool[ArrayLike, "*s"] | np.ndarray) -> PointSelection:
         """Observe the entries where ``mask`` is True."""
         mask = np.asarray(mask)
         if mask.dtype != np.bool_:
@@ -158,7 +158,7 @@ class LinearObservation(AbstractObservationOperator):
     state_shape: tuple[int, ...] = eqx.field(static=True)
     matrix: Float[Array, "obs d"]
 
-    def __init__(self, matrix: Array, state_shape: Sequence[int] | int | None = None):
+    def __init__(self, matrix: ArrayLike, state_shape: Sequence[int] | int | None = None):
         matrix = jnp.asarray(matrix)
         if matrix.ndim != 2 or matrix.shape[0] == 0:
             raise ValueError(
