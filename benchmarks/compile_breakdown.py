@@ -91,8 +91,8 @@ def step_variants(experiment):
         arrays, static = eqx.partition((filter_, experiment.filter_observation), eqx.is_array)
 
         def step(arrays, state, y, key, static=static):
-            f, observation = eqx.combine(arrays, static)
-            return f.step(state, y, observation, key)
+            f, observation_model = eqx.combine(arrays, static)
+            return f.step(state, y, observation_model, key)
 
         lowered = jax.jit(step).lower(arrays, state, y, key)
         reference = None

@@ -61,7 +61,9 @@ def main() -> None:
         config = load_config(args.config, [*base, *overrides])
         filter_ = build_filter(config, experiment.emulator, method)
         state = filter_.init(initial_particles(config, experiment.initial_state, args.particles))
-        t = phase_seconds(filter_, state, y, experiment.observation, key, repeats=args.repeats)
+        t = phase_seconds(
+            filter_, state, y, experiment.observation_model, key, repeats=args.repeats
+        )
         total = t["cycle"]
         phases = ("emulator", "guidance", "weights", "filter", "selection")
         share = {p: 100 * t[p] / total for p in phases}

@@ -80,9 +80,9 @@ def main() -> None:
     predictive = DiracPredictiveWeight(sigma_max=80.0)
 
     def mean_frame(key, state):
-        return predictive.predicted_frame(key, emulator, state)
+        return predictive.predicted_frame(state, emulator, key=key)
 
-    member_step = jax.jit(jax.vmap(lambda key, state: proposal(key, state, None, None)))
+    member_step = jax.jit(jax.vmap(lambda key, state: proposal(state, None, None, key=key)))
     mean_next = jax.jit(jax.vmap(mean_frame))
     mean_roll = jax.jit(
         jax.vmap(lambda key, state: emulator.advance(state, mean_frame(key, state)))

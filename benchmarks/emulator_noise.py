@@ -72,7 +72,7 @@ def main() -> None:
 
     @jax.jit
     def members(keys, state):
-        return jax.vmap(lambda k: proposal(k, state, None, exp.observation)[-1])(keys)
+        return jax.vmap(lambda k: proposal(state, None, exp.observation_model, key=k)[-1])(keys)
 
     @jax.jit
     def one_call(key, state):

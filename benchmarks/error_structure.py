@@ -74,7 +74,7 @@ def main() -> None:
     index = np.linspace(1, data.shape[0] - 2, args.states).astype(int)
     states = np.stack([np.asarray(emulator.initial_state(data[i - 1], data[i])) for i in index])
     proposal = EmulatorProposal(emulator, build_sampler(load_config(args.config)))
-    step = jax.jit(jax.vmap(lambda key, state: proposal(key, state, None, None)))
+    step = jax.jit(jax.vmap(lambda key, state: proposal(state, None, None, key=key)))
     keys = jax.random.split(jax.random.key(args.seed), args.states * args.members)
     moved = step(keys, np.repeat(states, args.members, axis=0))
     members = np.asarray(jax.vmap(emulator.current_frame)(moved))

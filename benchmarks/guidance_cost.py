@@ -112,7 +112,7 @@ def jit_with_arrays(fn: Callable, tree: eqx.Module) -> Callable:
 
 
 def build_functions(
-    denoiser: EDMPreconditionedDenoiser, observation: ObservationModel, y: jax.Array
+    denoiser: EDMPreconditionedDenoiser, observation_model: ObservationModel, y: jax.Array
 ) -> dict[str, Callable]:
     """The batched (``vmap`` over particles) functions to time, keyed by name."""
     sigma = jnp.asarray(SIGMA, jnp.float32)
@@ -157,7 +157,9 @@ def build_functions(
         "D2": jit_with_arrays(forward_then_dependent_vjps(2), denoiser),
     }
     for k in ITERATIONS:
-        guided = GuidedDenoiser(denoiser, MMPSGuidance(iterations=k, solver="cg"), observation, y)
+        guided = GuidedDenoiser(
+            denoiser, MMPSGuidance(iterations=k, solver="cg"), observation_model, y
+        )
         functions[f"K={k}"] = jit_with_arrays(unguided, guided)
     return functions
 
@@ -217,14 +219,14 @@ def main() -> None:
     network = MLPNetwork(args.dim, cond_dim, args.width, args.depth, key=key_net)
     denoiser = EDMPreconditionedDenoiser(network, sigma_data=1.0)
     operator = PointSelection(args.dim, np.arange(0, args.dim, OBSERVE_EVERY))
-    observation = ObservationModel(operator, NOISE_VARIANCE)
+    observation_model = ObservationModel(operator, NOISE_VARIANCE)
     truth = jax.random.normal(key_truth, (args.dim,))
-    y = observation.sample(key_obs, truth)
+    y = observation_model.sample(truth, key=key_obs)
     x_t = truth + SIGMA * jax.random.normal(key_x, (particles, args.dim))
     cond = jax.random.normal(key_cond, (particles, cond_dim))
     cotangent = jax.random.normal(key_v, (particles, args.dim))
 
-    functions = build_functions(denoiser, observation, y)
+    functions = build_functions(denoiser, observation_model, y)
     calls = {
         name: (
             (lambda fn=fn: fn(x_t, cond, cotangent))
@@ -248,7 +250,7 @@ def main() -> None:
     }
     print(
         f"backend {jax.default_backend()}, P={particles}, d={args.dim}, width={args.width}, "
-        f"depth={args.depth}, observations={observation.num_observations}, rounds={rounds}"
+        f"depth={args.depth}, observations={observation_model.num_observations}, rounds={rounds}"
     )
     print(f"F = {F_ms:.3f} ms (median); below, times are median ratios to F in the same round")
     for name in ("T1", "T2", "D1", "D2"):

@@ -41,7 +41,7 @@ def rollout(emulator, sampler, states, members: int, leads: int, key) -> np.ndar
     """``(lead, state, member, channel, lat, lon)``: free members from each initial state."""
     proposal = EmulatorProposal(emulator, sampler)
     step = jax.jit(
-        lambda keys, s: jax.lax.map(lambda a: proposal(a[0], a[1], None, None), (keys, s))
+        lambda keys, s: jax.lax.map(lambda a: proposal(a[1], None, None, key=a[0]), (keys, s))
     )
     current = jnp.repeat(jnp.asarray(states), members, axis=0)
     out = []

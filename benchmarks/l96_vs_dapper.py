@@ -117,7 +117,7 @@ def run_ours(experiment, config, method: str, overrides: list[str], n: int, trut
     cfg = load_config(ARGS.config, [*ARGS.set, f"filter.particles={n}", *overrides])
     filter_ = build_filter(cfg, experiment.emulator, method)
     particles = initial_particles(cfg, experiment.initial_state, n)
-    observation = experiment.observation
+    observation_model = experiment.observation_model
     root = jax.random.fold_in(jax.random.key(config.seed), streams.RUN["analysis"])
 
     rows = {"rmse": [], "spread": [], "crps": [], "ess": [], "alpha": [], "seconds": []}
@@ -136,14 +136,16 @@ def run_ours(experiment, config, method: str, overrides: list[str], n: int, trut
 
     try:
         assimilate(
-            filter_, particles, np.asarray(y[: len(truth)]), observation, key=root,
+            filter_, particles, np.asarray(y[: len(truth)]), observation_model, key=root,
             save=SaveAt(moments=False), chunk_cycles=1, callback=record, allow_nonfinite=True,
         )  # fmt: skip
     except _NonFiniteError as stop:
         return {"note": str(stop)}
     after = slice(burn, None)
     rmse, rmse_ci = metrics.time_mean_with_interval(np.asarray(rows["rmse"][after]))
-    profile = phase_seconds(filter_, filter_.init(particles), jnp.asarray(y[0]), observation, root)
+    profile = phase_seconds(
+        filter_, filter_.init(particles), jnp.asarray(y[0]), observation_model, root
+    )
     return {
         "rmse": rmse,
         "rmse_ci": rmse_ci,
@@ -166,7 +168,7 @@ def main() -> None:
     print(
         f"# {cfg.name}: setting {experiment.emulator.setting}, K = {truth.shape[1]}, "
         f"dt = {cfg.model.time_step}, {y.shape[1]} observed sites, obs variance "
-        f"{float(experiment.observation.noise_variance[0]):.3g}, {cfg.run.cycles} cycles "
+        f"{float(experiment.observation_model.noise_variance[0]):.3g}, {cfg.run.cycles} cycles "
         f"(burn-in {burn}); emulator {experiment.emulator.name}",
         flush=True,
     )
@@ -186,13 +188,13 @@ def main() -> None:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from dapper_baselines import run_dapper_baselines
 
-        sites = np.asarray(experiment.observation.operator.indices)
+        sites = np.asarray(experiment.observation_model.operator.indices)
         rows = run_dapper_baselines(
             experiment.emulator.setting,
             full,
             y,
             sites,
-            float(experiment.observation.noise_variance[0]),
+            float(experiment.observation_model.noise_variance[0]),
             burn,
             [int(v) for v in (ARGS.dapper_sizes or ARGS.particles).split(",")],
             seed=cfg.seed,

@@ -75,7 +75,7 @@ def main() -> None:
             filter_,
             state.particles,
             experiment.observations[: args.cycles + 1],
-            experiment.observation,
+            experiment.observation_model,
             key=root,
             save=SaveAt(moments=False),
             chunk_cycles=1,

@@ -97,18 +97,18 @@ def denoiser_functions(emulator, particles, calls_per_timing: int):
     }
 
 
-def cycle_function(filter_, state, y, observation):
-    step = eqx.filter_jit(lambda f, s, y, k: f.step(s, y, observation, k))
+def cycle_function(filter_, state, y, observation_model):
+    step = eqx.filter_jit(lambda f, s, y, k: f.step(s, y, observation_model, k))
     key = jax.random.key(1)
     return lambda: step(filter_, state, y, key)
 
 
-def compiled_bytes(filter_, state, y, observation) -> int:
+def compiled_bytes(filter_, state, y, observation_model) -> int:
     dynamic, static = eqx.partition((filter_, state), eqx.is_array)
 
     def step(dyn, y, key):
         f, s = eqx.combine(dyn, static)
-        return f.step(s, y, observation, key)
+        return f.step(s, y, observation_model, key)
 
     compiled = jax.jit(step).lower(dynamic, y, jax.random.key(1)).compile()
     analysis = compiled.memory_analysis()
@@ -123,7 +123,7 @@ def measure(model: str, n: int, rounds: int, batch_size: int) -> dict:
     config = load_config(path, [f"filter.particles={n}", "run.cycles=1", "run.burn_in=0"])
     experiment = build_experiment(config)
     emulator = experiment.emulator
-    observation = experiment.observation
+    observation_model = experiment.observation_model
     y = jnp.asarray(experiment.observations[0])
     particles = initial_particles(config, experiment.initial_state, n)
     guided = experiment.filter
@@ -132,15 +132,15 @@ def measure(model: str, n: int, rounds: int, batch_size: int) -> dict:
     # Cycle 1, not 0: the configs skip the first selection (all particles start equal).
     state = eqx.tree_at(lambda s: s.cycle, state, jnp.ones((), jnp.int32))
 
-    m = observation.num_observations
+    m = observation_model.num_observations
     f_g, b_g = (c / n for c in guided.call_counts(n, m))
     f_u, _ = (c / n for c in forecast.call_counts(n, m))
 
     calls = {}
     for name, (fn, args) in denoiser_functions(emulator, particles, LOOP).items():
         calls[name] = lambda fn=fn, args=args: fn(*args)
-    calls["forecast"] = cycle_function(forecast, state, y, observation)
-    calls["guided"] = cycle_function(guided, state, y, observation)
+    calls["forecast"] = cycle_function(forecast, state, y, observation_model)
+    calls["guided"] = cycle_function(guided, state, y, observation_model)
     tic = time.perf_counter()
     samples = time_rounds(calls, rounds=rounds, block_seconds=0.0, warmup=1)
     wall = time.perf_counter() - tic
@@ -154,8 +154,8 @@ def measure(model: str, n: int, rounds: int, batch_size: int) -> dict:
     measured_ratio = relative["guided"] / relative["forecast"]
 
     batched = eqx.tree_at(lambda f: f.particle_map, guided, VectorisedParticles(min(batch_size, n)))
-    memory = compiled_bytes(guided, state, y, observation)
-    memory_batched = compiled_bytes(batched, state, y, observation)
+    memory = compiled_bytes(guided, state, y, observation_model)
+    memory_batched = compiled_bytes(batched, state, y, observation_model)
     device_peak = None
     stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
     if stats and "peak_bytes_in_use" in stats:

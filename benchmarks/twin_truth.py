@@ -54,7 +54,7 @@ def main() -> None:
     if not np.all(np.isfinite(frames)):
         raise ValueError("the bundled truth segment has non-finite values")
     proposal = EmulatorProposal(emulator, build_sampler(config))
-    step = jax.jit(lambda key, state: proposal(key, state, None, None))
+    step = jax.jit(lambda key, state: proposal(state, None, None, key=key))
 
     state = AtmosphereEmulator.initial_state(frames[0], frames[1])
     twin = [frames[0], frames[1]]

@@ -305,7 +305,7 @@ def api(change: Callable[[dict], None]) -> Callable[[Path], Callable[[], object]
                 "filter": experiment.filter,
                 "initial_particles": experiment.initial_particles,
                 "observations": experiment.observations,
-                "observation": experiment.observation,
+                "observation_model": experiment.observation_model,
                 "key": jax.random.key(0),
             }
             change(arguments)
@@ -315,7 +315,7 @@ def api(change: Callable[[dict], None]) -> Callable[[Path], Callable[[], object]
                 arguments.pop("filter"),
                 arguments.pop("initial_particles"),
                 arguments.pop("observations"),
-                arguments.pop("observation"),
+                arguments.pop("observation_model"),
                 **arguments,
             )
 

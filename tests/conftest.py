@@ -6,6 +6,7 @@ import gc
 import os
 
 import jax
+import jaxtyping
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -27,6 +28,23 @@ def _precision(request: pytest.FixtureRequest):
             yield
     else:
         yield
+
+
+@pytest.fixture(autouse=True)
+def _runtime_type_checks(request: pytest.FixtureRequest):
+    """The suite runs with jaxtyping's runtime checks on filtrax's core (``--jaxtyping-packages``
+    in pyproject.toml): every annotated shape and dtype is checked on every call. A test
+    marked ``bad_input`` checks what a user sees, filtrax's own one-line refusal, and runs as
+    a user does, without the checks, which would refuse the same input first."""
+    if request.node.get_closest_marker("bad_input") is None:
+        yield
+        return
+    previous = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", previous)
 
 
 @pytest.fixture(autouse=True)

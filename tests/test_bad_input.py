@@ -15,6 +15,9 @@ from click.testing import CliRunner
 from bad_input_catalogue import CASES, attempt, judge
 from filtrax.cli import main
 
+# What users see: filtrax's own refusals, without the suite's runtime type checks (conftest).
+pytestmark = pytest.mark.bad_input
+
 
 @pytest.fixture(autouse=True)
 def _no_persistent_cache(monkeypatch):

@@ -85,7 +85,7 @@ def test_proposal_call_counts(sampler, guidance):
     proposal = fx.EmulatorProposal(emulator, sampler, guidance)
     y = jnp.asarray(np.ones(model.observation_matrix.shape[0]), jnp.float32)
     with jax.disable_jit():
-        proposal(jax.random.key(0), jnp.zeros(D), y, model.observation_model())
+        proposal(jnp.zeros(D), y, model.observation_model(), key=jax.random.key(0))
     assert (counter.forward, counter.backward) == proposal.call_counts()
 
 
@@ -101,18 +101,18 @@ def test_proposal_call_counts(sampler, guidance):
 def test_weight_call_counts(weight):
     counter = Counter()
     model, emulator = setup(counter)
-    observation = model.observation_model()
-    y = jnp.ones(observation.num_observations)
+    observation_model = model.observation_model()
+    y = jnp.ones(observation_model.num_observations)
     with jax.disable_jit():
-        weight.log_likelihood(jax.random.key(0), emulator, observation, jnp.zeros(D), y)
-    forward, backward = weight.call_counts(observation.num_observations)
+        weight.log_likelihood(jnp.zeros(D), y, observation_model, emulator, key=jax.random.key(0))
+    forward, backward = weight.call_counts(observation_model.num_observations)
     # Batched work runs under vmap and the counter sees one batched call: the M noise draws
     # of the Dirac weight, and the `obs` VJPs of the dense log-determinant.
     if isinstance(weight, fx.DiracPredictiveWeight):
         assert forward == weight.num_noise_draws
         forward = 1
     if getattr(weight, "dense_log_determinant", False):
-        assert backward == weight.cg_iterations + observation.num_observations
+        assert backward == weight.cg_iterations + observation_model.num_observations
         backward = weight.cg_iterations + 1
     assert (counter.forward, counter.backward) == (forward, backward)
 
@@ -121,8 +121,8 @@ def test_a_split_that_needs_the_predictions_calls_the_weight_once_more():
     """:class:`~filtrax.PredictiveKalmanUpdate` recomputes the parents' predictions after the
     selection: one more batched predictive-mean call per cycle, N more in the counts."""
     model = fx.random_linear_gaussian_model(seed=0, state_dim=D)
-    observation = model.observation_model()
-    y = jnp.ones(observation.num_observations)
+    observation_model = model.observation_model()
+    y = jnp.ones(observation_model.num_observations)
     made, reported = [], []
     for split in (None, fx.PredictiveKalmanUpdate()):
         counter = Counter()
@@ -133,8 +133,8 @@ def test_a_split_that_needs_the_predictions_calls_the_weight_once_more():
         )
         state = filter_.init(jnp.zeros((8, D)))
         with jax.disable_jit():
-            filter_.step(state, y, observation, jax.random.key(0))
+            filter_.step(state, y, observation_model, jax.random.key(0))
         made.append(counter.forward)
-        reported.append(filter_.call_counts(8, observation.num_observations)[0])
+        reported.append(filter_.call_counts(8, observation_model.num_observations)[0])
     assert made[1] - made[0] == 1
     assert reported[1] - reported[0] == 8

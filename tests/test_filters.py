@@ -196,6 +196,7 @@ def test_nan_initial_particles_are_rejected(model, observations):
         )
 
 
+@pytest.mark.bad_input
 def test_a_bad_key_or_particles_without_their_axis_are_named(model, observations):
     free = fx.FreeEnsemble(unguided(model))
     with pytest.raises(ValueError, match=r"key must be a JAX random key .* got int 1"):
@@ -276,13 +277,15 @@ def test_filter_configuration_errors(model):
 
 def test_guided_denoiser_rejects_bad_observations(model):
     denoiser = fx.GaussianDenoiser(model.noise_covariance)
-    observation = model.observation_model()
+    observation_model = model.observation_model()
     with pytest.raises(ValueError, match=r"GuidedDenoiser\.y has shape"):
-        fx.GuidedDenoiser(denoiser, fx.MMPSGuidance(1), observation, jnp.zeros(5))
+        fx.GuidedDenoiser(denoiser, fx.MMPSGuidance(1), observation_model, jnp.zeros(5))
     with pytest.raises(ValueError, match="no observed"):
-        fx.GuidedDenoiser(denoiser, fx.MMPSGuidance(1), observation, jnp.full((D // 2,), jnp.nan))
+        fx.GuidedDenoiser(
+            denoiser, fx.MMPSGuidance(1), observation_model, jnp.full((D // 2,), jnp.nan)
+        )
     with pytest.raises(ValueError, match="noise_variance must be finite and > 0"):
-        fx.ObservationModel(observation.operator, jnp.array([1.0, -1.0, jnp.nan]))
+        fx.ObservationModel(observation_model.operator, jnp.array([1.0, -1.0, jnp.nan]))
 
 
 def test_sweeping_a_tunable_does_not_retrace(model, observations):

@@ -209,7 +209,7 @@ def test_a_full_fa_apf_cycle_runs_on_the_adapter(emulator, local):
     particles = jax.tree_util.tree_map(lambda leaf: jnp.stack([leaf] * 4), x0)
     t = grid.channel_index("2m_temperature")
     points = np.ravel_multi_index(([t, t], [2, 6], [3, 10]), grid.shape)
-    observation = ObservationModel(PointSelection(grid.shape, points), 0.1**2)
+    observation_model = ObservationModel(PointSelection(grid.shape, points), 0.1**2)
     y = jnp.asarray([[285.0, 275.0]])
     levels = karras_noise_levels(80.0, 0.03, 7.0, 6)
     proposal = EmulatorProposal(
@@ -221,7 +221,7 @@ def test_a_full_fa_apf_cycle_runs_on_the_adapter(emulator, local):
         else {}
     )
     filter_ = AuxiliaryParticleFilter(proposal, DiracPredictiveWeight(), **extras)
-    result = assimilate(filter_, particles, y, observation, key=jax.random.key(0))
+    result = assimilate(filter_, particles, y, observation_model, key=jax.random.key(0))
     final = result.final_state.particles
     assert np.isfinite(np.asarray(final.frames)).all()
     np.testing.assert_array_equal(final.seconds, x0.seconds + gc.TIME_STEP_SECONDS)

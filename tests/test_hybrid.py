@@ -184,7 +184,7 @@ def test_guided_proposal_is_the_kalman_posterior(grid, guidance, exact, winds):
     state = emulator.initial_state(frame, frame)
     indices = np.array([5, 40, 77, 100, 130, 200])
     variance = 0.05
-    observation = fx.ObservationModel(fx.PointSelection(grid.shape, indices), variance)
+    observation_model = fx.ObservationModel(fx.PointSelection(grid.shape, indices), variance)
     truth = np.asarray(emulator.latent_to_frame(jnp.ones(emulator.residual.latent_shape), state))
     y = truth.ravel()[indices] + 0.1
     chosen = {
@@ -194,7 +194,7 @@ def test_guided_proposal_is_the_kalman_posterior(grid, guidance, exact, winds):
     sampler = fx.HeunSampler(fx.karras_noise_levels(88.0, 0.002, 7.0, 48))
     proposal = fx.EmulatorProposal(emulator, sampler, chosen)
     keys = jax.random.split(jax.random.key(7), 4000)
-    draw = jax.jit(jax.vmap(lambda k: proposal(k, state, jnp.asarray(y), observation)[0]))
+    draw = jax.jit(jax.vmap(lambda k: proposal(state, jnp.asarray(y), observation_model, key=k)[0]))
     samples = np.asarray(draw(keys), np.float64).reshape(len(keys), -1)
     mean, cov = _exact_posterior(emulator, state, indices, variance, y)
     # The observed points and their neighbours, where the update acts.

@@ -140,14 +140,14 @@ def test_move_gain_recovers_the_share_of_the_innovation_the_move_took():
     """A shift of g·(y − ŷ_i) plus noise is read back as g; none is 0; an overshoot is
     clipped below 1; unobserved (NaN) entries count for nothing."""
     rng = np.random.default_rng(0)
-    observation = fx.ObservationModel(fx.LinearObservation(jnp.eye(50)), jnp.full(50, 0.04))
+    observation_model = fx.ObservationModel(fx.LinearObservation(jnp.eye(50)), jnp.full(50, 0.04))
     y = jnp.asarray(rng.normal(size=50))
     predicted = jnp.asarray(rng.normal(size=(400, 50)))
     noise = jnp.asarray(0.2 * rng.normal(size=(400, 50)))
 
     def gain(share, y=y):
         moved = predicted + share * (y[None, :] - predicted) + noise
-        return float(fx.move_gain(predicted, moved, y, observation))
+        return float(fx.move_gain(predicted, moved, y, observation_model))
 
     assert gain(0.6) == pytest.approx(0.6, abs=0.02)
     assert gain(0.0) == pytest.approx(0.0, abs=0.02)

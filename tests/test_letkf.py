@@ -105,6 +105,7 @@ def test_a_site_that_sees_no_observation_keeps_its_forecast():
     np.testing.assert_allclose(np.asarray(halved), np.asarray(half_locality), atol=1e-5)
 
 
+@pytest.mark.bad_input
 def test_bad_input_is_refused_with_the_field_named():
     predicted = jnp.zeros((4, 3))
     good = {"observations": jnp.zeros(3), "error_std": jnp.ones(3), "locality": jnp.ones((2, 3))}
@@ -216,12 +217,14 @@ def test_local_analysis_with_a_likelihood_power_is_the_kalman_filter_of_r_over_t
     from filtrax.filters.letkf import local_analysis
 
     forecast, operator, observations, error_std = _problem()
-    observation = fx.ObservationModel(fx.LinearObservation(jnp.asarray(operator)), error_std**2)
+    observation_model = fx.ObservationModel(
+        fx.LinearObservation(jnp.asarray(operator)), error_std**2
+    )
     means = {}
     for power in (0.25, 1.0):
         members = np.asarray(
             local_analysis(
-                jnp.asarray(forecast), jnp.asarray(observations), observation, None,
+                jnp.asarray(forecast), jnp.asarray(observations), observation_model, None,
                 likelihood_power=power,
             )
         )  # fmt: skip
@@ -234,6 +237,10 @@ def test_local_analysis_with_a_likelihood_power_is_the_kalman_filter_of_r_over_t
     # The check can fail: a quarter of the likelihood is visibly not all of it.
     assert not np.allclose(means[0.25], means[1.0], rtol=1e-3, atol=1e-3)
     unchanged = local_analysis(
-        jnp.asarray(forecast), jnp.asarray(observations), observation, None, likelihood_power=0.0
+        jnp.asarray(forecast),
+        jnp.asarray(observations),
+        observation_model,
+        None,
+        likelihood_power=0.0,
     )
     np.testing.assert_allclose(np.asarray(unchanged), forecast, rtol=1e-10, atol=1e-10)

@@ -207,6 +207,7 @@ def test_spun_up_statistics_are_climatological(name, mean_range, std_range):
         ({"dt_integration": -0.01}, "dt_integration must be a finite positive number"),
     ],
 )
+@pytest.mark.bad_input
 def test_dataset_rejects_bad_input(kwargs, match):
     arguments = {"sample_every": 0.05, "spin_up_time": 0.0, "num_samples": 2} | kwargs
     with pytest.raises(ValueError, match=match):

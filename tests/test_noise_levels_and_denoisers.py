@@ -67,6 +67,7 @@ def test_karras_levels_rho_one_is_linear_and_dtype_is_honoured():
         ((80.0, math.nan, 7.0, 10), "finite"),
     ],
 )
+@pytest.mark.bad_input
 def test_karras_levels_reject_bad_parameters(args, match):
     with pytest.raises(ValueError, match=match):
         karras_noise_levels(*args)
@@ -289,11 +290,13 @@ def test_gaussian_denoiser_psd_clipping_of_a_singular_covariance():
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (4,), (2, 2, 2)])
+@pytest.mark.bad_input
 def test_gaussian_denoiser_rejects_a_non_square_covariance(shape):
     with pytest.raises(ValueError, match="must be square"):
         GaussianDenoiser(jnp.zeros(shape))
 
 
+@pytest.mark.bad_input
 def test_gaussian_denoiser_rejects_mismatched_cond_and_state():
     denoiser = GaussianDenoiser(jnp.eye(4))
     with pytest.raises(ValueError, match="cond"):

@@ -229,6 +229,7 @@ def test_nonlinear_observation_linearisation_equals_jacobian():
     )
 
 
+@pytest.mark.bad_input
 def test_nonlinear_observation_rejects_bad_functions():
     with pytest.raises(ValueError, match="callable"):
         NonlinearObservation(3.0, (2,), 1)  # type: ignore[arg-type]
@@ -291,7 +292,7 @@ def test_observation_model_sample_moments():
     x = jnp.asarray([1.0, -1.0, 0.0, 3.0])
     n = 20_000
     keys = jax.random.split(jax.random.key(0), n)
-    ys = np.asarray(jax.jit(jax.vmap(lambda k: model.sample(k, x)))(keys), np.float64)
+    ys = np.asarray(jax.jit(jax.vmap(lambda k: model.sample(x, key=k)))(keys), np.float64)
     mean, var = ys.mean(axis=0), ys.var(axis=0, ddof=1)
     r_np = np.asarray(r, np.float64)
     assert np.all(np.abs(mean - [3.0, 1.0, -1.0]) < 5 * np.sqrt(r_np / n))
@@ -314,6 +315,7 @@ def test_observation_model_rejects_bad_variances(variance, match):
         ObservationModel(PointSelection(5, [0, 1, 2]), jnp.asarray(variance))
 
 
+@pytest.mark.bad_input
 def test_observation_model_rejects_a_non_operator_and_a_wrong_state():
     with pytest.raises(ValueError, match="AbstractObservationOperator"):
         ObservationModel(lambda x: x, 1.0)  # type: ignore[arg-type]

@@ -57,10 +57,10 @@ def test_mmps_posterior_denoiser_is_exact_and_dps_sda_are_pinned(model, sigma):
     exact = exact_posterior_mean(Q, prior_mean, x_noisy, sigma, H, r, y)
 
     denoiser = fx.GaussianDenoiser(jnp.asarray(Q))
-    observation = model.observation_model()
+    observation_model = model.observation_model()
 
     def guided(guidance):
-        d = fx.GuidedDenoiser(denoiser, guidance, observation, jnp.asarray(y))
+        d = fx.GuidedDenoiser(denoiser, guidance, observation_model, jnp.asarray(y))
         return np.asarray(d(jnp.asarray(x_noisy), jnp.asarray(sigma), jnp.asarray(prior_mean)))
 
     scale = np.abs(exact).max()
@@ -128,10 +128,10 @@ def test_mmps_ignores_missing_observations(model):
 
 def _proposal_moments(model, sampler, guidance, x_prev, y, num_samples=20_000):
     proposal = fx.EmulatorProposal(model.emulator(), sampler, guidance)
-    observation = model.observation_model()
+    observation_model = model.observation_model()
     keys = jax.random.split(jax.random.key(7), num_samples)
     draw = jax.jit(
-        jax.vmap(lambda k: proposal(k, jnp.asarray(x_prev), jnp.asarray(y), observation))
+        jax.vmap(lambda k: proposal(jnp.asarray(x_prev), jnp.asarray(y), observation_model, key=k))
     )
     samples = np.asarray(draw(keys))
     return samples.mean(axis=0), np.cov(samples.T), num_samples
@@ -306,13 +306,13 @@ def test_scalar_dirac_weights_tempered_by_r_over_r_plus_q_are_exact():
     model = fx.LinearGaussianModel(
         jnp.array([[a]]), jnp.array([[q]]), jnp.array([[1.0]]), jnp.array([r])
     )
-    emulator, observation = model.emulator(), model.observation_model()
+    emulator, observation_model = model.emulator(), model.observation_model()
     particles = jnp.asarray(np.random.default_rng(5).normal(size=(64, 1)))
     y = jnp.array([0.9])
     # A very high σ_max makes D(σ_max ε) = E[z] up to O(q/σ_max).
     weight = fx.DiracPredictiveWeight(sigma_max=1e9)
     keys = jax.random.split(jax.random.key(0), particles.shape[0])
-    dirac = jax.vmap(lambda k, s: weight.log_likelihood(k, emulator, observation, s, y))(
+    dirac = jax.vmap(lambda k, s: weight.log_likelihood(s, y, observation_model, emulator, key=k))(
         keys, particles
     )
     exact = -0.5 * (y[0] - a * particles[:, 0]) ** 2 / (r + q)

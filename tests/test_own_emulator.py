@@ -97,7 +97,7 @@ def test_a_file_imports_its_neighbours_and_a_setting_must_observe_its_sites(tmp_
 
             def build(config, truth_key, init_key):
                 parts = ring.build(config, truth_key, init_key)
-                return dataclasses.replace(parts, observation=None)
+                return dataclasses.replace(parts, observation_model=None)
 
             SETTING = ModelSetting(build, ("simulate",), ("synthetic",))
             """

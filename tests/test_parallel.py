@@ -85,7 +85,7 @@ SCRIPT = textwrap.dedent(
             method_cfg = load_config({config!r}, [*{overrides!r}, *extra])
             f = build_filter(method_cfg, exp.emulator, kind, layout)
             r = assimilate(
-                f, exp.initial_particles, exp.observations[:3], exp.observation,
+                f, exp.initial_particles, exp.observations[:3], exp.observation_model,
                 key=jax.random.key(0),
             )
             sharding = r.final_state.particles.sharding
@@ -113,7 +113,7 @@ def run(cfg, exp, method, layout):
     method_cfg = load_config(CONFIG, [*OVERRIDES, *extra]) if extra else cfg
     f = build_filter(method_cfg, exp.emulator, kind, layout)
     return assimilate(
-        f, exp.initial_particles, exp.observations[:3], exp.observation, key=jax.random.key(0)
+        f, exp.initial_particles, exp.observations[:3], exp.observation_model, key=jax.random.key(0)
     )
 
 

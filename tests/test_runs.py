@@ -316,12 +316,12 @@ def test_observation_error_inflation_reaches_the_filter_not_the_observations(tmp
         load_config(config, ["filter.method=enkf", "filter.observation_error_inflation=3"])
     )
     np.testing.assert_array_equal(plain.observations, inflated.observations)
-    np.testing.assert_allclose(plain.observation.noise_variance, 0.04, rtol=1e-6)
-    np.testing.assert_allclose(inflated.observation.noise_variance, 0.04, rtol=1e-6)
+    np.testing.assert_allclose(plain.observation_model.noise_variance, 0.04, rtol=1e-6)
+    np.testing.assert_allclose(inflated.observation_model.noise_variance, 0.04, rtol=1e-6)
     np.testing.assert_allclose(inflated.filter_observation.noise_variance, 0.36, rtol=1e-6)
-    assert plain.filter_observation is plain.observation
+    assert plain.filter_observation is plain.observation_model
     with pytest.raises(ValueError, match=r"factor = nan; expected a finite value > 0"):
-        plain.observation.with_error_inflation(float("nan"))
+        plain.observation_model.with_error_inflation(float("nan"))
 
     spreads = {}
     for factor in (1, 1000):

@@ -411,6 +411,7 @@ ALL_SAMPLERS = [
         ([[2.0, 1.0, 0.0]], "1-D"),
     ],
 )
+@pytest.mark.bad_input
 def test_invalid_noise_levels_are_rejected(cls, levels, match):
     with pytest.raises(ValueError, match=match):
         cls(jnp.asarray(levels))

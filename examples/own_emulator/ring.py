@@ -92,7 +92,7 @@ def build(config, truth_key, init_key) -> ModelParts:
     start_key, key = jax.random.split(truth_key)
     x0, truth = draw_truth(emulator, config.run.cycles, key, start_key)
     sites = np.arange(0, NUM_SITES, config.observations.stride)
-    observation = fx.ObservationModel(
+    observation_model = fx.ObservationModel(
         fx.PointSelection((NUM_SITES,), sites), config.observations.error_std**2
     )
     return ModelParts(
@@ -102,7 +102,7 @@ def build(config, truth_key, init_key) -> ModelParts:
         units=("1",),
         truth=np.asarray(truth),
         initial_state=x0,
-        observation=(observation, [f"x[{s}]" for s in sites]),
+        observation_model=(observation_model, [f"x[{s}]" for s in sites]),
     )
 
 
@@ -116,12 +116,12 @@ def main():
 
     # Every second site observed with error std 0.5 (NaN would mark a missing value).
     sites = np.arange(0, NUM_SITES, 2)
-    observation = fx.ObservationModel(fx.PointSelection((NUM_SITES,), sites), 0.5**2)
+    observation_model = fx.ObservationModel(fx.PointSelection((NUM_SITES,), sites), 0.5**2)
 
     # A truth drawn from the model itself, and its observations.
     key_truth, key_obs, key_filter = jax.random.split(jax.random.key(0), 3)
     x0, truth = draw_truth(emulator, num_cycles, key_truth, jax.random.key(1))
-    observations = jax.vmap(observation.predict)(truth)
+    observations = jax.vmap(observation_model.predict)(truth)
     observations = observations + 0.5 * jax.random.normal(key_obs, observations.shape)
 
     # The FA-APF: DPM-Solver++(2S) on the MMPS posterior denoiser, Dirac weights, ESS-band α.
@@ -135,7 +135,7 @@ def main():
     particles = jnp.broadcast_to(x0, (num_particles, NUM_SITES))
 
     for name, method in (("FA-APF", fa_apf), ("free ensemble", free)):
-        result = fx.assimilate(method, particles, observations, observation, key=key_filter)
+        result = fx.assimilate(method, particles, observations, observation_model, key=key_filter)
         rmse = jnp.sqrt(jnp.mean((result.analysis_mean - truth) ** 2, axis=1))
         print(f"{name}: RMSE per cycle", np.round(np.asarray(rmse), 2))
         print(f"{name}: alpha", np.round(np.asarray(result.diagnostics.alpha), 3))

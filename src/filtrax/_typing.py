@@ -6,16 +6,21 @@ vectors; a NaN entry means "not observed".
 """
 
 import jax.core
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt32
+from jaxtyping import Key as KeyData
 
 State = Float[Array, "*s"]
 Ensemble = Float[Array, "particle *s"]
+#: A two-frame emulator's particle state ``(x^{k-1}, x^k)`` (or the hybrid's frame and forecast).
+FramePair = Float[Array, "2 *s"]
 Observation = Float[Array, " obs"]
 ObservationMask = Bool[Array, " obs"]
 LogWeights = Float[Array, " particle"]
 Ancestors = Int[Array, " particle"]
 Scalar = Float[Array, ""]
 Key = PRNGKeyArray
+#: One key per particle (a typed key array, or raw ``uint32`` keys of shape ``(N, 2)``).
+ParticleKeys = KeyData[Array, " particle"] | UInt32[Array, "particle 2"]
 Conditioning = PyTree
 
 
@@ -32,10 +37,12 @@ __all__ = [
     "Ancestors",
     "Conditioning",
     "Ensemble",
+    "FramePair",
     "Key",
     "LogWeights",
     "Observation",
     "ObservationMask",
+    "ParticleKeys",
     "Scalar",
     "State",
     "is_traced",

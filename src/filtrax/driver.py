@@ -71,14 +71,14 @@ def _validate(
     filter: AbstractFilter,
     particles: PyTree,
     observations: Array | np.ndarray,
-    observation: ObservationModel,
+    observation_model: ObservationModel,
     key: Key,
 ) -> None:
     if not isinstance(filter, AbstractFilter):
         raise ValueError(f"filter must be an AbstractFilter, got {type(filter).__name__}")
-    if not isinstance(observation, ObservationModel):
+    if not isinstance(observation_model, ObservationModel):
         raise ValueError(
-            f"observation must be an ObservationModel, got {type(observation).__name__}"
+            f"observation_model must be an ObservationModel, got {type(observation_model).__name__}"
         )
     n = num_particles_of(particles)
     if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)) and not (
@@ -103,33 +103,32 @@ def _validate(
             raise ValueError("initial_particles contains NaN or infinite values")
     obs = np.asarray(observations)
     if obs.ndim != 2:
-        raise ValueError(
-            f"observations must have shape (cycle, {observation.num_observations}), got {obs.shape}"
-        )
+        expected = f"(cycle, {observation_model.num_observations})"
+        raise ValueError(f"observations must have shape {expected}, got {obs.shape}")
     # A cycle without observations (an all-NaN row) is a forecast step (see the filters).
-    observation.check_observations(obs, name="observations", require_observed=False)
+    observation_model.check_observations(obs, name="observations", require_observed=False)
     leaves = jax.tree_util.tree_leaves(particles)
-    if len(leaves) == 1 and tuple(leaves[0].shape) == observation.state_shape:
+    if len(leaves) == 1 and tuple(leaves[0].shape) == observation_model.state_shape:
         raise ValueError(
             f"initial_particles has shape {tuple(leaves[0].shape)}, the shape of one state: "
             f"it lacks the leading particle axis; pass shape (N, "
-            f"{', '.join(map(str, observation.state_shape))}), e.g. jnp.stack of N states"
+            f"{', '.join(map(str, observation_model.state_shape))}), e.g. jnp.stack of N states"
         )
     frame = filter.emulator.current_frame(jax.tree_util.tree_map(lambda x: x[0], particles))
-    if tuple(frame.shape) != observation.state_shape:
+    if tuple(frame.shape) != observation_model.state_shape:
         shapes = [tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(particles)]
         raise ValueError(
             f"initial_particles (leaf shapes {', '.join(map(str, shapes))}; the leading axis is "
             f"the particle) gives the emulator's frame shape {tuple(frame.shape)}, but the "
-            f"observation operator expects state_shape {observation.state_shape}"
+            f"observation operator expects state_shape {observation_model.state_shape}"
         )
 
 
 @eqx.filter_jit
-def _run(filter, state, observations, observation, key, save: SaveAt):
+def _run(filter, state, observations, observation_model, key, save: SaveAt):
     def cycle(state, inputs):
         k, y = inputs
-        state, diagnostics = filter.step(state, y, observation, jax.random.fold_in(key, k))
+        state, diagnostics = filter.step(state, y, observation_model, jax.random.fold_in(key, k))
         frames = jax.vmap(filter.emulator.current_frame)(state.particles)
         mean = spread = None
         if save.moments:
@@ -173,7 +172,7 @@ def assimilate(
     filter: AbstractFilter,
     initial_particles: PyTree,
     observations: Float[Array | np.ndarray, "cycle obs"],
-    observation: ObservationModel,
+    observation_model: ObservationModel,
     *,
     key: Key,
     initial_state: FilterState | None = None,
@@ -194,7 +193,7 @@ def assimilate(
         filter: any :class:`~filtrax.filters.particle.AbstractFilter`.
         initial_particles: particle states with a leading particle axis.
         observations: one observation vector per cycle, NaN where not observed.
-        observation: the observation model ``h`` + noise (acts on the emulator's frame).
+        observation_model: the observation model ``h`` + noise (acts on the emulator's frame).
         key: the root key; cycle ``k`` uses ``fold_in(key, k)``.
         initial_state: resume from a saved :class:`FilterState` (its ``cycle`` continues the
             key sequence) instead of starting from ``initial_particles``.
@@ -209,7 +208,7 @@ def assimilate(
     Returns:
         An :class:`AssimilationResult`.
     """
-    _validate(filter, initial_particles, observations, observation, key)
+    _validate(filter, initial_particles, observations, observation_model, key)
     state = filter.init(initial_particles) if initial_state is None else initial_state
     # Sharded layouts: put the particles on their devices before the first cycle.
     state = eqx.tree_at(lambda s: s.particles, state, filter.particle_map.place(state.particles))
@@ -224,7 +223,7 @@ def assimilate(
         first_cycle = int(state.cycle)
         tic = time.perf_counter()
         state, (diagnostics, mean, spread, ensemble) = jax.block_until_ready(
-            _run(filter, state, observations[start : start + size], observation, key, save)
+            _run(filter, state, observations[start : start + size], observation_model, key, save)
         )
         chunk = AssimilationResult(
             state, diagnostics, ensemble, mean, spread, first_cycle, time.perf_counter() - tic

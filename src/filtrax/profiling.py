@@ -58,7 +58,7 @@ def phase_seconds(
     filter_: AbstractFilter,
     state,
     y,
-    observation,
+    observation_model,
     key,
     *,
     repeats: int = 3,
@@ -78,7 +78,7 @@ def phase_seconds(
 
     @eqx.filter_jit
     def cycle(f, s, y, k):
-        return f.step(s, y, observation, k)
+        return f.step(s, y, observation_model, k)
 
     out["cycle"] = timed(cycle, filter_, state, y, key)
     if not isinstance(proposal, EmulatorProposal):
@@ -88,7 +88,7 @@ def phase_seconds(
 
     @eqx.filter_jit
     def propagate(p, particles, y, keys):
-        return _propagate(p, keys, particles, y, observation, filter_.particle_map)
+        return _propagate(p, keys, particles, y, observation_model, filter_.particle_map)
 
     out["emulator"] = timed(propagate, unguided, state.particles, y, keys)
     spent = out["emulator"]
@@ -104,19 +104,19 @@ def phase_seconds(
         def weights(w, particles, y, keys):
             def one(k, s):
                 k = jax.random.fold_in(k, WEIGHT_STREAM)
-                return w.log_likelihood(s, y, observation, emulator, key=k)
+                return w.log_likelihood(s, y, observation_model, emulator, key=k)
 
             return filter_.particle_map(one, keys, particles)
 
         out["weights"] = timed(weights, filter_.potential, state.particles, y, keys)
         spent += out["weights"]
     if particle_filter:
-        out["selection"] = _selection_seconds(filter_, state, y, observation, key, timed)
+        out["selection"] = _selection_seconds(filter_, state, y, observation_model, key, timed)
     out["filter"] = max(out["cycle"] - spent, 0.0)
     return out
 
 
-def _selection_seconds(filter_: ParticleFilter, state, y, observation, key, timed) -> float:
+def _selection_seconds(filter_: ParticleFilter, state, y, observation_model, key, timed) -> float:
     """Seconds of the particle filter's selection, on made-up log-likelihoods or predictions."""
     n = state.log_weights.shape[0]
     if filter_.selects_from_predictions:
@@ -127,7 +127,7 @@ def _selection_seconds(filter_: ParticleFilter, state, y, observation, key, time
         def local_selection(f, predictions, log_weights, particles, y, key):
             keys = particle_keys(key, predictions.shape[0])
             return f.select_from_predictions(
-                particles, predictions, log_weights, y, observation, key, keys=keys
+                particles, predictions, log_weights, y, observation_model, key, keys=keys
             )[0]
 
         dtype = state.log_weights.dtype

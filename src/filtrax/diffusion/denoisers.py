@@ -27,6 +27,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._typing import State
@@ -201,7 +202,7 @@ class GaussianDenoiser(AbstractDenoiser):
         """``Q`` reassembled from its eigendecomposition."""
         return (self.eigenvectors * self.eigenvalues[None, :]) @ self.eigenvectors.T
 
-    def _shrinkage(self, sigma: Float[ArrayLike, ""], dtype: jnp.dtype) -> Float[Array, " d"]:
+    def _shrinkage(self, sigma: Float[ArrayLike, ""], dtype: DTypeLike) -> Float[Array, " d"]:
         eigenvalues = self.eigenvalues.astype(dtype)
         return eigenvalues / (eigenvalues + jnp.asarray(sigma, dtype) ** 2)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jaxtyping import Array, Float
 
 
@@ -28,7 +29,7 @@ def karras_noise_levels(
     rho: float,
     num_levels: int,
     *,
-    dtype: jnp.dtype | None = None,
+    dtype: DTypeLike | None = None,
 ) -> Float[Array, " num_levels_plus_one"]:
     """Descending EDM noise levels ``σ_0 = σ_max > … > σ_{n-1} = σ_min`` and a final ``0``.
 

@@ -109,7 +109,9 @@ class GaussianFieldModel(eqx.Module):
         eigenvalues, eigenvectors = jnp.linalg.eigh(self.noise_covariance)
         return eigenvectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))[None, :]
 
-    def simulate(self, key: Key, initial_frame: State, num_cycles: int) -> State:
+    def simulate(
+        self, key: Key, initial_frame: State, num_cycles: int
+    ) -> Float[Array, " cycle *s"]:
         """Truth frames ``x^1..x^K`` from ``x^0``, shape ``(K, channel, lat, lon)``."""
         chol = self._square_root()
 

@@ -206,7 +206,7 @@ class HeldSuarezSimulator:
         with _dinosaur_promotion():
             return self._init_fn(key)
 
-    def spin_up(self, state, days: float):
+    def spin_up(self, state, days: float | int):
         """Integrate ``days`` (rounded up to a multiple of 10) without output."""
         with _dinosaur_promotion():
             for _ in range(math.ceil(days / 10)):

@@ -265,7 +265,7 @@ def _scan(
     dt: float,
     num_saves: int,
     save_every: int,
-) -> tuple[State, State]:
+) -> tuple[State, Float[Array, " save *s"]]:
     """``num_saves`` blocks of ``save_every`` RK4 steps; the final and each block's end state."""
 
     def block(x, _):

@@ -20,9 +20,9 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import PyTree
+from jaxtyping import ArrayLike, Float, PyTree
 
-from .._typing import Key, State
+from .._typing import FramePair, Key, State
 from ..diffusion.denoisers import AbstractDenoiser
 
 
@@ -72,16 +72,18 @@ class AbstractTwoFrameEmulator(AbstractEmulator):
     :math:`x^k + s \odot z`), which makes the guidance's linearisation exact.
     """
 
-    def latent_template(self, state: State) -> State:
+    def latent_template(self, state: FramePair) -> State:
         return jnp.zeros_like(state[-1])
 
-    def advance(self, state: State, frame: State) -> State:
+    def advance(self, state: FramePair, frame: State) -> FramePair:
         return jnp.stack([state[-1], frame])
 
-    def current_frame(self, state: State) -> State:
+    def current_frame(self, state: FramePair) -> State:
         return state[-1]
 
     @staticmethod
-    def initial_state(previous: State, current: State) -> State:
+    def initial_state(
+        previous: Float[ArrayLike, "*s"], current: Float[ArrayLike, "*s"]
+    ) -> FramePair:
         """The particle state :math:`(x^{k-1}, x^k)`."""
         return jnp.stack([jnp.asarray(previous), jnp.asarray(current)])

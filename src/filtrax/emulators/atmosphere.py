@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._typing import Key, State
+from .._typing import FramePair, Key, State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
 from ..diffusion.latent_noise import (
     AbstractLatentNoise,
@@ -123,7 +123,7 @@ class AtmosphereEmulator(AbstractTwoFrameEmulator):
             state = jnp.stack([state[-1], state[-1]])
         return (state - self._column(self.mean)[None]) / self._column(self.std)[None]
 
-    def latent_to_frame(self, z: State, state: State) -> State:
+    def latent_to_frame(self, z: State, state: FramePair) -> State:
         return state[-1] + self._column(self.diff_std) * z
 
     def noise(self, key: Key, template: State) -> State:

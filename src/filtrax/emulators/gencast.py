@@ -430,7 +430,9 @@ class GenCastEmulator(AbstractEmulator):
     def noise(self, key: Key, template: State) -> State:
         return self.latent_noise(key, template)
 
-    def initial_state(self, previous: State, current: State, time) -> GenCastState:
+    def initial_state(
+        self, previous: Float[ArrayLike, "*s"], current: Float[ArrayLike, "*s"], time
+    ) -> GenCastState:
         """The particle :math:`(x^{k-1}, x^k)` valid at ``time`` (SST NaNs filled)."""
         frames = jnp.stack([self.fill_missing(jnp.asarray(f)) for f in (previous, current)])
         return GenCastState(frames, jnp.asarray(seconds_since_epoch(time), jnp.int32))

@@ -43,9 +43,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
-from .._typing import State
+from .._typing import FramePair, State
 from ..diffusion.denoisers import AbstractDenoiser, StandardNormalDenoiser
 from ..diffusion.latent_noise import spherical_harmonic_basis
 from ..grid import GridSpec
@@ -250,19 +250,21 @@ class HybridAtmosphereEmulator(AbstractEmulator):
             )
         return (state - self.mean[None, :, None, None]) / self.std[None, :, None, None]
 
-    def latent_template(self, state: State) -> State:
+    def latent_template(self, state: FramePair) -> Float[Array, "*latent"]:
         return jnp.zeros(self.residual.latent_shape, state.dtype)
 
-    def latent_to_frame(self, z: State, state: State) -> State:
+    def latent_to_frame(self, z: Float[Array, "*latent"], state: FramePair) -> State:
         return state[1] + self.residual(z).astype(state.dtype)
 
-    def advance(self, state: State, frame: State) -> State:
+    def advance(self, state: FramePair, frame: State) -> FramePair:
         return jnp.stack([frame, self.forecast(frame).astype(frame.dtype)])
 
-    def current_frame(self, state: State) -> State:
+    def current_frame(self, state: FramePair) -> State:
         return state[0]
 
-    def initial_state(self, previous: State, current: State) -> State:
+    def initial_state(
+        self, previous: Float[ArrayLike, "*s"], current: Float[ArrayLike, "*s"]
+    ) -> FramePair:
         """The particle state of ``current`` (``previous`` is unused: one state suffices)."""
         del previous
         current = jnp.asarray(current)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
-from .._typing import Key, State
+from .._typing import FramePair, Key, State
 from ..diffusion.denoisers import EDMPreconditionedDenoiser
 from ._base import AbstractTwoFrameEmulator
 from .cards import (
@@ -178,7 +178,7 @@ class Lorenz96Emulator(AbstractTwoFrameEmulator):
             )
         return (state - self.mean) / self.std
 
-    def latent_to_frame(self, z: State, state: State) -> State:
+    def latent_to_frame(self, z: State, state: FramePair) -> State:
         return state[-1] + self.diff_std * z
 
 

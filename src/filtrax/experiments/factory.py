@@ -61,8 +61,8 @@ class Experiment:
         frame_shape: shape of one analysis frame.
         truth: the true frames per cycle ``(cycle, *frame)``, or ``None`` when unknown.
         observations: ``(cycle, obs)``, NaN where not observed.
-        observation: the observation model the observations were drawn from (or read with).
-        filter_observation: the observation model the filters assume: ``observation`` with
+        observation_model: the observation model the observations were drawn from (or read with).
+        filter_observation: the observation model the filters assume: ``observation_model`` with
             its error std times ``filter.observation_error_inflation`` (R inflation).
         observation_labels: one label per observation.
         initial_state: the true state at the initial time (the particles' centre).
@@ -79,7 +79,7 @@ class Experiment:
     frame_shape: tuple[int, ...]
     truth: np.ndarray | None
     observations: np.ndarray
-    observation: ObservationModel
+    observation_model: ObservationModel
     filter_observation: ObservationModel
     observation_labels: tuple[str, ...]
     initial_state: jax.Array
@@ -221,14 +221,14 @@ def _synthetic_gridded_observations(config: ExperimentConfig, grid: GridSpec):
             f"{list(o.levels)}, stride = {o.stride}) selects no grid point"
         )
     operator = PointSelection.from_mask(mask)
-    observation = ObservationModel(operator, o.error_std**2)
+    observation_model = ObservationModel(operator, o.error_std**2)
     labels = []
     for flat in np.flatnonzero(mask):
         c, i, j = np.unravel_index(flat, grid.shape)
         labels.append(
             f"{grid.channels[c].label()} lat={grid.latitudes[i]:.2f} lon={grid.longitudes[j]:.2f}"
         )
-    return observation, labels
+    return observation_model, labels
 
 
 def initial_particles(config: ExperimentConfig, x0, num_particles: int):
@@ -360,14 +360,14 @@ def _check_sources(config: ExperimentConfig, setting: ModelSetting) -> None:
         )
 
 
-def _check_file_within_selection(config, grid: GridSpec, observation, labels) -> None:
+def _check_file_within_selection(config, grid: GridSpec, observation_model, labels) -> None:
     """``observations.variables`` and ``levels`` with a file: every observation the file
     holds must be of a listed variable and level (nothing is dropped without a word)."""
     o = config.observations
     if not o.variables and not o.levels:
         return
     for c, channel in enumerate(grid.channels):
-        reads = observation.reads_channels([c])
+        reads = observation_model.reads_channels([c])
         if not reads.any():
             continue
         outside_variables = bool(o.variables) and channel.variable not in o.variables
@@ -390,7 +390,7 @@ def _check_file_within_selection(config, grid: GridSpec, observation, labels) ->
             )
 
 
-def _check_plausible(config, grid, units, truth, observations, observation, labels) -> None:
+def _check_plausible(config, grid, units, truth, observations, observation_model, labels) -> None:
     """Truth and observation files in the model's units (:mod:`filtrax.io.plausibility`)."""
     try:
         if truth is not None and config.truth.source == "file":
@@ -403,7 +403,7 @@ def _check_plausible(config, grid, units, truth, observations, observation, labe
         if config.observations.source != "synthetic":
             plausibility.check_observations(
                 observations,
-                observation,
+                observation_model,
                 units,
                 labels,
                 f"observations.path = {config.observations.path!r}",
@@ -424,11 +424,11 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     parts = setting.build(config, truth_key, init_key)
     emulator, grid, truth, x0 = parts.emulator, parts.grid, parts.truth, parts.initial_state
     frame_shape, units = parts.frame_shape, parts.units
-    if parts.observation is not None:
-        observation, labels = parts.observation
+    if parts.observation_model is not None:
+        observation_model, labels = parts.observation_model
     times = cycle_times(config)
     source = config.observations.source
-    if source == "synthetic" and grid is None and parts.observation is None:
+    if source == "synthetic" and grid is None and parts.observation_model is None:
         m = config.model
         where = f"model.factory = {m.factory!r}" if m.factory else f"model.name = {m.name!r}"
         raise ConfigError(
@@ -443,20 +443,22 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         )
     if source == "synthetic":
         if grid is not None:
-            observation, labels = _synthetic_gridded_observations(config, grid)
-        predicted = jax.vmap(observation.predict)(jnp.asarray(truth))
+            observation_model, labels = _synthetic_gridded_observations(config, grid)
+        predicted = jax.vmap(observation_model.predict)(jnp.asarray(truth))
         noise = jax.random.normal(obs_key, predicted.shape, predicted.dtype)
-        observations = np.array(predicted + jnp.sqrt(observation.noise_variance)[None] * noise)
+        observations = np.array(
+            predicted + jnp.sqrt(observation_model.noise_variance)[None] * noise
+        )
     else:
         observation_set = _read_observation_file(config, frame_shape, grid, times)
         observations = np.array(observation_set.values, dtype=np.asarray(x0).dtype)
-        observation = observation_set.observation_model()
+        observation_model = observation_set.observation_model()
         labels = observation_set.labels
     labels = tuple(labels)
     if grid is not None:
-        _check_plausible(config, grid, units, truth, observations, observation, labels)
+        _check_plausible(config, grid, units, truth, observations, observation_model, labels)
         if source != "synthetic":
-            _check_file_within_selection(config, grid, observation, labels)
+            _check_file_within_selection(config, grid, observation_model, labels)
     if config.observations.every > 1:
         skipped = (np.arange(num_cycles) + 1) % config.observations.every != 0
         observations[skipped] = np.nan
@@ -473,8 +475,8 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         frame_shape=tuple(frame_shape),
         truth=truth,
         observations=observations,
-        observation=observation,
-        filter_observation=observation.with_error_inflation(
+        observation_model=observation_model,
+        filter_observation=observation_model.with_error_inflation(
             config.filter.observation_error_inflation
         ),
         observation_labels=labels,

@@ -55,7 +55,7 @@ class ModelParts:
         units: the unit of each channel (or of the single site variable).
         truth: the true frames per cycle ``(cycle, *frame)``, or ``None`` when unknown.
         initial_state: the true state at the initial time (the particles' centre).
-        observation: the family's own synthetic observation model and labels, or ``None``
+        observation_model: the family's own synthetic observation model and labels, or ``None``
             (gridded families observe every ``observations.stride``-th point).
     """
 
@@ -65,7 +65,7 @@ class ModelParts:
     units: tuple[str, ...]
     truth: np.ndarray | None
     initial_state: object
-    observation: tuple[ObservationModel, list[str]] | None = None
+    observation_model: tuple[ObservationModel, list[str]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,8 +305,8 @@ def _synthetic_site_observations(config: ExperimentConfig, num_sites: int):
     """Every ``stride``-th site, observed with ``error_std``."""
     sites = np.arange(0, num_sites, config.observations.stride)
     operator = PointSelection((num_sites,), jnp.asarray(sites))
-    observation = ObservationModel(operator, config.observations.error_std**2)
-    return observation, [f"X[{s}]" for s in sites]
+    observation_model = ObservationModel(operator, config.observations.error_std**2)
+    return observation_model, [f"X[{s}]" for s in sites]
 
 
 def read_truth(path: Path, grid: GridSpec, times: np.ndarray) -> np.ndarray:
@@ -471,8 +471,8 @@ def _lorenz96_setting(config: ExperimentConfig, truth_key, init_key) -> ModelPar
     emulator, truth, x0 = _lorenz96(config, truth_key)
     if config.truth.source == "none":
         truth = None
-    observation = _synthetic_site_observations(config, emulator.num_sites)
-    return ModelParts(emulator, None, (emulator.num_sites,), ("1",), truth, x0, observation)
+    observation_model = _synthetic_site_observations(config, emulator.num_sites)
+    return ModelParts(emulator, None, (emulator.num_sites,), ("1",), truth, x0, observation_model)
 
 
 def _heldsuarez_setting(config: ExperimentConfig, truth_key, init_key) -> ModelParts:

@@ -54,20 +54,22 @@ class Recorder:
 
     def __init__(self, experiment, filter_, name: str):
         self.free = isinstance(filter_, FreeEnsemble)
-        observation = experiment.filter_observation
+        observation_model = experiment.filter_observation
         emulator = filter_.emulator
         proposal = filter_.proposal.unguided()
         root = jax.random.fold_in(jax.random.key(experiment.config.seed), streams.BACKGROUND)
         self.root = jax.random.fold_in(root, streams.RUN[name])
-        nothing = jnp.full((observation.num_observations,), jnp.nan)
+        nothing = jnp.full((observation_model.num_observations,), jnp.nan)
 
         def observed(particles):
-            values = jax.vmap(lambda s: observation.predict(emulator.current_frame(s)))(particles)
+            values = jax.vmap(lambda s: observation_model.predict(emulator.current_frame(s)))(
+                particles
+            )
             return jnp.mean(values, axis=0), jnp.std(values, axis=0, ddof=1)
 
         def forecast(state, key):
             moved, _ = forecast_step(
-                proposal, filter_.particle_map, state, nothing, observation, key
+                proposal, filter_.particle_map, state, nothing, observation_model, key
             )
             return observed(moved.particles)
 
@@ -105,14 +107,14 @@ def empty_history(num_cycles: int, num_observations: int) -> dict[str, np.ndarra
 def observation_variables(experiment) -> tuple[list[str], np.ndarray]:
     """The variable names and each observation's variable index
     (:meth:`~filtrax.observations.model.ObservationModel.reads_channels`)."""
-    observation = experiment.observation
+    observation_model = experiment.observation_model
     if experiment.grid is None:
-        return ["x"], np.zeros(observation.num_observations, np.int64)
+        return ["x"], np.zeros(observation_model.num_observations, np.int64)
     grid = experiment.grid
     names = list(grid.variables)
-    index = np.full(observation.num_observations, -1, np.int64)
+    index = np.full(observation_model.num_observations, -1, np.int64)
     for v, name in enumerate(names):
-        reads = observation.reads_channels(
+        reads = observation_model.reads_channels(
             [c for c, channel in enumerate(grid.channels) if channel.variable == name]
         )
         index[reads] = v

@@ -291,7 +291,7 @@ def _run_member(
     num_cycles = len(experiment.cycle_times)
     root = jax.random.fold_in(jax.random.key(experiment.config.seed), RUN_STREAMS[name])
     state = filter_.init(experiment.initial_particles)
-    num_obs = experiment.observation.num_observations
+    num_obs = experiment.observation_model.num_observations
     history = {k: np.full(num_cycles, np.nan) for k in HISTORY_FIELDS}
     history.update(observation_space.empty_history(num_cycles, num_obs))
     if resume and checkpoint.exists():
@@ -559,7 +559,7 @@ def _write_inputs(experiment: Experiment, run_dir: Path) -> None:
             "cycle": np.arange(len(experiment.cycle_times)),
             "time": ("cycle", experiment.cycle_times),
             "label": ("obs", list(experiment.observation_labels)),
-            "noise_variance": ("obs", np.asarray(experiment.observation.noise_variance)),
+            "noise_variance": ("obs", np.asarray(experiment.observation_model.noise_variance)),
         },
     )
     atomic_netcdf(observations, run_dir / "observations.nc")

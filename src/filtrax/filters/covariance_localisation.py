@@ -133,40 +133,40 @@ class GaspariCohnLocalisation(eqx.Module):
         return math.prod(frame_shape[: len(frame_shape) - len(sites)])
 
     def observation_coordinates(
-        self, observation: ObservationModel, frame: Float[Array, "*frame"]
+        self, observation_model: ObservationModel, frame: Float[Array, "*frame"]
     ) -> Float[Array, "obs k"]:
         """:math:`o_m`: the coordinates pushed through the (linearised) operator."""
         self._check_frame(frame.shape)
         coordinates = self.coordinates.astype(frame.dtype)
-        base = observation.predict(jnp.zeros_like(frame))
-        scale = observation.predict(jnp.ones_like(frame)) - base
+        base = observation_model.predict(jnp.zeros_like(frame))
+        scale = observation_model.predict(jnp.ones_like(frame)) - base
         # An observation that no site moves gets zero gain anyway (its predicted anomalies
         # vanish); a unit scale keeps its location finite.
         scale = jnp.where(scale == 0, 1.0, scale)
 
         def component(q):
             field = jnp.broadcast_to(coordinates[..., q], frame.shape)
-            return (observation.predict(field) - base) / scale
+            return (observation_model.predict(field) - base) / scale
 
         return jnp.stack([component(q) for q in range(coordinates.shape[-1])], axis=-1)
 
     def site_locality(
-        self, observation: ObservationModel, frame: Float[Array, "*frame"]
+        self, observation_model: ObservationModel, frame: Float[Array, "*frame"]
     ) -> Float[Array, "sites obs"]:
         r""":math:`\mathrm{GC}(d(s_g, o_m)/c)` for the flattened sites (C order) and the
         observations (the LETKF's R-localisation, :mod:`filtrax.filters.letkf`)."""
-        return self._site_locality(self.observation_coordinates(observation, frame))
+        return self._site_locality(self.observation_coordinates(observation_model, frame))
 
     def _site_locality(self, where: Float[Array, "obs k"]) -> Float[Array, "sites obs"]:
         sites = self.coordinates.reshape(-1, self.coordinates.shape[-1]).astype(where.dtype)
         return gaspari_cohn(_distances(sites, where), self.half_width)
 
     def factors(
-        self, observation: ObservationModel, frame: Float[Array, "*frame"]
+        self, observation_model: ObservationModel, frame: Float[Array, "*frame"]
     ) -> tuple[Float[Array, "state obs"], Float[Array, "obs obs"]]:
         """``(ρ_xy, ρ_yy)`` for the flattened frame (C order) and the observations."""
         leading = self._check_frame(frame.shape)
-        where = self.observation_coordinates(observation, frame)
+        where = self.observation_coordinates(observation_model, frame)
         site_obs = self._site_locality(where)
         rho_xy = jnp.broadcast_to(site_obs[None], (leading, *site_obs.shape))
         rho_yy = gaspari_cohn(_distances(where, where), self.half_width)

@@ -74,32 +74,36 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
     inflation: AbstractInflation = eqx.field(default=FixedInflation(), converter=_as_inflation)
     localisation: GaspariCohnLocalisation | None = None
 
-    def step(self, state, y, observation, key):
+    def step(self, state, y, observation_model, key):
         particles = state.particles
         n = num_particles_of(particles)
         if n < 2:
             raise ValueError(f"EnsembleKalmanFilter needs at least 2 members, got {n}")
         keys = particle_keys(key, n)
         emulator = self.emulator
-        forecast = _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
+        forecast = _propagate(
+            self.proposal, keys, particles, y, observation_model, self.particle_map
+        )
         frames = jax.vmap(emulator.current_frame)(forecast)
         shape = frames.shape[1:]
         flat = frames.reshape(n, -1)
         mean = flat.mean(axis=0, keepdims=True)
         # λ from the forecast's own predictions (unused, and compiled away, when fixed).
-        inflation = self.inflation.factor(jax.vmap(observation.predict)(frames), y, observation)
+        inflation = self.inflation.factor(
+            jax.vmap(observation_model.predict)(frames), y, observation_model
+        )
         flat = mean + inflation.astype(flat.dtype) * (flat - mean)
 
-        predicted = jax.vmap(observation.predict)(flat.reshape(n, *shape))
+        predicted = jax.vmap(observation_model.predict)(flat.reshape(n, *shape))
         mask = observation_mask(y)
-        variance = observation.noise_variance
+        variance = observation_model.noise_variance
         anomalies_x = (flat - mean) / jnp.sqrt(n - 1.0)
         predicted_anomalies = predicted - predicted.mean(axis=0, keepdims=True)
         anomalies_y = jnp.where(mask[None, :], predicted_anomalies, 0.0) / jnp.sqrt(n - 1.0)
         ensemble_yy = anomalies_y.T @ anomalies_y
         cov_xy = anomalies_x.T @ anomalies_y
         if self.localisation is not None:
-            rho_xy, rho_yy = self.localisation.factors(observation, frames[0])
+            rho_xy, rho_yy = self.localisation.factors(observation_model, frames[0])
             ensemble_yy, cov_xy = rho_yy * ensemble_yy, rho_xy * cov_xy
         cov_yy = ensemble_yy + jnp.diag(jnp.where(mask, variance, 1.0))
 
@@ -115,6 +119,6 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
         new_particles = self.particle_map.constrain(jax.vmap(emulator.advance)(particles, analysis))
 
         diagnostics = self._unweighted_diagnostics(
-            new_particles, state.log_weights.dtype, observation.num_observations, inflation
+            new_particles, state.log_weights.dtype, observation_model.num_observations, inflation
         )
         return FilterState(new_particles, state.log_weights, state.cycle + 1), diagnostics

@@ -69,17 +69,17 @@ class KalmanRemainder(AbstractLikelihoodSplit):
     def is_identity(self) -> bool:
         return False
 
-    def guiding_observation(self, observation, alpha):
-        variance = observation.noise_variance
+    def guiding_observation(self, observation_model, alpha):
+        variance = observation_model.noise_variance
         floor = jnp.asarray(SMALLEST_GUIDING_ALPHA, variance.dtype)
         tempered = variance / jnp.maximum(jnp.asarray(alpha, variance.dtype), floor)
-        return eqx.tree_at(lambda o: o.noise_variance, observation, tempered)
+        return eqx.tree_at(lambda o: o.noise_variance, observation_model, tempered)
 
-    def complete(self, emulator, parents, children, y, observation, alpha, predicted=None):
+    def complete(self, emulator, parents, children, y, observation_model, alpha, predicted=None):
         def update(moved):
             frames = jax.vmap(emulator.current_frame)(moved)
             analysis = local_analysis(
-                frames, y, observation, self.localisation, likelihood_power=1.0 - alpha
+                frames, y, observation_model, self.localisation, likelihood_power=1.0 - alpha
             )
             return jax.vmap(emulator.advance)(parents, analysis)
 
@@ -90,7 +90,7 @@ class KalmanRemainder(AbstractLikelihoodSplit):
 
 def move_gain(
     predicted: Float[Array, "particle obs"], moved: Float[Array, "particle obs"],
-    y: Observation, observation: ObservationModel,
+    y: Observation, observation_model: ObservationModel,
 ) -> Scalar:  # fmt: skip
     r"""The share :math:`g` of the innovation the guided move absorbed.
 
@@ -110,7 +110,7 @@ def move_gain(
     0`; clipped to [0, 1).
     """
     mask = observation_mask(y)[None, :]
-    std = jnp.sqrt(observation.noise_variance.astype(predicted.dtype))[None, :]
+    std = jnp.sqrt(observation_model.noise_variance.astype(predicted.dtype))[None, :]
     innovation = jnp.where(mask, (y[None, :] - predicted) / std, 0.0)
     shift = jnp.where(mask, (moved - predicted) / std, 0.0)
     tiny = jnp.finfo(predicted.dtype).tiny
@@ -136,8 +136,8 @@ class AbstractKalmanAfterFullMove(AbstractLikelihoodSplit):
     def needs_predictions(self) -> bool:
         return True
 
-    def guiding_observation(self, observation, alpha):
-        return observation
+    def guiding_observation(self, observation_model, alpha):
+        return observation_model
 
     @abc.abstractmethod
     def share(self, alpha: Scalar, gain: Scalar) -> Scalar:
@@ -145,20 +145,22 @@ class AbstractKalmanAfterFullMove(AbstractLikelihoodSplit):
 
     @abc.abstractmethod
     def analysis(
-        self, frames: Array, y: Observation, observation: ObservationModel, share: Scalar,
+        self, frames: Array, y: Observation, observation_model: ObservationModel, share: Scalar,
         gain: Scalar, predicted: Array,
     ) -> Array:  # fmt: skip
         """The analysis of the moved ``frames`` (particles first)."""
 
-    def complete(self, emulator, parents, children, y, observation, alpha, predicted=None):
+    def complete(self, emulator, parents, children, y, observation_model, alpha, predicted=None):
         if predicted is None:
             raise ValueError(f"{type(self).__name__} needs the weights' predicted observations")
         frames = jax.vmap(emulator.current_frame)(children)
-        gain = move_gain(predicted, jax.vmap(observation.predict)(frames), y, observation)
+        gain = move_gain(
+            predicted, jax.vmap(observation_model.predict)(frames), y, observation_model
+        )
         share = self.share(alpha, gain)
 
         def update(frames):
-            analysis = self.analysis(frames, y, observation, share, gain, predicted)
+            analysis = self.analysis(frames, y, observation_model, share, gain, predicted)
             return jax.vmap(emulator.advance)(parents, analysis)
 
         return jax.lax.cond(share > 0.0, update, lambda f: children, frames), gain
@@ -198,9 +200,9 @@ class PredictiveKalmanUpdate(AbstractKalmanAfterFullMove):
     def share(self, alpha, gain):
         return (1.0 - alpha) * (1.0 - gain) if self.scale_by_unabsorbed else 1.0 - alpha
 
-    def analysis(self, frames, y, observation, share, gain, predicted):
-        variance = observation.noise_variance / (1.0 - gain).astype(frames.dtype)
-        predictive = eqx.tree_at(lambda o: o.noise_variance, observation, variance)
+    def analysis(self, frames, y, observation_model, share, gain, predicted):
+        variance = observation_model.noise_variance / (1.0 - gain).astype(frames.dtype)
+        predictive = eqx.tree_at(lambda o: o.noise_variance, observation_model, variance)
         return local_analysis(
             frames, y, predictive, self.localisation, likelihood_power=share, predicted=predicted
         )
@@ -225,5 +227,7 @@ class UnabsorbedKalmanRemainder(AbstractKalmanAfterFullMove):
     def share(self, alpha, gain):
         return (1.0 - alpha) * (1.0 - gain)
 
-    def analysis(self, frames, y, observation, share, gain, predicted):
-        return local_analysis(frames, y, observation, self.localisation, likelihood_power=share)
+    def analysis(self, frames, y, observation_model, share, gain, predicted):
+        return local_analysis(
+            frames, y, observation_model, self.localisation, likelihood_power=share
+        )

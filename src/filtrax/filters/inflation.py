@@ -74,7 +74,7 @@ class AbstractInflation(eqx.Module):
         self,
         predictions: Float[Array, "particle obs"],
         y: Observation,
-        observation: ObservationModel,
+        observation_model: ObservationModel,
     ) -> Scalar:
         """λ for this cycle."""
 
@@ -95,7 +95,7 @@ class FixedInflation(AbstractInflation):
     def is_identity(self) -> bool:
         return self.factor_value == 1.0
 
-    def factor(self, predictions, y, observation):
+    def factor(self, predictions, y, observation_model):
         return jnp.asarray(self.factor_value, predictions.dtype)
 
 
@@ -118,11 +118,11 @@ class InnovationInflation(AbstractInflation):
                 f"InnovationInflation.maximum = {self.maximum} is below minimum = {self.minimum}"
             )
 
-    def factor(self, predictions, y, observation):
+    def factor(self, predictions, y, observation_model):
         y = y.astype(predictions.dtype)
         mask = observation_mask(y)
         innovation = jnp.where(mask, y - jnp.mean(predictions, axis=0), 0.0)
-        noise = jnp.sum(jnp.where(mask, observation.noise_variance.astype(y.dtype), 0.0))
+        noise = jnp.sum(jnp.where(mask, observation_model.noise_variance.astype(y.dtype), 0.0))
         spread = jnp.sum(jnp.where(mask, jnp.var(predictions, axis=0, ddof=1), 0.0))
         tiny = jnp.finfo(predictions.dtype).tiny
         estimate = (jnp.sum(innovation**2) - noise) / jnp.maximum(spread, tiny)

@@ -147,7 +147,7 @@ def apply_transforms(transforms: Float[Array, "sites members members"], forecast
 def local_analysis(
     frames: Array,
     y: Array,
-    observation: ObservationModel,
+    observation_model: ObservationModel,
     localisation: GaspariCohnLocalisation | None,
     *,
     inflation: float = 1.0,
@@ -176,15 +176,15 @@ def local_analysis(
     """
     n = frames.shape[0]
     if predicted is None:
-        predicted = jax.vmap(observation.predict)(frames)
+        predicted = jax.vmap(observation_model.predict)(frames)
     mask = observation_mask(y)
     observed = jnp.where(mask, y, predicted.mean(axis=0))
-    error_std = jnp.sqrt(jnp.where(mask, observation.noise_variance, 1.0))
+    error_std = jnp.sqrt(jnp.where(mask, observation_model.noise_variance, 1.0))
     if localisation is None:
         locality = mask[None, :].astype(frames.dtype)
         site_frames = frames.reshape(n, -1, 1)
     else:
-        locality = localisation.site_locality(observation, frames[0])
+        locality = localisation.site_locality(observation_model, frames[0])
         locality = jnp.where(mask[None, :], locality, 0.0)
         site_frames = frames.reshape(n, -1, locality.shape[0])
     if likelihood_power is not None:
@@ -227,7 +227,7 @@ class LocalEnsembleTransformKalmanFilter(UnguidedEnsembleFilter):
                 f"a value in [0, 1]"
             )
 
-    def step(self, state, y, observation, key):
+    def step(self, state, y, observation_model, key):
         particles = state.particles
         n = num_particles_of(particles)
         if n < 2:
@@ -235,16 +235,21 @@ class LocalEnsembleTransformKalmanFilter(UnguidedEnsembleFilter):
                 f"LocalEnsembleTransformKalmanFilter needs at least 2 members, got {n}"
             )
         keys = particle_keys(key, n)
-        forecast = _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
+        forecast = _propagate(
+            self.proposal, keys, particles, y, observation_model, self.particle_map
+        )
         frames = jax.vmap(self.emulator.current_frame)(forecast)
         analysis = local_analysis(
-            frames, y, observation, self.localisation,
+            frames, y, observation_model, self.localisation,
             inflation=self.inflation, relaxation=self.relaxation,
         )  # fmt: skip
         new_particles = self.particle_map.constrain(
             jax.vmap(self.emulator.advance)(particles, analysis)
         )
         diagnostics = self._unweighted_diagnostics(
-            new_particles, state.log_weights.dtype, observation.num_observations, self.inflation
+            new_particles,
+            state.log_weights.dtype,
+            observation_model.num_observations,
+            self.inflation,
         )
         return FilterState(new_particles, state.log_weights, state.cycle + 1), diagnostics

@@ -47,13 +47,15 @@ class AbstractLikelihoodSplit(eqx.Module):
         return False
 
     @abc.abstractmethod
-    def guiding_observation(self, observation: ObservationModel, alpha: Scalar) -> ObservationModel:
+    def guiding_observation(
+        self, observation_model: ObservationModel, alpha: Scalar
+    ) -> ObservationModel:
         """The observation model the guided move conditions on, given the selection's α."""
 
     @abc.abstractmethod
     def complete(
         self, emulator: AbstractEmulator, parents: PyTree, children: PyTree, y: Observation,
-        observation: ObservationModel, alpha: Scalar, predicted: Array | None = None,
+        observation_model: ObservationModel, alpha: Scalar, predicted: Array | None = None,
     ) -> tuple[PyTree, Scalar]:  # fmt: skip
         """The moved ``children`` (particle ``i`` moved from ``parents[i]``) once the part of
         the likelihood neither the selection nor the move used is assimilated, and the share
@@ -70,8 +72,8 @@ class FullLikelihoodMove(AbstractLikelihoodSplit):
     def is_identity(self) -> bool:
         return True
 
-    def guiding_observation(self, observation, alpha):
-        return observation
+    def guiding_observation(self, observation_model, alpha):
+        return observation_model
 
-    def complete(self, emulator, parents, children, y, observation, alpha, predicted=None):
+    def complete(self, emulator, parents, children, y, observation_model, alpha, predicted=None):
         return children, jnp.nan  # nothing measures the move's gain here

@@ -101,7 +101,7 @@ class BlockLocalisation(eqx.Module):
         return blocks, math.prod(counts)
 
     def observation_blocks(
-        self, observation: ObservationModel, frame: Float[Array, "*frame"]
+        self, observation_model: ObservationModel, frame: Float[Array, "*frame"]
     ) -> Int[Array, " obs"]:
         """``b(j)``: the block whose indicator frame moves observation ``j`` most."""
         site_blocks, num_blocks = self.site_blocks(frame.shape)
@@ -113,8 +113,10 @@ class BlockLocalisation(eqx.Module):
             (num_blocks, *frame.shape),
         )
         zero = jnp.zeros_like(frame)
-        base = observation.predict(zero)
-        response = jax.vmap(observation.predict)(jnp.asarray(indicators, frame.dtype)) - base[None]
+        base = observation_model.predict(zero)
+        response = (
+            jax.vmap(observation_model.predict)(jnp.asarray(indicators, frame.dtype)) - base[None]
+        )
         return jnp.argmax(jnp.abs(response), axis=0).astype(jnp.int32)
 
     def block_log_likelihoods(

@@ -42,10 +42,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from .. import streams
-from .._typing import Ancestors, Key, LogWeights, Observation, Scalar
+from .._typing import Ancestors, Key, LogWeights, Observation, ParticleKeys, Scalar
 from ..emulators._base import AbstractEmulator
 from ..observations.model import ObservationModel
 from ..parallel import AbstractParticleMap, VectorisedParticles
@@ -109,7 +109,7 @@ class CycleDiagnostics(eqx.Module):
     move_gain: Scalar
 
 
-def particle_keys(cycle_key: Key, num_particles: int) -> Key:
+def particle_keys(cycle_key: Key, num_particles: int) -> ParticleKeys:
     """``fold_in(cycle_key, i)`` for ``i = 0..N-1``."""
     return jax.vmap(lambda i: jax.random.fold_in(cycle_key, i))(jnp.arange(num_particles))
 
@@ -121,7 +121,7 @@ def num_particles_of(particles: PyTree) -> int:
     return int(leaves[0].shape[0])
 
 
-def _nonfinite_particles(particles: PyTree) -> Int[Array, " particle"]:
+def _nonfinite_particles(particles: PyTree) -> Bool[Array, " particle"]:
     flags = [
         ~jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
         for leaf in jax.tree_util.tree_leaves(particles)
@@ -129,7 +129,7 @@ def _nonfinite_particles(particles: PyTree) -> Int[Array, " particle"]:
     return jnp.any(jnp.stack(flags), axis=0)
 
 
-def _sanitize(log_likelihoods: Float[Array, " particle"]) -> tuple[Array, Array]:
+def _sanitize(log_likelihoods: Float[Array, " particle *block"]) -> tuple[Array, Array]:
     """NaN log-likelihoods become −inf (zero weight); returns them and the NaN flags."""
     bad = jnp.isnan(log_likelihoods)
     return jnp.where(bad, -jnp.inf, log_likelihoods), bad
@@ -145,13 +145,13 @@ def _propagate(
     keys,
     particles,
     y,
-    observation,
+    observation_model,
     particle_map: AbstractParticleMap,
 ):
     """Move every particle with its own key (stream :data:`PROPOSAL_STREAM`)."""
 
     def one(k, s):
-        return proposal(jax.random.fold_in(k, PROPOSAL_STREAM), s, y, observation)
+        return proposal(s, y, observation_model, key=jax.random.fold_in(k, PROPOSAL_STREAM))
 
     return particle_map.constrain(particle_map(one, keys, particles))
 
@@ -185,7 +185,7 @@ def _select_blocks(
     terms: Float[Array, "particle obs"],
     log_weights: LogWeights,
     localisation: BlockLocalisation,
-    observation: ObservationModel,
+    observation_model: ObservationModel,
     frame_template: Array,
     tempering: AbstractTempering,
     resample: Resampler,
@@ -200,7 +200,7 @@ def _select_blocks(
     the log-evidence is the global one, from the summed log-likelihoods.
     """
     site_blocks, num_blocks = localisation.site_blocks(frame_template.shape)
-    observation_blocks = localisation.observation_blocks(observation, frame_template)
+    observation_blocks = localisation.observation_blocks(observation_model, frame_template)
     block_ll = localisation.block_log_likelihoods(terms, observation_blocks, num_blocks)
     block_ll, bad = _sanitize(block_ll)
     block_keys = particle_keys(jax.random.fold_in(key, RESAMPLING_STREAM), num_blocks)
@@ -246,7 +246,7 @@ class AbstractFilter(eqx.Module):
 
     @abc.abstractmethod
     def step(
-        self, state: FilterState, y: Observation, observation: ObservationModel, key: Key
+        self, state: FilterState, y: Observation, observation_model: ObservationModel, key: Key
     ) -> tuple[FilterState, CycleDiagnostics]:
         """Assimilate ``y`` (the observation at the end of this cycle; all NaN: none)."""
 
@@ -299,7 +299,7 @@ def forecast_step(
     particle_map: AbstractParticleMap,
     state: FilterState,
     y: Observation,
-    observation: ObservationModel,
+    observation_model: ObservationModel,
     key: Key,
 ) -> tuple[FilterState, CycleDiagnostics]:
     """A cycle with no assimilation: every member moves by the emulator's own transition.
@@ -310,7 +310,7 @@ def forecast_step(
     proposal = proposal.unguided()
     n = num_particles_of(state.particles)
     keys = particle_keys(key, n)
-    children = _propagate(proposal, keys, state.particles, y, observation, particle_map)
+    children = _propagate(proposal, keys, state.particles, y, observation_model, particle_map)
     forward, backward = proposal.call_counts()
     diagnostics = _unweighted_diagnostics(
         (n * forward, n * backward), children, state.log_weights.dtype
@@ -345,13 +345,13 @@ class AbstractPotential(eqx.Module):
 
     @abc.abstractmethod
     def log_likelihood(
-        self, particle: PyTree, y: Observation, observation: ObservationModel,
+        self, particle: PyTree, y: Observation, observation_model: ObservationModel,
         emulator: AbstractEmulator, *, key: Key,
     ) -> Scalar:  # fmt: skip
         """``log G`` of one particle."""
 
     def predicted_observations(
-        self, particle: PyTree, observation: ObservationModel, emulator: AbstractEmulator,
+        self, particle: PyTree, observation_model: ObservationModel, emulator: AbstractEmulator,
         *, key: Key,
     ) -> Array:  # fmt: skip
         """``ŷ`` of one particle, when :attr:`splits_per_observation`."""
@@ -379,11 +379,11 @@ class PredictivePotential(AbstractPotential):
     def call_counts(self, num_observations):
         return self.weight.call_counts(num_observations)
 
-    def log_likelihood(self, particle, y, observation, emulator, *, key):
-        return self.weight.log_likelihood(key, emulator, observation, particle, y)
+    def log_likelihood(self, particle, y, observation_model, emulator, *, key):
+        return self.weight.log_likelihood(particle, y, observation_model, emulator, key=key)
 
-    def predicted_observations(self, particle, observation, emulator, *, key):
-        return observation.predict(self.weight.predicted_frame(key, emulator, particle))
+    def predicted_observations(self, particle, observation_model, emulator, *, key):
+        return observation_model.predict(self.weight.predicted_frame(particle, emulator, key=key))
 
 
 class ObservationLikelihood(AbstractPotential):
@@ -400,11 +400,11 @@ class ObservationLikelihood(AbstractPotential):
     def call_counts(self, num_observations):
         return 0, 0
 
-    def log_likelihood(self, particle, y, observation, emulator, *, key):
-        return observation.log_likelihood(y, emulator.current_frame(particle))
+    def log_likelihood(self, particle, y, observation_model, emulator, *, key):
+        return observation_model.log_likelihood(y, emulator.current_frame(particle))
 
-    def predicted_observations(self, particle, observation, emulator, *, key):
-        return observation.predict(emulator.current_frame(particle))
+    def predicted_observations(self, particle, observation_model, emulator, *, key):
+        return observation_model.predict(emulator.current_frame(particle))
 
 
 class ParticleFilter(AbstractFilter):
@@ -498,68 +498,76 @@ class ParticleFilter(AbstractFilter):
         again = 1 if self.likelihood_split.needs_predictions else 0
         return num_particles * ((1 + again) * wf + pf), num_particles * ((1 + again) * wb + pb)
 
-    def step(self, state, y, observation, key):
+    def step(self, state, y, observation_model, key):
         if not self.proposal.is_guided:
-            return self._assimilate(state, y, observation, key)
+            return self._assimilate(state, y, observation_model, key)
         observed = jnp.any(jnp.isfinite(y))
         return jax.lax.cond(
             observed,
-            lambda s: self._assimilate(s, y, observation, key),
-            lambda s: forecast_step(self.proposal, self.particle_map, s, y, observation, key),
+            lambda s: self._assimilate(s, y, observation_model, key),
+            lambda s: forecast_step(self.proposal, self.particle_map, s, y, observation_model, key),
             state,
         )
 
-    def _assimilate(self, state, y, observation, key):
+    def _assimilate(self, state, y, observation_model, key):
         n = num_particles_of(state.particles)
         keys = particle_keys(key, n)
         first = self.skip_first_selection & (state.cycle == 0)
         if self.potential.acts_before_move:
             parents, alpha, ess, evidence, bad, factor = self.select(
-                state.particles, state.log_weights, y, observation, keys, key,
+                state.particles, state.log_weights, y, observation_model, keys, key,
                 uniform_selection=first,
             )  # fmt: skip
-            children, gain = self._move_and_complete(keys, parents, y, observation, alpha, first)
+            children, gain = self._move_and_complete(
+                keys, parents, y, observation_model, alpha, first
+            )
             selected = children
         else:
             gain = jnp.nan
-            children = self._move(keys, state.particles, y, observation)
+            children = self._move(keys, state.particles, y, observation_model)
             selected, alpha, ess, evidence, bad, factor = self.select(
-                children, state.log_weights, y, observation, keys, key, uniform_selection=first
+                children,
+                state.log_weights,
+                y,
+                observation_model,
+                keys,
+                key,
+                uniform_selection=first,
             )
         nonfinite = jnp.sum(bad | _nonfinite_particles(children))
         uniform = uniform_log_weights(n, state.log_weights.dtype)
         diagnostics = self._diagnostics(
-            ess, alpha, evidence, nonfinite, n, observation.num_observations, factor, gain
+            ess, alpha, evidence, nonfinite, n, observation_model.num_observations, factor, gain
         )
         return FilterState(selected, uniform, state.cycle + 1), diagnostics
 
-    def _move(self, keys, particles, y, observation):
-        return _propagate(self.proposal, keys, particles, y, observation, self.particle_map)
+    def _move(self, keys, particles, y, observation_model):
+        return _propagate(self.proposal, keys, particles, y, observation_model, self.particle_map)
 
-    def _move_and_complete(self, keys, parents, y, observation, alpha, first):
+    def _move_and_complete(self, keys, parents, y, observation_model, alpha, first):
         """The guided move of the selected ``parents``, then :attr:`likelihood_split`'s step;
         returns the particles and the move gain the split measured (NaN where none)."""
         split = self.likelihood_split
         if split.is_identity:
-            return self._move(keys, parents, y, observation), jnp.nan
+            return self._move(keys, parents, y, observation_model), jnp.nan
         # A skipped first selection (α forced to 0) leaves the whole likelihood to the move,
         # as the paper's filter does.
         alpha = jnp.where(first, jnp.ones_like(alpha), alpha)
-        children = self._move(keys, parents, y, split.guiding_observation(observation, alpha))
+        children = self._move(keys, parents, y, split.guiding_observation(observation_model, alpha))
         needs = split.needs_predictions
-        predicted = self._predictions(keys, parents, observation) if needs else None
+        predicted = self._predictions(keys, parents, observation_model) if needs else None
         completed, gain = split.complete(
-            self.emulator, parents, children, y, observation, alpha, predicted
+            self.emulator, parents, children, y, observation_model, alpha, predicted
         )
         return self.particle_map.constrain(completed), gain
 
-    def _predictions(self, keys, particles, observation):
+    def _predictions(self, keys, particles, observation_model):
         """Every particle's predicted observations ``ŷ_i`` (its potential's, on the weights'
         key stream): one more predictive-mean call per particle, where the selection's own
         were made before resampling."""
 
         def predict(s, k):
-            return self.potential.predicted_observations(s, observation, self.emulator, key=k)
+            return self.potential.predicted_observations(s, observation_model, self.emulator, key=k)
 
         return self._per_particle(predict, keys, particles)
 
@@ -572,20 +580,22 @@ class ParticleFilter(AbstractFilter):
 
         return self.particle_map.replicate(self.particle_map(one, keys, particles))
 
-    def select(self, particles, log_weights, y, observation, keys, key, *, uniform_selection=False):
+    def select(
+        self, particles, log_weights, y, observation_model, keys, key, *, uniform_selection=False
+    ):
         """Weigh ``particles`` and select among them: the selected particles (equally
         weighted), α, the ESS before resampling, the log-evidence increment, NaN flags and
         the inflation λ."""
         emulator = self.emulator
         if self.selects_from_predictions:
-            predictions = self._predictions(keys, particles, observation)
+            predictions = self._predictions(keys, particles, observation_model)
             return self.select_from_predictions(
-                particles, predictions, log_weights, y, observation, key,
+                particles, predictions, log_weights, y, observation_model, key,
                 uniform_selection=uniform_selection, keys=keys,
             )  # fmt: skip
 
         def weigh(s, k):
-            return self.potential.log_likelihood(s, y, observation, emulator, key=k)
+            return self.potential.log_likelihood(s, y, observation_model, emulator, key=k)
 
         log_likelihoods, bad = _sanitize(self._per_particle(weigh, keys, particles))
         ancestors, alpha, ess, evidence, selection = _select(
@@ -600,8 +610,8 @@ class ParticleFilter(AbstractFilter):
         )  # fmt: skip
 
     def select_from_predictions(
-        self, particles, predictions, log_weights, y, observation, key, *,
-        keys: Key, uniform_selection=False,
+        self, particles, predictions, log_weights, y, observation_model, key, *,
+        keys: ParticleKeys, uniform_selection=False,
     ):  # fmt: skip
         """Inflate, weight by ``log N(y; ŷ_i, R)`` per observation, select globally or per
         block; returns what :meth:`select` does."""
@@ -610,10 +620,10 @@ class ParticleFilter(AbstractFilter):
         if self.inflation.is_identity:
             factor = jnp.ones((), dtype)
         else:
-            factor = self.inflation.factor(predictions, y, observation)
+            factor = self.inflation.factor(predictions, y, observation_model)
             particles = self.particle_map.constrain(inflate(particles, factor))
             predictions = inflate(predictions, factor)
-        terms = jax.vmap(lambda p: observation.log_likelihood_terms(y, p))(predictions)
+        terms = jax.vmap(lambda p: observation_model.log_likelihood_terms(y, p))(predictions)
         if self.localisation is None:
             log_likelihoods, bad = _sanitize(jnp.sum(terms, axis=1))
             ancestors, alpha, ess, evidence, selection = _select(
@@ -627,7 +637,7 @@ class ParticleFilter(AbstractFilter):
                 jax.tree_util.tree_map(lambda x: x[0], particles)
             )
             ancestors, alpha, ess, evidence, bad, site_blocks = _select_blocks(
-                terms, log_weights, self.localisation, observation, template, self.tempering,
+                terms, log_weights, self.localisation, observation_model, template, self.tempering,
                 self.resampling, key, uniform_selection=uniform_selection,
             )  # fmt: skip
             selected = self.localisation.stitch(particles, ancestors, site_blocks)
@@ -784,5 +794,5 @@ class UnguidedEnsembleFilter(AbstractFilter):
 class FreeEnsemble(UnguidedEnsembleFilter):
     """No assimilation: every member follows the emulator (the reference forecast)."""
 
-    def step(self, state, y, observation, key):
-        return forecast_step(self.proposal, self.particle_map, state, y, observation, key)
+    def step(self, state, y, observation_model, key):
+        return forecast_step(self.proposal, self.particle_map, state, y, observation_model, key)

@@ -49,21 +49,26 @@ class EmulatorProposal(eqx.Module):
         return calls, calls * self.guidance.backward_calls
 
     def __call__(
-        self, key: Key, state: PyTree, y: Observation, observation: ObservationModel | None
+        self,
+        state: PyTree,
+        y: Observation,
+        observation_model: ObservationModel | None,
+        *,
+        key: Key,
     ) -> PyTree:
         emulator = self.emulator
         cond = emulator.condition(state)
         template = emulator.latent_template(state)
         denoiser = emulator.denoiser
         if self.guidance is not None:
-            if observation is None:
+            if observation_model is None:
                 raise ValueError("a guided EmulatorProposal needs the observation model")
 
             def latent_to_frame(z):
                 return emulator.latent_to_frame(z, state)
 
             denoiser = GuidedDenoiser(
-                denoiser, self.guidance, observation, jnp.asarray(y), latent_to_frame
+                denoiser, self.guidance, observation_model, jnp.asarray(y), latent_to_frame
             )
         z = self.sampler.sample(denoiser, cond, template, key=key, noise=emulator.noise)
         return emulator.advance(state, emulator.latent_to_frame(z, state))

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
 from .. import streams
-from .._typing import Key, LogWeights, Scalar, is_traced
+from .._typing import LogWeights, ParticleKeys, Scalar, is_traced
 
 
 class AbstractRejuvenation(eqx.Module):
@@ -49,7 +49,7 @@ class AbstractRejuvenation(eqx.Module):
 
     @abc.abstractmethod
     def __call__(
-        self, selected: PyTree, weighed: PyTree, log_weights: LogWeights, *, keys: Key
+        self, selected: PyTree, weighed: PyTree, log_weights: LogWeights, *, keys: ParticleKeys
     ) -> PyTree:
         """``selected`` (N particles, equally weighted) rejuvenated, given the ``weighed``
         particles they were selected from and their normalised selection ``log_weights``;

@@ -46,11 +46,12 @@ class AbstractPredictiveWeight(eqx.Module):
     @abc.abstractmethod
     def log_likelihood(
         self,
-        key: Key,
-        emulator: AbstractEmulator,
-        observation: ObservationModel,
         state: PyTree,
         y: Observation,
+        observation_model: ObservationModel,
+        emulator: AbstractEmulator,
+        *,
+        key: Key,
     ) -> Scalar:
         """The approximate predictive log-likelihood of ``y`` for this particle."""
 
@@ -60,7 +61,7 @@ class AbstractPredictiveWeight(eqx.Module):
         over observations (block-local selection and inflation need it)."""
         return False
 
-    def predicted_frame(self, key: Key, emulator: AbstractEmulator, state: PyTree):
+    def predicted_frame(self, state: PyTree, emulator: AbstractEmulator, *, key: Key):
         """The predicted frame ``Φ(ẑ)``, when :attr:`splits_per_observation`."""
         raise NotImplementedError(f"{type(self).__name__} does not split per observation")
 
@@ -100,7 +101,7 @@ class DiracPredictiveWeight(AbstractPredictiveWeight):
     def splits_per_observation(self) -> bool:
         return True
 
-    def predicted_frame(self, key, emulator, state):
+    def predicted_frame(self, state, emulator, *, key):
         """``Φ(ẑ)``: the frame of the one-call (or ``M``-call) conditional mean."""
         cond = emulator.condition(state)
         template = emulator.latent_template(state)
@@ -113,8 +114,8 @@ class DiracPredictiveWeight(AbstractPredictiveWeight):
         z_mean = jnp.mean(jax.vmap(denoised)(jnp.arange(self.num_noise_draws)), axis=0)
         return emulator.latent_to_frame(z_mean, state)
 
-    def log_likelihood(self, key, emulator, observation, state, y):
-        return observation.log_likelihood(y, self.predicted_frame(key, emulator, state))
+    def log_likelihood(self, state, y, observation_model, emulator, *, key):
+        return observation_model.log_likelihood(y, self.predicted_frame(state, emulator, key=key))
 
 
 class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):
@@ -153,7 +154,7 @@ class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):
         extra = num_observations if self.dense_log_determinant else 0
         return 1, self.cg_iterations + extra
 
-    def log_likelihood(self, key, emulator, observation, state, y):
+    def log_likelihood(self, state, y, observation_model, emulator, *, key):
         cond = emulator.condition(state)
         template = emulator.latent_template(state)
         sigma = self.sigma_max.astype(template.dtype)
@@ -161,13 +162,13 @@ class MomentMatchedPredictiveWeight(AbstractPredictiveWeight):
         z_hat, denoiser_vjp = jax.vjp(lambda z: emulator.denoiser(z, sigma, cond), sigma * eps)
 
         def predict(z):
-            return observation.predict(emulator.latent_to_frame(z, state))
+            return observation_model.predict(emulator.latent_to_frame(z, state))
 
         y_pred, observe_linear = jax.linearize(predict, z_hat)
         observe_transpose = jax.linear_transpose(observe_linear, z_hat)
         y = y.astype(y_pred.dtype)
         mask = observation_mask(y)
-        variance = observation.noise_variance.astype(y_pred.dtype)
+        variance = observation_model.noise_variance.astype(y_pred.dtype)
         residual = jnp.where(mask, y - y_pred, 0.0)
 
         def matvec(v):

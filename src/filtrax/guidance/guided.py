@@ -163,7 +163,7 @@ class GuidedDenoiser(AbstractDenoiser):
     Attributes:
         denoiser: the prior denoiser.
         guidance: DPS, SDA or MMPS.
-        observation: the observation model (operator ``h`` on the *physical* state and noise).
+        observation_model: the observation model (operator ``h`` on the *physical* state and noise).
         y: the observation vector; NaN marks a missing value.
         latent_to_state: maps the diffusion variable to the state ``h`` acts on (GenCast's
             affine ``Φ_c``: normalised residual → physical fields). Identity by default.
@@ -171,22 +171,22 @@ class GuidedDenoiser(AbstractDenoiser):
 
     denoiser: AbstractDenoiser
     guidance: AbstractGuidance
-    observation: ObservationModel
+    observation_model: ObservationModel
     y: Observation
     latent_to_state: Callable[[State], State] | None = None
 
     def __check_init__(self) -> None:
-        if jnp.shape(self.y) != (self.observation.num_observations,):
+        if jnp.shape(self.y) != (self.observation_model.num_observations,):
             raise ValueError(
                 f"GuidedDenoiser.y has shape {jnp.shape(self.y)}, expected "
-                f"({self.observation.num_observations},)"
+                f"({self.observation_model.num_observations},)"
             )
         if not is_traced(self.y):
-            self.observation.check_observations(self.y, name="GuidedDenoiser.y")
+            self.observation_model.check_observations(self.y, name="GuidedDenoiser.y")
 
     def _predict(self, x: State) -> Observation:
         state = x if self.latent_to_state is None else self.latent_to_state(x)
-        return self.observation.predict(state)
+        return self.observation_model.predict(state)
 
     def __call__(self, x_t: State, sigma: Float[ArrayLike, ""], cond: PyTree) -> State:
         sigma = jnp.asarray(sigma, x_t.dtype)
@@ -207,7 +207,7 @@ class GuidedDenoiser(AbstractDenoiser):
         y = self.y.astype(y_pred.dtype)
         mask = observation_mask(y)
         residual = jnp.where(mask, y - y_pred, 0.0)
-        variance = self.observation.noise_variance.astype(y_pred.dtype)
+        variance = self.observation_model.noise_variance.astype(y_pred.dtype)
         u = self.guidance.solve(residual, variance, mask, sigma, covariance_matvec)
         # The covariance C_σ is treated as a constant: no gradient flows through the solve.
         u = jax.lax.stop_gradient(u)

@@ -46,7 +46,7 @@ def safeguarded_curvature(p, Ap, noise_variance):
 def conjugate_gradient(
     matvec: MatVec,
     b: Vector,
-    iterations: int,
+    iterations: int | Array,
     curvature: Callable[[Vector, Vector], Array] | None = None,
 ) -> Vector:
     """``K`` iterations of CG on ``A u = b`` (``A`` symmetric positive definite).
@@ -72,7 +72,7 @@ def conjugate_gradient(
     return jax.lax.fori_loop(0, iterations, body, init)[0]
 
 
-def bicgstab(matvec: MatVec, b: Vector, iterations: int) -> Vector:
+def bicgstab(matvec: MatVec, b: Vector, iterations: int | Array) -> Vector:
     """``K`` iterations of BiCGSTAB on ``A u = b`` (two matvecs per iteration)."""
 
     def body(_, carry):
@@ -93,7 +93,7 @@ def bicgstab(matvec: MatVec, b: Vector, iterations: int) -> Vector:
     return jax.lax.fori_loop(0, iterations, body, init)[0]
 
 
-def gmres(matvec: MatVec, b: Vector, iterations: int) -> Vector:
+def gmres(matvec: MatVec, b: Vector, iterations: int | Array) -> Vector:
     """GMRES with a Krylov space of dimension ``K`` (``K`` matvecs, no restart).
 
     Arnoldi with modified Gram–Schmidt, then the small least-squares problem

@@ -59,19 +59,19 @@ def check_frames(
 
 def check_observations(
     values: np.ndarray,
-    observation,
+    observation_model,
     units: Sequence[str],
     labels: Sequence[str],
     source: str,
 ) -> None:
-    """``values (cycle, obs)`` of ``observation`` on a gridded frame ``(channel, ...)``.
+    """``values (cycle, obs)`` of ``observation_model`` on a gridded frame ``(channel, ...)``.
 
     Which unit an observation has comes from the channels it reads
     (:meth:`~filtrax.observations.model.ObservationModel.reads_channels`).
     """
     values = np.asarray(values, np.float64)
     for unit in sorted(set(units) & set(PLAUSIBLE_RANGES)):
-        reads_unit = observation.reads_channels([c for c, u in enumerate(units) if u == unit])
+        reads_unit = observation_model.reads_channels([c for c, u in enumerate(units) if u == unit])
         low, high, _ = PLAUSIBLE_RANGES[unit]
         outside = reads_unit[None] & np.isfinite(values) & ((values < low) | (values > high))
         if outside.any():

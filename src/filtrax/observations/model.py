@@ -114,7 +114,7 @@ class ObservationModel(eqx.Module):
         """``log p(y | x)`` over the observed entries of ``y``."""
         return self.log_likelihood_of_prediction(y, self.predict(x))
 
-    def sample(self, key: Key, x: State) -> Observation:
+    def sample(self, x: State, *, key: Key) -> Observation:
         """Draw ``y ~ N(h(x), diag r)``."""
         y_pred = self.predict(x)
         std = jnp.sqrt(self.noise_variance.astype(y_pred.dtype))

@@ -260,7 +260,7 @@ def forecast_ensembles(emulator, sampler, initial_states, members: int, steps: i
 
     def member(state, member_key):
         def step(s, index):
-            s = proposal(jax.random.fold_in(member_key, index), s, empty, None)
+            s = proposal(s, empty, None, key=jax.random.fold_in(member_key, index))
             return s, emulator.current_frame(s)
 
         return jax.lax.scan(step, state, jnp.arange(steps))[1]
