@@ -145,8 +145,8 @@ def test_config_checks_the_block_and_the_weights(tmp_path):
         load_config(path, ["filter.localisation_block=[0]"])
     with pytest.raises(ConfigError, match=r"cannot be combined with localisation or inflation"):
         load_config(path, ["filter.localisation_block=[4]", "filter.weights=moment_matched"])
-    with pytest.raises(ConfigError, match=r"adaptive_inflation = true applies to fa_apf"):
-        load_config(path, ["filter.method=letkf", "filter.adaptive_inflation=true"])
+    with pytest.raises(ConfigError, match=r"adaptive_inflation = true applies to the filters"):
+        load_config(path, ["filter.method=free", "filter.adaptive_inflation=true"])
 
 
 # --- the oracle: independent 2-site systems ---------------------------------------------------
@@ -378,5 +378,7 @@ def test_config_builds_the_enkf_localisation_for_grids_and_rings(tmp_path):
         load_config(path, ["filter.method=letkf", "filter.relaxation=1.5"])
     with pytest.raises(ValueError, match=r"relaxation = -0.1; expected a value in \[0, 1\]"):
         fx.LocalEnsembleTransformKalmanFilter(letkf.proposal, relaxation=-0.1)
-    with pytest.raises(ValueError, match=r"inflation = 0.9; expected >= 1"):
+    with pytest.raises(
+        ValueError, match=r"LocalEnsembleTransformKalmanFilter.inflation: .* >= 1, got 0.9"
+    ):
         fx.LocalEnsembleTransformKalmanFilter(letkf.proposal, inflation=0.9)

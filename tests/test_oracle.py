@@ -7,6 +7,8 @@ shares no code with the particle filters.
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -353,10 +355,31 @@ def test_letkf_with_exact_emulator_matches_kalman(model, twin):
     _, mean_error, trace_ratio = _run_against_kalman(model, twin, _letkf(model, 1.0), 400)
     assert mean_error < 0.1, f"time-averaged |mean − KF mean| / KF std = {mean_error:.3f}"
     assert np.all(np.abs(trace_ratio - 1.0) < 0.15), f"per-cycle trace ratios {trace_ratio}"
-    # Measured: 0.07, trace ratios 0.98-1.05. Control: inflating the forecast by 1.3 gives
-    # a visibly wrong analysis covariance (measured: trace ratios 1.24-1.53).
-    _, _, inflated = _run_against_kalman(model, twin, _letkf(model, 1.3), 400)
+    # Measured: 0.07, trace ratios 0.98-1.05. Control: inflating the forecast's covariance by
+    # 1.3 (λ = √1.3) gives a visibly wrong analysis covariance (measured: trace ratios
+    # 1.24-1.53).
+    _, _, inflated = _run_against_kalman(model, twin, _letkf(model, math.sqrt(1.3)), 400)
     assert np.mean(inflated) > 1.15, f"trace ratios {inflated}"
+
+
+def test_letkf_takes_an_inflation_strategy(model, twin):
+    """The LETKF takes any :class:`AbstractInflation`, as the EnKF does: the innovation
+    estimate clipped to [λ, λ] reproduces the fixed λ's analysis bit for bit, and unclipped
+    it chooses λ per cycle, which ``diagnostics.inflation`` records."""
+    fixed, _, _ = _run_against_kalman(model, twin, _letkf(model, 1.2), 64)
+    pinned, _, _ = _run_against_kalman(
+        model, twin, _letkf(model, fx.InnovationInflation(1.2, 1.2)), 64
+    )
+    np.testing.assert_array_equal(pinned.analysis, fixed.analysis)
+    np.testing.assert_allclose(np.asarray(fixed.diagnostics.inflation), 1.2, rtol=1e-6)
+    adaptive, _, _ = _run_against_kalman(
+        model, twin, _letkf(model, fx.InnovationInflation(1.0, 2.0)), 64
+    )
+    factors = np.asarray(adaptive.diagnostics.inflation)
+    assert factors.min() >= 1.0 and factors.max() > 1.05 and np.unique(factors).size > 5, factors
+    # ρ = λ² enters the analysis: λ = 1.2 is not the uninflated analysis.
+    plain, _, _ = _run_against_kalman(model, twin, _letkf(model, 1.0), 64)
+    assert not np.allclose(plain.analysis, fixed.analysis)
 
 
 def test_enkf_kalman_check_rejects_wrong_inflation(model, twin):

@@ -10,6 +10,7 @@ objects, which can also be built by hand.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 from ..diffusion.noise_levels import karras_noise_levels
@@ -148,6 +149,15 @@ def inflation_from_section(section) -> AbstractInflation:
     return FixedInflation(section.inflation)
 
 
+def covariance_inflation_from_section(section) -> AbstractInflation:
+    r"""The LETKF's ``filter.inflation`` (and ``inflation_max``) are covariance factors ρ, as
+    in Hunt et al. (2007) and in every LETKF run written before the LETKF took an
+    :class:`AbstractInflation`: the strategy's anomaly factor is :math:`\lambda = \sqrt\rho`."""
+    if section.adaptive_inflation:
+        return InnovationInflation(math.sqrt(section.inflation), math.sqrt(section.inflation_max))
+    return FixedInflation(math.sqrt(section.inflation))
+
+
 @dataclasses.dataclass(frozen=True)
 class FilterParts:
     """What every filter builder may use: the config, the emulator, the sampler, the
@@ -182,7 +192,7 @@ _REJUVENATION = ("rejuvenation", "rejuvenation_bandwidth", "rejuvenation_regular
 FILTER_KEYS: dict[str, tuple[str, ...]] = {
     "free": (),
     "enkf": (*_INFLATION, "localisation_half_width", "observation_error_inflation"),
-    "letkf": ("inflation", "relaxation", "localisation_half_width", "observation_error_inflation"),
+    "letkf": (*_INFLATION, "relaxation", "localisation_half_width", "observation_error_inflation"),
     "bootstrap": (*_SELECTION, *_REJUVENATION, "observation_error_inflation"),
     "fa_apf": (
         "weights",
@@ -218,7 +228,11 @@ def _enkf(p: FilterParts):
 def _letkf(p: FilterParts):
     f = p.section
     return LocalEnsembleTransformKalmanFilter(
-        p.unguided(), f.inflation, f.relaxation, p.covariance_localisation, particle_map=p.layout
+        p.unguided(),
+        covariance_inflation_from_section(f),
+        f.relaxation,
+        p.covariance_localisation,
+        particle_map=p.layout,
     )
 
 

@@ -272,13 +272,13 @@ class FilterConfig(Validated):
     skip_first_selection: bool = field(True, "skip the selection step in the first cycle")
     inflation: float = field(
         1.0,
-        "multiplicative inflation of the forecast [enkf, letkf, fa_apf, bootstrap]; the floor "
-        "when adaptive",
+        "multiplicative inflation of the forecast's anomalies [enkf, fa_apf, bootstrap], of its "
+        "covariance [letkf: rho = lambda^2, as Hunt et al. 2007]; the floor when adaptive",
         min=1.0,
     )
     adaptive_inflation: bool = field(
         False,
-        "re-choose the inflation every cycle from the innovation [fa_apf, bootstrap, enkf]",
+        "re-choose the inflation every cycle from the innovation [fa_apf, bootstrap, enkf, letkf]",
     )
     inflation_max: float = field(2.0, "largest adaptive inflation", min=1.0)
     localisation_block: tuple[int, ...] = field(
@@ -392,10 +392,10 @@ class FilterConfig(Validated):
                 f"filter.observation_error_inflation = {self.observation_error_inflation!r} "
                 f"applies to the filters that use observations, not filter.method = 'free'"
             )
-        if self.adaptive_inflation and self.method not in ("fa_apf", "bootstrap", "enkf"):
+        if self.adaptive_inflation and self.method == "free":
             raise ConfigError(
-                f"filter.adaptive_inflation = true applies to fa_apf, bootstrap and enkf, not "
-                f"filter.method = {self.method!r}"
+                "filter.adaptive_inflation = true applies to the filters that use observations, "
+                "not filter.method = 'free'"
             )
         if self.rejuvenation != "none" and self.method not in ("fa_apf", "bootstrap"):
             raise ConfigError(

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from .. import streams
 from ..observations.model import observation_mask
 from .covariance_localisation import GaspariCohnLocalisation
-from .inflation import AbstractInflation, FixedInflation
+from .inflation import AbstractInflation, FixedInflation, as_inflation
 from .particle import (
     FilterState,
     UnguidedEnsembleFilter,
@@ -46,16 +46,6 @@ from .particle import (
 )
 
 PERTURBATION_STREAM = streams.PERTURBATION
-
-
-def _as_inflation(inflation: AbstractInflation | float) -> AbstractInflation:
-    """An inflation strategy, or a number as a fixed one (checked there: λ ≥ 1)."""
-    if isinstance(inflation, AbstractInflation):
-        return inflation
-    try:
-        return FixedInflation(float(inflation))
-    except ValueError as error:
-        raise ValueError(f"EnsembleKalmanFilter.inflation: {error}") from None
 
 
 class EnsembleKalmanFilter(UnguidedEnsembleFilter):
@@ -71,7 +61,9 @@ class EnsembleKalmanFilter(UnguidedEnsembleFilter):
             EnKF.
     """
 
-    inflation: AbstractInflation = eqx.field(default=FixedInflation(), converter=_as_inflation)
+    inflation: AbstractInflation = eqx.field(
+        default=FixedInflation(), converter=as_inflation("EnsembleKalmanFilter")
+    )
     localisation: GaspariCohnLocalisation | None = None
 
     def step(self, state, y, observation_model, key):

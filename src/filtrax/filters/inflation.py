@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -97,6 +98,21 @@ class FixedInflation(AbstractInflation):
 
     def factor(self, predictions, y, observation_model):
         return jnp.asarray(self.factor_value, predictions.dtype)
+
+
+def as_inflation(owner: str) -> Callable[[AbstractInflation | float], AbstractInflation]:
+    """A field converter for ``owner``'s ``inflation``: a strategy as it is, a number as a
+    :class:`FixedInflation` (checked there: λ ≥ 1; the error names ``owner``)."""
+
+    def convert(inflation: AbstractInflation | float) -> AbstractInflation:
+        if isinstance(inflation, AbstractInflation):
+            return inflation
+        try:
+            return FixedInflation(float(inflation))
+        except ValueError as error:
+            raise ValueError(f"{owner}.inflation: {error}") from None
+
+    return convert
 
 
 class InnovationInflation(AbstractInflation):

@@ -8,15 +8,21 @@ tapered by the locality :math:`\rho_{gm} \in [0, 1]` of observation :math:`m` to
 (R-localisation, their §2.3, with a Gaspari–Cohn :math:`\rho`), their eqs. (20)–(24) read
 
 .. math::
-    \tilde P_g = \bigl[(N-1) I/\lambda + \hat Y R_g^{-1} \hat Y^\top\bigr]^{-1},\quad
+    \tilde P_g = \bigl[(N-1) I/\rho + \hat Y R_g^{-1} \hat Y^\top\bigr]^{-1},\quad
     \bar w_g = \tilde P_g \hat Y R_g^{-1} d,\quad
     W_g = \bigl[(N-1)\tilde P_g\bigr]^{1/2},
 
-with multiplicative prior inflation :math:`\lambda` (their eq. 21) and the symmetric square
-root, which keeps the analysis anomalies centred. Member :math:`i`'s analysis at the site is
-:math:`\bar x + \sum_j (\bar w_j + W_{ji}) (x_j - \bar x)`. Relaxation to prior
+with multiplicative prior covariance inflation :math:`\rho` (their eq. 21) and the symmetric
+square root, which keeps the analysis anomalies centred. Member :math:`i`'s analysis at the
+site is :math:`\bar x + \sum_j (\bar w_j + W_{ji}) (x_j - \bar x)`. Relaxation to prior
 perturbations (RTPP; Zhang, Snyder & Sun 2004) replaces :math:`W` by
 :math:`(1-\alpha)W + \alpha I`.
+
+The covariance factor is :math:`\rho = \lambda^2` for the anomaly factor :math:`\lambda` that
+every filter's :class:`~filtrax.filters.inflation.AbstractInflation` chooses
+(:math:`x_i \leftarrow \bar x + \lambda(x_i - \bar x)` multiplies the sample covariance by
+:math:`\lambda^2`), so the LETKF takes the same strategies as the EnKF and the particle filters,
+the innovation-based one included.
 
 Every member's analysis is thus a fixed linear combination of the forecast members,
 :math:`x^a_i = \sum_k A_{g,ik} x^f_k`, the same for every variable and level of the site.
@@ -25,7 +31,7 @@ them. Because the analysis never needs the state itself, it applies unchanged to
 full state (e.g. dinosaur's vorticity, divergence, temperature and log surface pressure on its
 Gaussian grid) whose observations are of a coarser, derived state.
 
-Without localisation (:math:`\rho = 1`) and with :math:`\lambda = 1` the analysis mean and
+Without localisation (locality 1 everywhere) and with :math:`\rho = 1` the analysis mean and
 sample covariance are exactly the Kalman filter's for the forecast's sample covariance,
 :math:`\bar x^a = \bar x + K(y - H\bar x)` and :math:`P^a = (I - KH)P` with
 :math:`K = PH^\top(HPH^\top + R)^{-1}`, for a linear :math:`H` (tested).
@@ -47,8 +53,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._typing import Scalar, is_traced
 from ..observations.model import ObservationModel, observation_mask
 from .covariance_localisation import GaspariCohnLocalisation
+from .inflation import AbstractInflation, FixedInflation, as_inflation
 from .particle import (
     FilterState,
     UnguidedEnsembleFilter,
@@ -71,7 +79,7 @@ def letkf_transforms(
     error_std: Float[ArrayLike, " obs"],
     locality: Float[ArrayLike, "sites obs"],
     *,
-    inflation: float = 1.0,
+    inflation: float | Scalar = 1.0,
     relaxation: float = 0.0,
 ) -> Float[Array, "sites members members"]:
     r"""The LETKF's analysis transforms :math:`A_g` (module docstring), one per site.
@@ -81,7 +89,9 @@ def letkf_transforms(
         observations: :math:`y`.
         error_std: :math:`\sigma_m` (positive).
         locality: :math:`\rho_{gm}`: how much observation m counts at site g (0 ignores it).
-        inflation: multiplicative prior inflation :math:`\lambda \ge 1`.
+        inflation: the prior covariance factor :math:`\rho \ge 1` (Hunt et al.'s
+            :math:`\rho`; :math:`\lambda^2` for an anomaly factor λ). When it is traced (an
+            adaptive λ) it is not checked here.
         relaxation: RTPP coefficient :math:`\alpha \in [0, 1]`.
 
     Returns:
@@ -105,7 +115,8 @@ def letkf_transforms(
             f"letkf_transforms: locality has shape {tuple(jnp.shape(locality))}; expected "
             f"(sites, {num_obs})"
         )
-    _check("inflation", inflation, 1.0, math.inf)
+    if not is_traced(inflation):
+        _check("inflation", float(inflation), 1.0, math.inf)
     _check("relaxation", relaxation, 0.0, 1.0)
     dtype = predicted.dtype
     mean = predicted.mean(axis=0)
@@ -150,7 +161,7 @@ def local_analysis(
     observation_model: ObservationModel,
     localisation: GaspariCohnLocalisation | None,
     *,
-    inflation: float = 1.0,
+    inflation: float | Scalar = 1.0,
     relaxation: float = 0.0,
     likelihood_power: ArrayLike | None = None,
     predicted: Array | None = None,
@@ -162,6 +173,7 @@ def local_analysis(
     :meth:`~filtrax.filters.covariance_localisation.GaspariCohnLocalisation.site_locality`,
     or one global transform is used without localisation (the ETKF). A NaN in ``y`` gives
     that observation zero weight (zero locality everywhere and a finite stand-in value).
+    ``inflation`` is the covariance factor ρ of :func:`letkf_transforms`.
 
     ``likelihood_power`` :math:`\gamma \in [0, 1]` assimilates :math:`p(y\mid x)^\gamma`,
     the likelihood with error variances :math:`R/\gamma`, by scaling every precision
@@ -207,20 +219,21 @@ class LocalEnsembleTransformKalmanFilter(UnguidedEnsembleFilter):
 
     Attributes:
         proposal: an unguided :class:`EmulatorProposal` (the forecast).
-        inflation: multiplicative prior inflation :math:`\lambda \ge 1`.
+        inflation: an :class:`~filtrax.filters.inflation.AbstractInflation` choosing the
+            anomaly factor :math:`\lambda \ge 1` of the forecast (a number means
+            :class:`~filtrax.filters.inflation.FixedInflation`); the analysis uses the
+            covariance factor :math:`\rho = \lambda^2`, and ``metrics.inflation`` records λ.
         relaxation: RTPP coefficient :math:`\alpha \in [0, 1]`.
         localisation: Gaspari–Cohn R-localisation, or ``None`` for the global ETKF.
     """
 
-    inflation: float = eqx.field(static=True, default=1.0)
+    inflation: AbstractInflation = eqx.field(
+        default=FixedInflation(), converter=as_inflation("LocalEnsembleTransformKalmanFilter")
+    )
     relaxation: float = eqx.field(static=True, default=0.0)
     localisation: GaspariCohnLocalisation | None = None
 
     def __check_init__(self) -> None:
-        if not self.inflation >= 1.0:
-            raise ValueError(
-                f"LocalEnsembleTransformKalmanFilter.inflation = {self.inflation!r}; expected >= 1"
-            )
         if not 0.0 <= self.relaxation <= 1.0:
             raise ValueError(
                 f"LocalEnsembleTransformKalmanFilter.relaxation = {self.relaxation!r}; expected "
@@ -239,9 +252,12 @@ class LocalEnsembleTransformKalmanFilter(UnguidedEnsembleFilter):
             self.proposal, keys, particles, y, observation_model, self.particle_map
         )
         frames = jax.vmap(self.emulator.current_frame)(forecast)
+        predicted = jax.vmap(observation_model.predict)(frames)
+        # λ from the forecast's own predictions (compiled away when fixed); ρ = λ².
+        inflation = self.inflation.factor(predicted, y, observation_model)
         analysis = local_analysis(
             frames, y, observation_model, self.localisation,
-            inflation=self.inflation, relaxation=self.relaxation,
+            inflation=jnp.square(inflation), relaxation=self.relaxation, predicted=predicted,
         )  # fmt: skip
         new_particles = self.particle_map.constrain(
             jax.vmap(self.emulator.advance)(particles, analysis)
@@ -250,6 +266,6 @@ class LocalEnsembleTransformKalmanFilter(UnguidedEnsembleFilter):
             new_particles,
             state.log_weights.dtype,
             observation_model.num_observations,
-            self.inflation,
+            inflation,
         )
         return FilterState(new_particles, state.log_weights, state.cycle + 1), diagnostics
