@@ -168,3 +168,46 @@ def test_resuming_a_finished_run_rewrites_nothing_unless_outputs_are_stale(
     os.utime(checkpoint, (later, later))
     runner.run_experiment(config, run_dir, resume=True, quiet=True)
     assert (run_dir / "metrics.nc").read_bytes() != before[run_dir / "metrics.nc"]
+
+
+def _without_scores(checkpoint: Path) -> None:
+    """Rewrite ``checkpoint`` as a run from before the scores were checkpointed wrote it."""
+    from filtrax.experiments.scoring import SCORE_FIELDS
+
+    with np.load(checkpoint, allow_pickle=False) as data:
+        kept = {k: data[k] for k in data.files if k.removeprefix("history_") not in SCORE_FIELDS}
+        assert len(kept) == len(data.files) - len(SCORE_FIELDS)
+    atomic.atomic_savez(checkpoint, kept)
+
+
+def test_checkpoints_from_before_the_scores_resume_and_score_from_zarr(
+    config, reference, tmp_path, monkeypatch
+):
+    """Each cycle's scores are kept with the checkpoint and metrics.nc is assembled from
+    them. A run directory written before that has checkpoints without them: a killed run
+    scores its finished cycles once from zarr when it resumes, and a finished one when its
+    metrics are rewritten, to the same numbers bit for bit."""
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        before_checkpoint_replace("analysis", 2)(patch)
+        with pytest.raises(Killed):
+            runner.run_experiment(config, run_dir, quiet=True)
+    for checkpoint in (run_dir / "checkpoints").glob("*.npz"):
+        _without_scores(checkpoint)
+    runner.run_experiment(config, run_dir, resume=True, quiet=True)
+    expected, found = stored(reference), stored(run_dir)
+    assert sorted(found) == sorted(expected)
+    for key, value in expected.items():
+        assert np.array_equal(found[key], value, equal_nan=True), key
+
+    finished = tmp_path / "finished"
+    shutil.copytree(reference, finished)
+    for checkpoint in (finished / "checkpoints").glob("*.npz"):
+        _without_scores(checkpoint)
+    (finished / "metrics.nc").unlink()
+    runner.run_experiment(config, finished, resume=True, quiet=True)
+    found = stored(finished)
+    scored = [key for key in expected if key.startswith("metrics.nc/")]
+    assert "metrics.nc/rmse" in scored and "metrics.nc/rank_histogram" in scored
+    for key in scored:
+        assert np.array_equal(found[key], expected[key], equal_nan=True), key

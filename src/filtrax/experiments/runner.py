@@ -12,10 +12,12 @@ Run directory layout::
     metrics.nc           rmse, spread, crps, ess, alpha, seconds per cycle (and channel)
 
 Each cycle runs :func:`filtrax.assimilate` on one observation, writes its analysis into a
-preallocated zarr region, then atomically replaces the checkpoint (write + fsync +
-``os.replace``). A run killed at any point resumes from its last finished cycle with the
-same keys (cycle ``k`` always uses ``fold_in(root, k)``), so the outputs equal those of an
-uninterrupted run bit for bit on the same machine.
+preallocated zarr region, scores it (:mod:`.scoring`), then atomically replaces the
+checkpoint, which keeps the scores (write + fsync + ``os.replace``). ``metrics.nc`` is
+assembled from the checkpoints' records, without reading the ensembles back. A run killed
+at any point resumes from its last finished cycle with the same keys (cycle ``k`` always
+uses ``fold_in(root, k)``), so the outputs equal those of an uninterrupted run bit for bit
+on the same machine.
 
 ``[parallel]`` only lays the particles out over devices: it is left out of the config
 digest, so a run may resume on another number of devices (``run.profile``, which only
@@ -43,7 +45,6 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from .. import metrics as scores
 from .. import streams
 from ..driver import SaveAt, assimilate
 from ..filters.particle import AbstractFilter, FilterState
@@ -51,7 +52,7 @@ from ..io.atomic import atomic_savez
 from ..io.datasets import dataset_to_frames, frames_to_dataset
 from ..parallel import initialize_distributed, is_main_process, to_host
 from ..profiling import PHASES, phase_seconds
-from . import observation_space, run_directory
+from . import observation_space, run_directory, scoring
 from .config import ConfigError, ExperimentConfig, ParallelConfig, config_from_dict, toml_text
 from .errors import RunDirectoryError
 from .factory import Experiment, build_experiment
@@ -164,11 +165,11 @@ def _read_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[Fi
             jnp.asarray(data["cycle"]),
         )
         history = {k: _history(data, k) for k in HISTORY_FIELDS}
-        # The observation-space records; checkpoints from before them lack them.
+        # The observation-space records and the scores; checkpoints from before them lack them.
         history.update(
             {
                 k: np.array(data[f"history_{k}"])
-                for k in observation_space.FIELDS
+                for k in (*observation_space.FIELDS, *scoring.SCORE_FIELDS)
                 if f"history_{k}" in data.files
             }
         )
@@ -233,32 +234,16 @@ class _ProgressScore:
     def __init__(self, experiment: Experiment):
         grid = experiment.grid
         self.truth = experiment.truth
-        self.grid = grid
         names = ["x"] if grid is None else [c.variable for c in grid.channels]
         self.groups = {v: np.asarray([n == v for n in names]) for v in dict.fromkeys(names)}
         self.squared: dict[tuple[str, str], dict[int, float]] = {}
 
-    def _channel_errors(self, frame: np.ndarray, ensemble: np.ndarray) -> np.ndarray:
-        """Squared RMSE per channel against the true ``frame``, as metrics.nc scores it
-        (filtrax.metrics.rmse)."""
-        if self.grid is None:
-            truth = frame.reshape(ensemble.shape[1:])
-            return np.array([scores.rmse(ensemble, truth) ** 2])
-        ensemble = ensemble.reshape(ensemble.shape[0], *self.grid.shape)
-        truth = frame.reshape(self.grid.shape)
-        weights = self.grid.area_weights()
-        return np.array(
-            [
-                scores.rmse(ensemble[:, c], truth[c], weights) ** 2
-                for c in range(len(self.grid.channels))
-            ]
-        )
-
-    def postfix(self, name: str, k: int, ensemble: np.ndarray) -> dict[str, str]:
-        """Record cycle ``k`` of member ``name`` and return the bar's scores."""
+    def postfix(self, name: str, k: int, rmse: np.ndarray) -> dict[str, str]:
+        """Record cycle ``k``'s RMSE per channel (as metrics.nc scores it) of member
+        ``name`` and return the bar's scores."""
         if self.truth is None:
             return {}
-        per_channel = self._channel_errors(self.truth[k], ensemble)
+        per_channel = rmse**2
         shown = {}
         for variable, mask in self.groups.items():
             errors = self.squared.setdefault((name, variable), {})
@@ -271,6 +256,18 @@ class _ProgressScore:
             else:
                 shown[label] = f"{np.sqrt(np.mean(list(errors.values()))):.3g}"
         return shown
+
+
+def _empty_history(experiment: Experiment, members: int) -> dict[str, np.ndarray]:
+    """A member's NaN-filled records: per-cycle diagnostics, observation-space statistics
+    and scores, each with the cycle axis first (what its checkpoint stores)."""
+    num_cycles = len(experiment.cycle_times)
+    history = {k: np.full(num_cycles, np.nan) for k in HISTORY_FIELDS}
+    history.update(
+        observation_space.empty_history(num_cycles, experiment.observation_model.num_observations)
+    )
+    history.update(scoring.empty_scores(num_cycles, scoring.num_channels(experiment), members))
+    return history
 
 
 def _run_member(
@@ -291,12 +288,14 @@ def _run_member(
     num_cycles = len(experiment.cycle_times)
     root = jax.random.fold_in(jax.random.key(experiment.config.seed), RUN_STREAMS[name])
     state = filter_.init(experiment.initial_particles)
-    num_obs = experiment.observation_model.num_observations
-    history = {k: np.full(num_cycles, np.nan) for k in HISTORY_FIELDS}
-    history.update(observation_space.empty_history(num_cycles, num_obs))
+    history = _empty_history(experiment, state.log_weights.shape[0])
     if resume and checkpoint.exists():
         state, loaded = _load_checkpoint(checkpoint, state, digest)
-        history.update({k: v for k, v in loaded.items() if v.shape[1:] in ((), (num_obs,))})
+        history.update({k: v for k, v in loaded.items() if v.shape == history[k].shape})
+        if not all(k in loaded for k in scoring.SCORE_FIELDS):
+            # Written before the scores were kept: score its cycles once, and keep them.
+            scoring.score_store(experiment, store, history, int(state.cycle))
+            _save_checkpoint(checkpoint, state, history, digest)
         logger.info("%s: resuming at cycle %d of %d", name, int(state.cycle), num_cycles)
     diagnose = experiment.config.run.observation_diagnostics
     recorder = observation_space.Recorder(experiment, filter_, name) if diagnose else None
@@ -324,10 +323,11 @@ def _run_member(
             history["seconds"][k] = chunk.seconds / len(ensembles)
             if is_main_process():
                 _write_cycle(store, experiment, k, ensemble)
+            scoring.score_cycle(experiment, k, ensemble, history)
             postfix = {}
             if name != "baseline":  # a free ensemble neither weighs nor selects
                 postfix = {"ESS": f"{history['ess'][k]:.1f}", "alpha": f"{history['alpha'][k]:.2g}"}
-            postfix.update(progress.postfix(name, k, ensemble))
+            postfix.update(progress.postfix(name, k, history["score_rmse"][k]))
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
         if recorder is not None:  # the runner's chunks are one cycle each
@@ -399,7 +399,6 @@ def _channel_coords(experiment: Experiment) -> dict:
     }
 
 
-PER_CHANNEL = ("rmse", "rmse_unweighted", "spread", "spread_unweighted", "crps")
 DESCRIPTIONS = {
     "rmse": "RMSE of the ensemble mean against the truth, cos-latitude weighted",
     "rmse_unweighted": "RMSE of the ensemble mean, unweighted lat-lon mean (as the authors)",
@@ -417,89 +416,47 @@ DESCRIPTIONS = {
 }
 
 
-def _score_ensemble(experiment: Experiment, dataset: xr.Dataset, values: dict, m: int):
-    """Fill ``values[name][m]`` (cycle, channel) from one stored ensemble; returns its rank
-    histogram per channel, or ``None`` without truth."""
-    grid = experiment.grid
-    channels = 1 if grid is None else len(grid.channels)
-    weights = None if grid is None else grid.area_weights()
-    ranks = []
-    for k in range(len(experiment.cycle_times)):
-        ensemble = dataset_to_frames(dataset.isel(cycle=k).load(), grid)
-        if np.isnan(ensemble).all():
-            continue
-        if grid is None:
-            ensemble = ensemble[:, None, :]
-        truth = (
-            None if experiment.truth is None else experiment.truth[k].reshape(ensemble.shape[1:])
+def _member_history(experiment: Experiment, run_dir: Path, method: str) -> dict:
+    """A finished member's records from its checkpoint; the scores of a checkpoint from
+    before they were kept are filled once from its zarr store."""
+    with np.load(run_dir / "checkpoints" / f"{method}.npz", allow_pickle=False) as data:
+        members = data["log_weights"].shape[0]
+        history = {k: _history(data, k) for k in HISTORY_FIELDS}
+        history.update(
+            {k: data[f"history_{k}"] for k in observation_space.FIELDS if f"history_{k}" in data}
         )
-        for c in range(channels):
-            members = ensemble[:, c]
-            values["spread"][m, k, c] = scores.spread(members, weights)
-            values["spread_unweighted"][m, k, c] = scores.spread(members)
-            if truth is not None:
-                values["rmse"][m, k, c] = scores.rmse(members, truth[c], weights)
-                values["rmse_unweighted"][m, k, c] = scores.rmse(members, truth[c])
-                values["crps"][m, k, c] = scores.crps(members, truth[c], weights)
-        if truth is not None:
-            ranks.append(scores.truth_ranks(ensemble, truth).reshape(channels, -1))
-    if not ranks:
-        return None
-    members = ensemble.shape[0]
-    return np.stack(
-        [
-            scores.rank_histogram(np.concatenate([r[c] for r in ranks]), members)
-            for c in range(channels)
-        ]
-    )
+        stored = {
+            k: np.array(data[f"history_{k}"])
+            for k in scoring.SCORE_FIELDS
+            if f"history_{k}" in data
+        }
+    if len(stored) == len(scoring.SCORE_FIELDS):
+        history.update(stored)
+    else:
+        num_cycles = len(experiment.cycle_times)
+        history.update(scoring.empty_scores(num_cycles, scoring.num_channels(experiment), members))
+        scoring.score_store(experiment, run_dir / f"{method}.zarr", history, num_cycles)
+    return history
 
 
 def compute_metrics(experiment: Experiment, run_dir: Path) -> xr.Dataset:
-    """Per-cycle scores of every recorded ensemble (``ensemble`` axis: analysis, baseline)."""
+    """Per-cycle scores and diagnostics of every recorded ensemble (``ensemble`` axis:
+    analysis, baseline), from the records their checkpoints keep."""
     methods = [m for m in ("analysis", "baseline") if (run_dir / f"{m}.zarr").exists()]
-    num_cycles = len(experiment.cycle_times)
-    channels = 1 if experiment.grid is None else len(experiment.grid.channels)
-    values = {k: np.full((len(methods), num_cycles, channels), np.nan) for k in PER_CHANNEL}
-    scalar = {k: np.full((len(methods), num_cycles), np.nan) for k in HISTORY_FIELDS}
-    ranks, records = [], []
-    for m, method in enumerate(methods):
-        with np.load(run_dir / "checkpoints" / f"{method}.npz", allow_pickle=False) as data:
-            for k in HISTORY_FIELDS:
-                scalar[k][m] = _history(data, k)
-            records.append(
-                {
-                    k: data[f"history_{k}"]
-                    for k in observation_space.FIELDS
-                    if f"history_{k}" in data
-                }
-            )
-        dataset = xr.open_zarr(run_dir / f"{method}.zarr", consolidated=False)
-        ranks.append(_score_ensemble(experiment, dataset, values, m))
+    histories = [_member_history(experiment, run_dir, method) for method in methods]
     coords = {
         "ensemble": ("ensemble", methods),
-        "cycle": np.arange(num_cycles),
+        "cycle": np.arange(len(experiment.cycle_times)),
         "time": ("cycle", experiment.cycle_times),
     }
     coords.update(_channel_coords(experiment))
-    data_vars = {}
-    for k in PER_CHANNEL:
-        if experiment.truth is None and k in ("rmse", "rmse_unweighted", "crps"):
-            continue
-        data_vars[k] = (("ensemble", "cycle", "channel"), values[k], {"long_name": DESCRIPTIONS[k]})
+    data_vars = scoring.channel_data_vars(experiment, histories, DESCRIPTIONS)
     for k in HISTORY_FIELDS:
-        data_vars[k] = (("ensemble", "cycle"), scalar[k], {"long_name": DESCRIPTIONS[k]})
-    if any(r is not None for r in ranks):
-        size = max(r.shape[1] for r in ranks if r is not None)
-        hist = np.zeros((len(methods), channels, size))
-        for m, r in enumerate(ranks):
-            if r is not None:
-                hist[m, :, : r.shape[1]] = r
-        data_vars["rank_histogram"] = (
-            ("ensemble", "channel", "rank"),
-            hist,
-            {"long_name": "counts of the truth's rank among the members"},
-        )
+        values = np.stack([h[k] for h in histories])
+        data_vars[k] = (("ensemble", "cycle"), values, {"long_name": DESCRIPTIONS[k]})
+    data_vars.update(scoring.rank_data_vars(histories))
     dataset = xr.Dataset(data_vars, coords=coords)
+    records = [{k: h[k] for k in observation_space.FIELDS if k in h} for h in histories]
     if experiment.config.run.observation_diagnostics and all(
         len(r) == len(observation_space.FIELDS) for r in records
     ):
@@ -679,14 +636,28 @@ def run_experiment(
     if not any(np.isfinite(list(first_cycle.values()))) and _outputs_current(run_dir, report):
         say("the run was already complete, and its metrics and report are up to date")
         return run_dir
-    say("scoring the stored ensembles" + ("" if experiment.truth is None else " against the truth"))
+    _write_outputs(experiment, run_dir, members, (build_seconds, first_cycle), say, report)
+    return run_dir
+
+
+def _write_outputs(
+    experiment: Experiment,
+    run_dir: Path,
+    members,
+    times: tuple[float, dict[str, float]],
+    say,
+    report: bool,
+) -> None:
+    """metrics.nc (with the start-up ``times`` and the phase profile), the netCDF copies of
+    the ensembles when asked for, and the report."""
+    say("writing metrics.nc from the scores each cycle recorded")
     metrics = compute_metrics(experiment, run_dir)
-    metrics = metrics.assign(_startup_times(build_seconds, first_cycle, metrics))
-    if config.run.profile:
+    metrics = metrics.assign(_startup_times(*times, metrics))
+    if experiment.config.run.profile:
         say("timing each phase of one cycle on its own (run.profile = true)")
     metrics = metrics.assign(_phase_profile(experiment, members, metrics))
     atomic_netcdf(metrics, run_dir / "metrics.nc")
-    if config.run.output_format == "netcdf":
+    if experiment.config.run.output_format == "netcdf":
         say("writing the ensembles as netCDF (run.output_format = 'netcdf')")
         for name, _ in members:
             xr.open_zarr(run_dir / f"{name}.zarr", consolidated=False).to_netcdf(
@@ -697,7 +668,6 @@ def run_experiment(
 
         say("writing the report and its figures")
         write_report(run_dir)
-    return run_dir
 
 
 def _check_directory(run_dir: Path, config, digest: str, *, resume: bool, overwrite: bool):
