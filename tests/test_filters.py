@@ -325,3 +325,38 @@ def test_sweeping_a_tunable_does_not_retrace(model, observations):
     )  # fmt: skip
     cycle(fx.AuxiliaryParticleFilter(other), state, observations[0], jax.random.key(0))
     assert len(traces) == 3
+
+
+def test_sweeping_inflation_or_relaxation_does_not_retrace(model, observations):
+    """The inflation strategies' numbers and the LETKF's relaxation are array leaves too:
+    another λ, other adaptive bounds, another RTPP coefficient reuse the compiled cycle,
+    in the particle filters, the EnKF and the LETKF. λ = 1 exactly is a static fact
+    (the filters then skip the arithmetic), so leaving it compiles once more."""
+    import equinox as eqx
+
+    traces = []
+
+    @eqx.filter_jit
+    def cycle(filter_, state, y, key):
+        traces.append(None)
+        return filter_.step(state, y, model.observation_model(), key)
+
+    state = fa_apf(model).init(jnp.zeros((4, D)))
+
+    def count(filters):
+        before = len(traces)
+        for filter_ in filters:
+            cycle(filter_, state, observations[0], jax.random.key(0))
+        return len(traces) - before
+
+    assert count(fa_apf(model, inflation=fx.FixedInflation(lam)) for lam in (1.05, 1.2, 1.5)) == 1
+    adaptive = (fx.InnovationInflation(low, high) for low, high in ((1.0, 2.0), (1.1, 1.5)))
+    assert count(fa_apf(model, inflation=inflation) for inflation in adaptive) == 1
+    assert count(fx.EnsembleKalmanFilter(unguided(model), lam) for lam in (1.1, 1.3)) == 1
+    letkfs = (
+        fx.LocalEnsembleTransformKalmanFilter(unguided(model), lam, relaxation)
+        for lam, relaxation in ((1.1, 0.2), (1.3, 0.2), (1.3, 0.6))
+    )
+    assert count(letkfs) == 1
+    # The control: λ = 1 is the identity, a static choice.
+    assert count([fa_apf(model, inflation=fx.FixedInflation(1.0))]) == 1

@@ -6,7 +6,8 @@ vectors; a NaN entry means "not observed".
 """
 
 import jax.core
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree, UInt32
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree, UInt32
 from jaxtyping import Key as KeyData
 
 State = Float[Array, "*s"]
@@ -31,6 +32,14 @@ def is_traced(value: object) -> bool:
     is a leaf of a compiled program and cannot be read without a host sync.
     """
     return isinstance(value, jax.core.Tracer)
+
+
+def tunable_leaf(value: ArrayLike) -> ArrayLike:
+    """A tunable as an array leaf (a field converter), so that sweeping it reuses the
+    compiled cycle. A NumPy array, not a JAX one: filters are built at import time as field
+    defaults, and a JAX array there would start the backend before
+    ``jax.distributed.initialize``. A traced value is kept as it is."""
+    return value if is_traced(value) else np.asarray(value, dtype=float)
 
 
 __all__ = [

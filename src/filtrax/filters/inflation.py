@@ -35,9 +35,10 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
-from .._typing import Observation, Scalar
+from .._typing import Observation, Scalar, is_traced, tunable_leaf
 from ..observations.model import ObservationModel, observation_mask
 
 
@@ -57,9 +58,15 @@ def inflate(particles: PyTree, factor: Scalar | float) -> PyTree:
     return jax.tree_util.tree_map(one, particles)
 
 
-def _check_bound(value: float, name: str) -> None:
-    if not (math.isfinite(value) and value >= 1.0):
-        raise ValueError(f"{name} must be a finite number >= 1, got {value}")
+def _as_float(value: ArrayLike) -> float:
+    return float(np.asarray(value))
+
+
+def _check_bound(value: ArrayLike, name: str) -> None:
+    if is_traced(value):  # a filter built inside a traced function: checked where it was made
+        return
+    if not (math.isfinite(_as_float(value)) and _as_float(value) >= 1.0):
+        raise ValueError(f"{name} must be a finite number >= 1, got {_as_float(value)}")
 
 
 class AbstractInflation(eqx.Module):
@@ -83,18 +90,28 @@ class AbstractInflation(eqx.Module):
 class FixedInflation(AbstractInflation):
     """A constant λ (1: no inflation).
 
+    λ is an array leaf: another λ reuses the compiled cycle. Whether it is exactly 1 is
+    fixed when the strategy is made (``identity``, static): at 1 the filters skip the
+    arithmetic, which keeps their analyses bit for bit those without inflation.
+
     Attributes:
         factor_value: λ.
+        identity: whether λ is exactly 1 (derived; a traced λ is not).
     """
 
-    factor_value: float = eqx.field(static=True, default=1.0)
+    factor_value: ArrayLike
+    identity: bool = eqx.field(static=True)
+
+    def __init__(self, factor_value: ArrayLike = 1.0):
+        self.factor_value = tunable_leaf(factor_value)
+        self.identity = not is_traced(factor_value) and _as_float(factor_value) == 1.0
 
     def __check_init__(self) -> None:
         _check_bound(self.factor_value, "FixedInflation.factor_value")
 
     @property
     def is_identity(self) -> bool:
-        return self.factor_value == 1.0
+        return self.identity
 
     def factor(self, predictions, y, observation_model):
         return jnp.asarray(self.factor_value, predictions.dtype)
@@ -123,15 +140,19 @@ class InnovationInflation(AbstractInflation):
         maximum: the largest λ.
     """
 
-    minimum: float = eqx.field(static=True, default=1.0)
-    maximum: float = eqx.field(static=True, default=2.0)
+    # Array leaves: sweeping the bounds reuses the compiled cycle.
+    minimum: ArrayLike = eqx.field(default=1.0, converter=tunable_leaf)
+    maximum: ArrayLike = eqx.field(default=2.0, converter=tunable_leaf)
 
     def __check_init__(self) -> None:
         _check_bound(self.minimum, "InnovationInflation.minimum")
         _check_bound(self.maximum, "InnovationInflation.maximum")
-        if self.maximum < self.minimum:
+        if is_traced(self.minimum) or is_traced(self.maximum):
+            return
+        if _as_float(self.maximum) < _as_float(self.minimum):
             raise ValueError(
-                f"InnovationInflation.maximum = {self.maximum} is below minimum = {self.minimum}"
+                f"InnovationInflation.maximum = {_as_float(self.maximum)} is below minimum = "
+                f"{_as_float(self.minimum)}"
             )
 
     def factor(self, predictions, y, observation_model):
@@ -142,5 +163,7 @@ class InnovationInflation(AbstractInflation):
         spread = jnp.sum(jnp.where(mask, jnp.var(predictions, axis=0, ddof=1), 0.0))
         tiny = jnp.finfo(predictions.dtype).tiny
         estimate = (jnp.sum(innovation**2) - noise) / jnp.maximum(spread, tiny)
-        squared = jnp.clip(estimate, self.minimum**2, self.maximum**2)
-        return jnp.sqrt(squared)
+        dtype = predictions.dtype
+        lowest = jnp.square(jnp.asarray(self.minimum, dtype))
+        highest = jnp.square(jnp.asarray(self.maximum, dtype))
+        return jnp.sqrt(jnp.clip(estimate, lowest, highest))

@@ -51,9 +51,10 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._typing import Scalar, is_traced
+from .._typing import Scalar, is_traced, tunable_leaf
 from ..observations.model import ObservationModel, observation_mask
 from .covariance_localisation import GaspariCohnLocalisation
 from .inflation import AbstractInflation, FixedInflation, as_inflation
@@ -80,7 +81,7 @@ def letkf_transforms(
     locality: Float[ArrayLike, "sites obs"],
     *,
     inflation: float | Scalar = 1.0,
-    relaxation: float = 0.0,
+    relaxation: ArrayLike = 0.0,
 ) -> Float[Array, "sites members members"]:
     r"""The LETKF's analysis transforms :math:`A_g` (module docstring), one per site.
 
@@ -117,7 +118,8 @@ def letkf_transforms(
         )
     if not is_traced(inflation):
         _check("inflation", float(inflation), 1.0, math.inf)
-    _check("relaxation", relaxation, 0.0, 1.0)
+    if not is_traced(relaxation):
+        _check("relaxation", float(np.asarray(relaxation)), 0.0, 1.0)
     dtype = predicted.dtype
     mean = predicted.mean(axis=0)
     anomalies = predicted - mean[None, :]
@@ -136,7 +138,8 @@ def letkf_transforms(
         p_tilde = (eigenvectors / eigenvalues[None, :]) @ eigenvectors.T
         root = (eigenvectors * jnp.sqrt((num_members - 1) / eigenvalues)[None, :]) @ eigenvectors.T
         mean_weights = p_tilde @ (weighted @ innovation)
-        root = (1.0 - relaxation) * root + relaxation * eye
+        kept = jnp.asarray(relaxation, dtype)
+        root = (1.0 - kept) * root + kept * eye
         combination = mean_weights[:, None] + root  # C[j, i] = \bar w_j + W_{ji}
         return average + combination.T @ centring
 
@@ -162,7 +165,7 @@ def local_analysis(
     localisation: GaspariCohnLocalisation | None,
     *,
     inflation: float | Scalar = 1.0,
-    relaxation: float = 0.0,
+    relaxation: ArrayLike = 0.0,
     likelihood_power: ArrayLike | None = None,
     predicted: Array | None = None,
 ) -> Array:
@@ -230,13 +233,17 @@ class LocalEnsembleTransformKalmanFilter(UnguidedEnsembleFilter):
     inflation: AbstractInflation = eqx.field(
         default=FixedInflation(), converter=as_inflation("LocalEnsembleTransformKalmanFilter")
     )
-    relaxation: float = eqx.field(static=True, default=0.0)
+    # An array leaf: sweeping it reuses the compiled cycle.
+    relaxation: ArrayLike = eqx.field(default=0.0, converter=tunable_leaf)
     localisation: GaspariCohnLocalisation | None = None
 
     def __check_init__(self) -> None:
-        if not 0.0 <= self.relaxation <= 1.0:
+        if is_traced(self.relaxation):
+            return
+        relaxation = float(np.asarray(self.relaxation))
+        if not 0.0 <= relaxation <= 1.0:
             raise ValueError(
-                f"LocalEnsembleTransformKalmanFilter.relaxation = {self.relaxation!r}; expected "
+                f"LocalEnsembleTransformKalmanFilter.relaxation = {relaxation!r}; expected "
                 f"a value in [0, 1]"
             )
 
