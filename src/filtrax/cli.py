@@ -6,6 +6,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -99,7 +100,7 @@ def main(verbose: int, debug: bool) -> None:
         enable_compilation_cache()
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception) -> NoReturn:
     click.echo(f"error: {error}", err=True)
     sys.exit(2)
 

@@ -45,7 +45,8 @@ class AbstractResidualGaussianEmulator(AbstractEmulator):
     and subclasses only say how the mean ``m(x)`` enters :meth:`latent_to_frame`.
     """
 
-    denoiser: eqx.AbstractVar[GaussianDenoiser]
+    # Narrower than AbstractEmulator's: safe, a module's fields are frozen.
+    denoiser: eqx.AbstractVar[GaussianDenoiser]  # pyright: ignore[reportIncompatibleVariableOverride]
 
     def condition(self, state: State) -> State:
         # The residual's prior mean: zero for every particle.
@@ -65,7 +66,8 @@ class LinearGaussianEmulator(AbstractResidualGaussianEmulator):
     """Exact diffusion emulator of ``x' = A x + w``, ``w ~ N(0, Q)``, on the residual latent."""
 
     transition_matrix: Float[Array, "d d"]
-    denoiser: GaussianDenoiser
+    # Narrower than AbstractEmulator's: safe, a module's fields are frozen.
+    denoiser: GaussianDenoiser  # pyright: ignore[reportIncompatibleVariableOverride]
 
     def __init__(self, transition_matrix: ArrayLike, noise_covariance: ArrayLike):
         A = jnp.asarray(transition_matrix)

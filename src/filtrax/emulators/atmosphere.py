@@ -82,7 +82,8 @@ class AtmosphereEmulator(AbstractTwoFrameEmulator):
             A sampling choice, not part of the weights.
     """
 
-    denoiser: EDMPreconditionedDenoiser
+    # Narrower than AbstractEmulator's: safe, a module's fields are frozen.
+    denoiser: EDMPreconditionedDenoiser  # pyright: ignore[reportIncompatibleVariableOverride]
     mean: Float[Array, " channel"]
     std: Float[Array, " channel"]
     diff_std: Float[Array, " channel"]

@@ -318,7 +318,8 @@ class GenCastEmulator(AbstractEmulator):
         target_only: per channel, True for variables that are not inputs (static).
     """
 
-    denoiser: EDMPreconditionedDenoiser
+    # Narrower than AbstractEmulator's: safe, a module's fields are frozen.
+    denoiser: EDMPreconditionedDenoiser  # pyright: ignore[reportIncompatibleVariableOverride]
     mean: Float[Array, " channel"]
     std: Float[Array, " channel"]
     diff_std: Float[Array, " channel"]

@@ -161,7 +161,8 @@ class Lorenz96Emulator(AbstractTwoFrameEmulator):
         name: the card name, or the weights file it was loaded from.
     """
 
-    denoiser: EDMPreconditionedDenoiser
+    # Narrower than AbstractEmulator's: safe, a module's fields are frozen.
+    denoiser: EDMPreconditionedDenoiser  # pyright: ignore[reportIncompatibleVariableOverride]
     mean: float = eqx.field(static=True)
     std: float = eqx.field(static=True)
     diff_std: float = eqx.field(static=True)

@@ -424,8 +424,6 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     parts = setting.build(config, truth_key, init_key)
     emulator, grid, truth, x0 = parts.emulator, parts.grid, parts.truth, parts.initial_state
     frame_shape, units = parts.frame_shape, parts.units
-    if parts.observation_model is not None:
-        observation_model, labels = parts.observation_model
     times = cycle_times(config)
     source = config.observations.source
     if source == "synthetic" and grid is None and parts.observation_model is None:
@@ -444,6 +442,9 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     if source == "synthetic":
         if grid is not None:
             observation_model, labels = _synthetic_gridded_observations(config, grid)
+        else:
+            assert parts.observation_model is not None  # refused above
+            observation_model, labels = parts.observation_model
         predicted = jax.vmap(observation_model.predict)(jnp.asarray(truth))
         noise = jax.random.normal(obs_key, predicted.shape, predicted.dtype)
         observations = np.array(

@@ -56,7 +56,7 @@ class AbstractLikelihoodSplit(eqx.Module):
     def complete(
         self, emulator: AbstractEmulator, parents: PyTree, children: PyTree, y: Observation,
         observation_model: ObservationModel, alpha: Scalar, predicted: Array | None = None,
-    ) -> tuple[PyTree, Scalar]:  # fmt: skip
+    ) -> tuple[PyTree, Scalar | float]:  # fmt: skip
         """The moved ``children`` (particle ``i`` moved from ``parents[i]``) once the part of
         the likelihood neither the selection nor the move used is assimilated, and the share
         ``g`` of the innovation the move absorbed (:func:`filtrax.filters.hybrid.move_gain`;
