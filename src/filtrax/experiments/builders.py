@@ -142,20 +142,17 @@ def weight_from_section(section) -> AbstractPredictiveWeight:
     return WEIGHTS[section.weights](section)
 
 
-def inflation_from_section(section) -> AbstractInflation:
-    """``filter.inflation`` fixed, or re-chosen every cycle with it as the floor."""
-    if section.adaptive_inflation:
-        return InnovationInflation(section.inflation, section.inflation_max)
-    return FixedInflation(section.inflation)
+def inflation_from_section(section, *, covariance: bool = False) -> AbstractInflation:
+    r"""``filter.inflation`` fixed, or re-chosen every cycle with it as the floor.
 
-
-def covariance_inflation_from_section(section) -> AbstractInflation:
-    r"""The LETKF's ``filter.inflation`` (and ``inflation_max``) are covariance factors ρ, as
-    in Hunt et al. (2007) and in every LETKF run written before the LETKF took an
-    :class:`AbstractInflation`: the strategy's anomaly factor is :math:`\lambda = \sqrt\rho`."""
+    With ``covariance`` (the LETKF) ``filter.inflation`` and ``inflation_max`` are covariance
+    factors ρ, as in Hunt et al. (2007) and in every LETKF run written before the LETKF took
+    an :class:`AbstractInflation`: the strategy's anomaly factor is :math:`\lambda = \sqrt\rho`.
+    """
+    factor = math.sqrt if covariance else float
     if section.adaptive_inflation:
-        return InnovationInflation(math.sqrt(section.inflation), math.sqrt(section.inflation_max))
-    return FixedInflation(math.sqrt(section.inflation))
+        return InnovationInflation(factor(section.inflation), factor(section.inflation_max))
+    return FixedInflation(factor(section.inflation))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +226,7 @@ def _letkf(p: FilterParts):
     f = p.section
     return LocalEnsembleTransformKalmanFilter(
         p.unguided(),
-        covariance_inflation_from_section(f),
+        inflation_from_section(f, covariance=True),
         f.relaxation,
         p.covariance_localisation,
         particle_map=p.layout,

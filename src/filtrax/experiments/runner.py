@@ -130,6 +130,21 @@ def _history(data, field: str) -> np.ndarray:
     return np.full(np.asarray(data["history_ess"]).shape, np.nan)
 
 
+def _checkpoint_history(data) -> dict[str, np.ndarray]:
+    """Every record an open checkpoint holds: the diagnostics (NaN for one it predates), and
+    the observation-space statistics and the scores where it has them (a checkpoint from
+    before them lacks them)."""
+    history = {k: _history(data, k) for k in HISTORY_FIELDS}
+    history.update(
+        {
+            k: np.array(data[f"history_{k}"])
+            for k in (*observation_space.FIELDS, *scoring.SCORE_FIELDS)
+            if f"history_{k}" in data.files
+        }
+    )
+    return history
+
+
 def _load_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[FilterState, dict]:
     try:
         return _read_checkpoint(path, template, digest)
@@ -164,15 +179,7 @@ def _read_checkpoint(path: Path, template: FilterState, digest: str) -> tuple[Fi
             jnp.asarray(data["log_weights"]),
             jnp.asarray(data["cycle"]),
         )
-        history = {k: _history(data, k) for k in HISTORY_FIELDS}
-        # The observation-space records and the scores; checkpoints from before them lack them.
-        history.update(
-            {
-                k: np.array(data[f"history_{k}"])
-                for k in (*observation_space.FIELDS, *scoring.SCORE_FIELDS)
-                if f"history_{k}" in data.files
-            }
-        )
+        history = _checkpoint_history(data)
     return state, history
 
 
@@ -416,34 +423,19 @@ DESCRIPTIONS = {
 }
 
 
-def _member_history(experiment: Experiment, run_dir: Path, method: str) -> dict:
-    """A finished member's records from its checkpoint; the scores of a checkpoint from
-    before they were kept are filled once from its zarr store."""
+def _member_history(run_dir: Path, method: str) -> dict[str, np.ndarray]:
+    """A finished member's records, from its checkpoint. Its scores are there: the run
+    scored every cycle, and a resume scored the cycles of a checkpoint from before the
+    scores were kept (:func:`_run_member`)."""
     with np.load(run_dir / "checkpoints" / f"{method}.npz", allow_pickle=False) as data:
-        members = data["log_weights"].shape[0]
-        history = {k: _history(data, k) for k in HISTORY_FIELDS}
-        history.update(
-            {k: data[f"history_{k}"] for k in observation_space.FIELDS if f"history_{k}" in data}
-        )
-        stored = {
-            k: np.array(data[f"history_{k}"])
-            for k in scoring.SCORE_FIELDS
-            if f"history_{k}" in data
-        }
-    if len(stored) == len(scoring.SCORE_FIELDS):
-        history.update(stored)
-    else:
-        num_cycles = len(experiment.cycle_times)
-        history.update(scoring.empty_scores(num_cycles, scoring.num_channels(experiment), members))
-        scoring.score_store(experiment, run_dir / f"{method}.zarr", history, num_cycles)
-    return history
+        return _checkpoint_history(data)
 
 
 def compute_metrics(experiment: Experiment, run_dir: Path) -> xr.Dataset:
     """Per-cycle scores and diagnostics of every recorded ensemble (``ensemble`` axis:
     analysis, baseline), from the records their checkpoints keep."""
     methods = [m for m in ("analysis", "baseline") if (run_dir / f"{m}.zarr").exists()]
-    histories = [_member_history(experiment, run_dir, method) for method in methods]
+    histories = [_member_history(run_dir, method) for method in methods]
     coords = {
         "ensemble": ("ensemble", methods),
         "cycle": np.arange(len(experiment.cycle_times)),

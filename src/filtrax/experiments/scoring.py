@@ -2,10 +2,11 @@
 
 The runner scores each cycle's ensemble once, on the host copy it writes to zarr
 (:func:`score_cycle`), and keeps the scores in the member's history, which its checkpoint
-stores. ``metrics.nc`` is then assembled from those histories (:func:`metrics_dataset`): no
-ensemble is read back from zarr, and a resumed run scores only the cycles it runs. A
-checkpoint written before the scores were kept has them filled once from its zarr store
-(:func:`score_store`), with the same function, so both paths give the same numbers.
+stores. ``metrics.nc`` is then assembled from those histories (:func:`channel_data_vars`,
+:func:`rank_data_vars`): no ensemble is read back from zarr, and a resumed run scores only
+the cycles it runs. A checkpoint written before the scores were kept has them filled once
+from its zarr store when the run resumes (:func:`score_store`), with the same function, so
+both paths give the same numbers.
 
 The scores per cycle :math:`k` and channel :math:`c`, with cos-latitude area weights
 :math:`w` on a grid (:mod:`filtrax.metrics`): the RMSE of the ensemble mean against the
