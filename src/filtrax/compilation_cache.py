@@ -49,9 +49,10 @@ def enable_compilation_cache() -> None:
         return
     trim_cache(directory, cache_cap_mb() * 2**20)
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    # Every program, the smallest too: eager dispatches (an emulator's initial forecast runs
-    # op by op) each compile a program of their own, and under JAX's 1 s default a warm
-    # start compiled them all again (make demo's build: 15.0 s -> 6.0 s with them cached).
+    # Every program, the smallest too: eager dispatches outside the cycles' programs each
+    # compile a program of their own, and under JAX's 1 s default a warm start compiled them
+    # all again (make demo's build, when its initial forecast still ran op by op: 15.0 s ->
+    # 6.0 s with them cached).
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 

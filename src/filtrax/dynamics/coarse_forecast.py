@@ -31,7 +31,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .._typing import is_traced
 from .heldsuarez import (
     LEVEL_VARIABLES,
     SURFACE_VARIABLES,
@@ -119,12 +118,13 @@ class CoarseForecast:
             parts += [fields[name][None] for name in SURFACE_VARIABLES]
             return jnp.concatenate(parts, axis=0).astype(frame.dtype)
 
-        self._forecast = forecast
-        # Under a trace (a cycle's program), an inlined jit: the 24 dinosaur steps are traced
-        # once per process, and the outer program's HLO is the one the bare function gives,
-        # so every compiled cycle and every number stays as it was. An eager call (a
-        # particle's initial state) stays op by op for the same reason: compiled as one
-        # program, XLA fuses it differently and the states move in the last bits.
+        # An inlined jit, traced once per process. Under a trace (a cycle's program) the outer
+        # program's HLO is the one the bare function gives. An eager call (a particle's
+        # initial state) is one compiled program: run op by op it dispatched 126 programs,
+        # which cost a cold start of make demo's config 10 s of its 21 s build and its free
+        # ensemble's first cycle another 6 s (benchmarks/startup.py). Compiled as one,
+        # XLA fuses it differently: the forecast moves by float32 round-off (1e-7 relative;
+        # surface pressure 7e-6, through its logarithm).
         self._traced = jax.jit(forecast, inline=True)
 
     def __call__(self, frame: jax.Array) -> jax.Array:
@@ -135,9 +135,7 @@ class CoarseForecast:
                 f"got {tuple(frame.shape)}"
             )
         with _dinosaur_promotion():
-            if is_traced(frame):
-                return self._traced(frame)
-            return self._forecast(frame)
+            return self._traced(frame)
 
 
 @functools.lru_cache(maxsize=4)
