@@ -5,8 +5,8 @@ devices (the flag must be set before JAX starts, and the rest of the suite runs 
 device). The reference is computed here, in this one-device process.
 
 What is exact and what is round-off: with the same ``particle_batch_size`` on every device
-the FA-APF (global or block-local) and bootstrap analyses are bit for bit the same on 1, 2
-and 4 devices. Changing
+the FA-APF analysis is bit for bit the same on 1, 2 and 4 devices, and the block-local FA-APF's
+and the bootstrap's on 1 and 4 (the layouts checked). Changing
 the batch width changes the bits (XLA's CPU matrix kernels round differently for different
 widths), and the EnKF's ensemble means are sums across shards, so those agree to float32
 round-off only.
@@ -49,11 +49,11 @@ ROUND_OFF = 1e-5
 # The per-device batch width of the bit-for-bit comparisons.
 EXACT_BATCH = 2
 # The sharded layouts each method runs in the 4-device subprocess. "4" (the whole shard in one
-# batch) is compared with the one-device analysis to round-off: the FA-APF's and the EnKF's,
-# whose means are sums across shards. "4_batch2" and "2_batch2" are compared bit for bit with
-# one device at the same batch width: the FA-APF on 4 and 2 devices, the bootstrap and the
-# block-local FA-APF (whose sharded code paths are the FA-APF's) on 4. The batch width on
-# one device is test_particle_batch_size_does_not_change_the_analysis.
+# batch) is compared with the one-device analysis to round-off, for the FA-APF (another batch
+# width) and the EnKF (its means are sums across shards). "4_batch2" and "2_batch2" are
+# compared bit for bit with one device at the same batch width: the FA-APF on 4 and 2 devices,
+# the bootstrap and the block-local FA-APF (whose sharded code paths are the FA-APF's) on 4.
+# The batch width on one device is test_particle_batch_size_does_not_change_the_analysis.
 LAYOUTS_OF = {
     "fa_apf": ("4", "4_batch2", "2_batch2"),
     "bootstrap": ("4_batch2",),
