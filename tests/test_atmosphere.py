@@ -561,17 +561,11 @@ def test_fine_tuning_starts_from_the_given_weights_and_checks_them(smoke_run, tm
         assert refused.exit_code == 2 and message in refused.output, refused.output
     # The control: the random start a run without training.initialise_from begins from (and,
     # at this learning rate, ends at) is not the given weights, so the checks above can fail.
-    from filtrax.training.atmosphere import INIT_STREAM, build_network, grid_of, open_store
+    from filtrax.training.atmosphere import grid_of, open_store, random_network
     from filtrax.training.config import load_training_config
-    from filtrax.training.engine import dataclass_dict
 
     smoke = load_training_config(config, [f"data.train={store}"])
-    random_start = build_network(
-        dataclass_dict(smoke.network),
-        grid_of(open_store(store)),
-        jax.random.fold_in(jax.random.key(smoke.seed), INIT_STREAM),
-    )
-    fresh = module_arrays(random_start)
+    fresh = module_arrays(random_network(smoke, grid_of(open_store(store))))
     assert fresh.keys() == start.keys()
     assert not all(np.allclose(fresh[n], start[n]) for n in start)
 

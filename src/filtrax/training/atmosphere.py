@@ -152,6 +152,13 @@ def denoising_loss(network, batch, key, stats, area, opt: dict) -> jax.Array:
     return jnp.mean(loss_weight(sigma[:, None], sigma_data) * error)
 
 
+def random_network(config: AtmosphereTrainingConfig, grid: GridSpec) -> SphereUNet | NoisyInputPath:
+    """The random network of the config's sizes that a training without
+    ``training.initialise_from`` starts from (drawn from the config's seed)."""
+    key = jax.random.fold_in(jax.random.key(config.seed), INIT_STREAM)
+    return build_network(dataclass_dict(config.network), grid, key)
+
+
 def train_network(
     config: AtmosphereTrainingConfig,
     data: np.ndarray,
@@ -163,11 +170,7 @@ def train_network(
     """Train from ``initial`` (fine-tuning) or from a random network of the config's sizes."""
     t = config.training
     root = jax.random.key(config.seed)
-    if initial is None:
-        initial = build_network(
-            dataclass_dict(config.network), grid, jax.random.fold_in(root, INIT_STREAM)
-        )
-    network = initial
+    network = random_network(config, grid) if initial is None else initial
     states = jnp.asarray(data, jnp.float32)
     stats_j = {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
     area = jnp.asarray(grid.area_weights(), jnp.float32)
